@@ -1,0 +1,19 @@
+"""The canonical event as it is (CONTRACT.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas import errors
+from schemas.adapters.common import build
+from schemas.errors import InvalidEvent
+from schemas.events import EVENT_TYPES, Event
+
+
+def from_canonical(obj: dict[str, Any]) -> Event:
+    kind = obj.get("type")
+    if isinstance(kind, str) and kind not in EVENT_TYPES:
+        raise InvalidEvent(errors.UNSUPPORTED_EVENT_TYPE, f"event type {kind!r} is not one we know")
+    fields = dict(obj)
+    fields.setdefault("source", "canonical")
+    return build(fields)

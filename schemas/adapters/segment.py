@@ -1,0 +1,106 @@
+"""Segment track and page calls, Ecommerce v2 and Email spec names, taken as they are."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from schemas import errors
+from schemas.adapters.common import build, first, product_from
+from schemas.adapters.pages import infer_page_type
+from schemas.errors import InvalidEvent
+
+# Segment spec event name -> canonical type.
+TRACK_EVENTS: Final[dict[str, str]] = {
+    "Products Searched": "search",
+    "Product List Viewed": "category_view",
+    "Product List Filtered": "category_view",
+    "Product Clicked": "product_view",
+    "Product Viewed": "product_view",
+    "Product Added": "add_to_cart",
+    "Product Removed": "remove_from_cart",
+    "Cart Viewed": "cart_view",
+    "Checkout Started": "checkout_started",
+    "Checkout Step Viewed": "checkout_step",
+    "Checkout Step Completed": "checkout_step",
+    "Payment Info Entered": "checkout_step",
+    "Order Completed": "purchase",
+    "Coupon Applied": "discount_applied",
+    "Product Added to Wishlist": "wishlist_add",
+    "Promotion Clicked": "ad_click",
+    "Product Variant Selected": "variant_selected",
+    "Variant Selected": "variant_selected",
+    "Signed Up": "signup",
+    "Live Chat Conversation Started": "support_chat_started",
+    "Email Opened": "email_open",
+    "Email Link Clicked": "email_click",
+    "Email Bounced": "email_bounce",
+    "Email Marked as Spam": "spam_complaint",
+    "Unsubscribed": "opt_out",
+    "SMS Link Clicked": "sms_click",
+    "Consent Updated": "consent_update",
+}
+
+_SESSION_KEYS: Final = ("session_id", "sessionId")
+
+
+def looks_like_segment(obj: dict[str, Any]) -> bool:
+    return obj.get("type") in {"track", "page", "identify", "screen", "group", "alias"} and (
+        "userId" in obj or "anonymousId" in obj or "event" in obj or "messageId" in obj
+    )
+
+
+def from_segment(obj: dict[str, Any]) -> Event:
+    call = obj.get("type")
+    props: dict[str, Any] = dict(obj.get("properties") or {})
+    context: dict[str, Any] = obj.get("context") or {}
+    fields: dict[str, Any] = {
+        "event_id": obj.get("messageId"),
+        "shopper_id": first(obj, "userId", "anonymousId"),
+        "ts": first(obj, "timestamp", "originalTimestamp", "sentAt", "receivedAt"),
+        "session_id": first(props, *_SESSION_KEYS) or first(context, *_SESSION_KEYS),
+        "source": "segment",
+    }
+    if call == "page":
+        page_ctx: dict[str, Any] = context.get("page") or {}
+        url = first(props, "url", "path") or first(page_ctx, "url", "path")
+        hint = first(props, "page_type") or obj.get("name") or obj.get("category")
+        fields["type"] = "page_view"
+        fields["page"] = {"type": infer_page_type(url, hint), "url": url}
+    elif call == "track":
+        name = obj.get("event")
+        kind = TRACK_EVENTS.get(name) if isinstance(name, str) else None
+        if kind is None:
+            raise InvalidEvent(
+                errors.UNSUPPORTED_EVENT_TYPE, f"Segment event {name!r} has no canonical mapping"
+            )
+        fields["type"] = kind
+        fields.update(_track_details(kind, props))
+    else:
+        raise InvalidEvent(errors.UNSUPPORTED_EVENT_TYPE, f"Segment {call!r} calls are not events")
+    for key in ("session_id", "sessionId", "product_id", "sku", "url", "path", "page_type"):
+        props.pop(key, None)
+    fields["properties"] = {**props, **fields.get("properties", {})}
+    return build({k: v for k, v in fields.items() if v is not None})
+
+
+def _track_details(kind: str, props: dict[str, Any]) -> dict[str, Any]:
+    details: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    product = product_from(props)
+    products = props.get("products")
+    if product is None and isinstance(products, list) and products and isinstance(products[0], dict):
+        product = product_from(products[0])
+    if product is not None:
+        details["product"] = product
+    if kind == "search":
+        extra["query"] = first(props, "query", "search_term")
+    elif kind == "email_click":
+        extra["url"] = first(props, "link_url", "url")
+    elif kind == "opt_out":
+        extra["channel"] = first(props, "channel") or "email"
+    elif kind == "ad_click":
+        extra["campaign"] = first(props, "campaign", "promotion_id", "name")
+    elif kind == "category_view" and product is None:
+        extra["category"] = first(props, "category", "list_id")
+    details["properties"] = {k: v for k, v in extra.items() if v is not None}
+    return details

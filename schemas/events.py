@@ -1,0 +1,159 @@
+"""The canonical clickstream event (CONTRACT.md, "Canonical event").
+
+Every input format is mapped onto this one model; everything downstream sees only it.
+Frozen, validated once at the edge. When the producer gives no `event_id`, one is
+derived from the event's content, so replaying a file yields the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+EventType = Literal[
+    "page_view",
+    "product_view",
+    "category_view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "cart_view",
+    "checkout_started",
+    "checkout_step",
+    "purchase",
+    "wishlist_add",
+    "variant_selected",
+    "discount_applied",
+    "email_open",
+    "email_click",
+    "sms_click",
+    "ad_click",
+    "support_chat_started",
+    "signup",
+    "opt_out",
+    "email_bounce",
+    "spam_complaint",
+    "consent_update",
+]
+PageType = Literal[
+    "home",
+    "blog",
+    "category",
+    "product",
+    "pricing",
+    "shipping",
+    "returns",
+    "faq",
+    "spec_sheet",
+    "size_guide",
+    "landing",
+    "other",
+]
+EVENT_TYPES: Final[frozenset[str]] = frozenset(get_args(EventType))
+PAGE_TYPES: Final[frozenset[str]] = frozenset(get_args(PageType))
+
+ID_MAX_LENGTH: Final = 256  # ids longer than this are not ids; they would bloat Redis keys
+
+
+def _id_string(value: Any) -> Any:
+    """Accept ids given as numbers (common in exports), strip whitespace; leave the rest to pydantic."""
+    if isinstance(value, bool):
+        return value  # pydantic rejects it as a string
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return value.strip()
+    return value
+
+
+Id = Annotated[str, BeforeValidator(_id_string), Field(min_length=1, max_length=ID_MAX_LENGTH)]
+
+
+class Page(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: PageType = "other"
+    url: str | None = None
+
+
+class Product(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    sku: Id
+    category: str | None = None
+    price: float | None = Field(default=None, ge=0)
+    variant: str | None = None
+    brand: str | None = None
+    name: str | None = None
+    quantity: int | None = Field(default=None, ge=0)
+
+    @field_validator("category", "variant", "brand", "name", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+
+class Event(BaseModel):
+    """One clickstream event in canonical form."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: Id | None = None
+    shopper_id: Id
+    session_id: Id | None = None
+    type: EventType
+    ts: datetime
+    page: Page | None = None
+    product: Product | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    # Which input format this came from (canonical, segment, ga4, rees46, ...). Added
+    # field; used for metrics by source format and for debugging.
+    source: str = "canonical"
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # A timestamp without zone is taken as UTC, the only sane default for logs.
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _derive(self) -> Event:
+        # Frozen model: set the derived fields once, here, during validation.
+        if self.type == "page_view" and self.page is None:
+            object.__setattr__(self, "page", Page())
+        if self.event_id is None:
+            object.__setattr__(self, "event_id", derive_event_id(self))
+        return self
+
+    @property
+    def id(self) -> str:
+        """The event id; always set after validation."""
+        assert self.event_id is not None
+        return self.event_id
+
+    def to_json(self) -> bytes:
+        """The canonical wire form (what the normalised topic carries)."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def derive_event_id(event: Event) -> str:
+    """A content hash: the same event content always gives the same id.
+
+    `source` is left out on purpose, so an event read from a CSV export and the same
+    event sent live as canonical JSON agree.
+    """
+    content = event.model_dump(mode="json", exclude={"event_id", "source"}, exclude_none=True)
+    digest = hashlib.blake2b(
+        json.dumps(content, sort_keys=True, separators=(",", ":")).encode(), digest_size=16
+    )
+    return digest.hexdigest()

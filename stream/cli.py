@@ -1,0 +1,80 @@
+"""The `intent` command (CONTRACT.md, "Commands")."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from schemas.readers import FORMATS
+from stream.errors import IntentError
+from stream.settings import Settings, get_settings
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # pydantic's ValidationError names the bad INTENT_ variable
+        raise click.ClickException(f"bad INTENT_ setting: {exc}") from exc
+
+
+class _Group(click.Group):
+    """Turns the processor's own errors into a one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except IntentError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="intent-processor")
+def main() -> None:
+    """Streaming intent processor: clickstream in, intent tiers and actions out."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--no-demo", is_flag=True, help="Start no demo traffic; produce your own.")
+@click.option("--print-env", is_flag=True, help="Print the settings another shell needs first.")
+@click.option("--rate", default=20.0, show_default=True, help="Demo traffic, events/s.")
+def dev(no_demo: bool, print_env: bool, rate: float) -> None:
+    """Embedded broker + Redis, one worker and demo traffic. Ctrl-C stops it all."""
+    from stream.dev import run_dev
+
+    run_dev(_settings(), demo=not no_demo, print_env=print_env, rate=rate)
+
+
+@main.command()
+@click.option("--loglevel", default="info", show_default=True)
+def worker(loglevel: str) -> None:
+    """Run one stream worker against the configured Kafka and Redis."""
+    from stream.worker import run_worker
+
+    run_worker(_settings(), loglevel=loglevel)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format", "fmt", type=click.Choice(sorted(FORMATS)), default="canonical", show_default=True
+)
+@click.option("--topic", help="Send here instead of INTENT_TOPIC_CLICKSTREAM.")
+def produce(file: Path, fmt: str, topic: str | None) -> None:
+    """Send the events of FILE to the input topic."""
+    from stream.produce import produce_file
+
+    settings = _settings()
+    report = produce_file(file, fmt, settings, topic=topic, show_progress=sys.stderr.isatty())
+    bad = sum(report.line_errors.values())
+    click.echo(
+        f"sent {report.sent:,} events to {topic or settings.topic_clickstream} in "
+        f"{report.seconds:.1f} s ({report.rate:,.0f}/s); {bad:,} unreadable lines"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in report.line_errors.items())})" if bad else "")
+        + (f"; {report.failed:,} sends FAILED" if report.failed else "")
+    )
+    if report.failed:
+        sys.exit(1)

@@ -1,0 +1,159 @@
+"""`intent dev`: the embedded stack, one worker and demo traffic, with a live view.
+
+Starts what is missing (nothing, when INTENT_KAFKA_BOOTSTRAP and INTENT_REDIS_URL are
+set), prints validated events and rejections as the worker emits them, and on Ctrl-C
+(or SIGTERM) stops every process it started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+import click
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from stream.embedded import EmbeddedStack, spawn, stop_process
+from stream.settings import Settings
+from stream.topics import ensure_topics
+
+DEMO_RATE: Final = 20.0  # events/s: readable in a terminal, enough to exercise every path
+WORKER_GRACE_SECONDS: Final = 15.0  # a worker commits offsets and leaves its group on TERM
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def export_lines(env: dict[str, str]) -> str:
+    return "\n".join(f"export {key}={value}" for key, value in env.items())
+
+
+def run_dev(settings: Settings, *, demo: bool, print_env: bool, rate: float = DEMO_RATE) -> None:
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # The live view is the output here; kafka-python's own chatter (reconnects while the
+    # stack stops, the group-less consumer) would only bury it. Errors still surface.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    out = sys.stderr if print_env else sys.stdout
+    with ExitStack() as cleanup:
+        env = _servers(settings, cleanup, out)
+        settings = settings.model_copy(update={"kafka_bootstrap": env["INTENT_KAFKA_BOOTSTRAP"]})
+        env_file = settings.run_dir / "env"
+        env_file.parent.mkdir(parents=True, exist_ok=True)
+        env_file.write_text(export_lines(env) + "\n")
+        if print_env:
+            click.echo(export_lines(env))
+            sys.stdout.flush()
+        click.echo(f"settings for another shell: `source {env_file}`", file=out)
+
+        ensure_topics(settings)
+        worker_log = settings.run_dir / "worker.log"
+        worker = spawn(
+            [sys.executable, "-m", "stream", "worker"], worker_log, env={**os.environ, **env}
+        )
+        cleanup.callback(stop_process, worker, WORKER_GRACE_SECONDS)
+        click.echo(f"worker started (pid {worker.pid}), log: {worker_log}", file=out)
+
+        stop = threading.Event()
+        if demo:
+            thread = threading.Thread(
+                target=_demo_loop, args=(settings, rate, stop), name="demo", daemon=True
+            )
+            thread.start()
+            cleanup.callback(thread.join, 5)
+            cleanup.callback(stop.set)  # runs first: stop the demo, then wait for it
+            click.echo(f"demo traffic: ~{rate:.0f} events/s to {settings.topic_clickstream}", file=out)
+        else:
+            click.echo(f"no demo traffic: produce to {settings.topic_clickstream} yourself", file=out)
+        click.echo("Ctrl-C stops everything.\n", file=out)
+        try:
+            _watch(settings, worker, out)
+        except KeyboardInterrupt:
+            click.echo("\nstopping ...", file=out)
+    click.echo("stopped.", file=out)
+
+
+def _servers(settings: Settings, cleanup: ExitStack, out: object) -> dict[str, str]:
+    given_kafka = os.environ.get("INTENT_KAFKA_BOOTSTRAP")
+    given_redis = os.environ.get("INTENT_REDIS_URL")
+    if given_kafka and given_redis:
+        click.echo(f"using Kafka at {given_kafka} and the configured Redis", file=out)  # type: ignore[arg-type]
+        return {"INTENT_KAFKA_BOOTSTRAP": given_kafka, "INTENT_REDIS_URL": given_redis}
+    stack = EmbeddedStack(Path(settings.run_dir))
+    cleanup.callback(stack.stop)
+    stack.start()
+    click.echo(  # type: ignore[arg-type]
+        f"embedded stack up: kafka {stack.kafka_bootstrap} (tansu), redis {stack.redis_url}; "
+        f"logs in {settings.run_dir}",
+        file=out,
+    )
+    return stack.env()
+
+
+def _demo_loop(settings: Settings, rate: float, stop: threading.Event) -> None:
+    from stream.demo import traffic
+
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    t0 = time.monotonic()
+    try:
+        for at, key, value in traffic(rate, datetime.now(UTC)):
+            delay = t0 + at - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                return
+            if stop.is_set():
+                return
+            producer.send(settings.topic_clickstream, key=key, value=value)
+    finally:
+        producer.close(timeout=2)
+
+
+def _watch(settings: Settings, worker: object, out: object) -> None:
+    """Print what the worker emits until interrupted (or the worker dies)."""
+    topics = [settings.topic_normalised, settings.topic_dead_letter]
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=500)
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in sorted(consumer.partitions_for_topic(topic) or [])
+    ]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning()
+    counts = {"valid": 0, "rejected": 0}
+    try:
+        while True:
+            if getattr(worker, "poll")() is not None:  # noqa: B009
+                raise click.ClickException(
+                    f"the worker exited; see {settings.run_dir / 'worker.log'}"
+                )
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    click.echo(_describe(record.topic == settings.topic_dead_letter, record.value, counts))
+    finally:
+        consumer.close()
+
+
+def _describe(rejected: bool, value: bytes, counts: dict[str, int]) -> str:
+    data = json.loads(value)
+    if rejected:
+        counts["rejected"] += 1
+        return click.style(
+            f"  dead-letter  {data['reason']:<20} {data['detail'][:70]}", fg="yellow"
+        )
+    counts["valid"] += 1
+    product = data.get("product") or {}
+    page = (data.get("page") or {}).get("type", "")
+    what = " ".join(x for x in (page, product.get("sku", ""), product.get("category", "")) if x)
+    return (
+        f"  {data['ts'][11:19]}  {data['shopper_id']:<10} {data['type']:<18} {what:<40} "
+        f"[{data.get('source', 'canonical')}]  #{counts['valid']}"
+    )

@@ -1,0 +1,103 @@
+"""`intent produce FILE --format F`: send a file's events to the input topic."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import click
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from stream.errors import BrokerUnavailable
+from stream.files import LineError, read_events
+from stream.settings import Settings
+from stream.topics import ensure_topics
+
+SHOW_LINE_ERRORS: Final = 10  # print the first few bad lines in full, count the rest
+LINGER_MS: Final = 20
+BATCH_BYTES: Final = 256 * 1024
+
+
+@dataclass
+class ProduceReport:
+    sent: int = 0
+    failed: int = 0
+    line_errors: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+def make_producer(settings: Settings) -> KafkaProducer:
+    try:
+        return KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            linger_ms=LINGER_MS,
+            batch_size=BATCH_BYTES,
+            acks=1,
+            client_id=f"{settings.app_id}-produce",
+        )
+    except KafkaError as exc:
+        raise BrokerUnavailable(
+            f"cannot connect to Kafka at {settings.kafka_bootstrap}: {exc}; "
+            "is the broker up? (`intent dev --print-env` shows the embedded one)"
+        ) from exc
+
+
+def produce_file(
+    path: Path, fmt: str, settings: Settings, *, topic: str | None = None, show_progress: bool = True
+) -> ProduceReport:
+    ensure_topics(settings)
+    target = topic or settings.topic_clickstream
+    producer = make_producer(settings)
+    report = ProduceReport()
+    size = max(path.stat().st_size, 1)
+    started = time.monotonic()
+
+    def failed(_: Any) -> None:
+        report.failed += 1
+
+    with click.progressbar(
+        length=size, label=f"producing {path.name}", file=None if show_progress else _Null()
+    ) as bar:
+        position = 0
+
+        def advance(done: int) -> None:
+            nonlocal position
+            bar.update(done - position)
+            position = done
+
+        for item in read_events(path, fmt, progress=advance):
+            if isinstance(item, LineError):
+                report.line_errors[item.reason] += 1
+                if sum(report.line_errors.values()) <= SHOW_LINE_ERRORS:
+                    click.echo(
+                        f"\nline {item.line_no}: {item.reason}: {item.detail}", err=True
+                    )
+                continue
+            producer.send(target, key=item.shopper_id.encode(), value=item.to_json()).add_errback(
+                failed
+            )
+            report.sent += 1
+    producer.flush()
+    producer.close()
+    report.sent -= report.failed
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class _Null:
+    def write(self, _: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        return None
+
+    def isatty(self) -> bool:
+        return False
