@@ -1,4 +1,4 @@
-"""Pydantic models at the edges: input events, adapters, file readers (and later rules and outputs)."""
+"""Pydantic models at the edges: input events, adapters, file readers (later: rules, outputs)."""
 
 from schemas.errors import InvalidEvent
 from schemas.events import EVENT_TYPES, PAGE_TYPES, Event, Page, Product

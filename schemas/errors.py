@@ -42,5 +42,7 @@ class InvalidEvent(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
 PROCESSING_ERROR: Final = "processing_error"  # a bug of ours, still never silent
 REASONS_ALL: Final = (*REASONS, PROCESSING_ERROR)

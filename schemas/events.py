@@ -60,7 +60,7 @@ ID_MAX_LENGTH: Final = 256  # ids longer than this are not ids; they would bloat
 
 
 def _id_string(value: Any) -> Any:
-    """Accept ids given as numbers (common in exports), strip whitespace; leave the rest to pydantic."""
+    """Ids given as numbers (common in exports) become strings; whitespace is stripped."""
     if isinstance(value, bool):
         return value  # pydantic rejects it as a string
     if isinstance(value, int):

@@ -8,8 +8,8 @@ exception that escaped would lose the batch silently.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -55,7 +55,8 @@ class Pipeline:
         app.agent(self.clickstream, name="ingest")(self.ingest)
 
     async def ingest(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for batch in stream.take_events(
+        # take_events is faust-streaming >= 0.10; its stubs do not declare it.
+        async for batch in stream.take_events(  # type: ignore[attr-defined]
             self.settings.batch_size, within=self.settings.batch_window_seconds
         ):
             records = [

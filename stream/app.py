@@ -1,4 +1,4 @@
-"""Builds the Faust app: broker, group timing, topics' partitions. Agents register in `stream.agents`."""
+"""Builds the Faust app: broker, group timing, partitions. Agents register in `stream.agents`."""
 
 from __future__ import annotations
 

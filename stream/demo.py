@@ -16,7 +16,12 @@ from typing import Any, Final
 
 # (type, page type, product, properties) steps of each PLAYBOOK scenario.
 Step = tuple[str, str | None, dict[str, Any] | None, dict[str, Any]]
-CABLE: Final = {"sku": "CBL-USB-C", "category": "electronics/cables", "price": 19.9, "variant": "2m"}
+CABLE: Final = {
+    "sku": "CBL-USB-C",
+    "category": "electronics/cables",
+    "price": 19.9,
+    "variant": "2m",
+}
 TEE: Final = {"sku": "TEE-ORG", "category": "apparel/tops", "price": 29.0}
 PLAN: Final = {"sku": "BOX-MONTHLY", "category": "subscriptions/coffee", "price": 24.0}
 JACKET: Final = {"sku": "JKT-RAIN", "category": "apparel/outerwear", "price": 149.0}
@@ -75,7 +80,10 @@ GA4_NAMES: Final = {
     "purchase": "purchase",
     "wishlist_add": "add_to_wishlist",
 }
-BAD_INPUT: Final = (b'{"shopper_id": "s-x", "type": "page_view", "ts": ', b'{"type": "product_view"}')
+BAD_INPUT: Final = (
+    b'{"shopper_id": "s-x", "type": "page_view", "ts": ',
+    b'{"type": "product_view"}',
+)
 BAD_INPUT_SHARE: Final = 0.03
 STEP_GAP_SECONDS: Final = (1.0, 6.0)  # a shopper's next step comes this long after the last
 
@@ -119,7 +127,9 @@ def encode(step: Step, shopper: str, session: str, ts: datetime, rng: random.Ran
     return json.dumps(body).encode()
 
 
-def traffic(rate: float, start: datetime, seed: int = 7) -> Iterator[tuple[float, bytes | None, bytes]]:
+def traffic(
+    rate: float, start: datetime, seed: int = 7
+) -> Iterator[tuple[float, bytes | None, bytes]]:
     """(seconds after `start`, key, value): an endless schedule at about `rate` events/s.
 
     Each event is stamped `start + offset`, so a caller that sends it at that moment

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Final
+from typing import Final, TextIO
 
 import click
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -72,9 +73,13 @@ def run_dev(settings: Settings, *, demo: bool, print_env: bool, rate: float = DE
             thread.start()
             cleanup.callback(thread.join, 5)
             cleanup.callback(stop.set)  # runs first: stop the demo, then wait for it
-            click.echo(f"demo traffic: ~{rate:.0f} events/s to {settings.topic_clickstream}", file=out)
+            click.echo(
+                f"demo traffic: ~{rate:.0f} events/s to {settings.topic_clickstream}", file=out
+            )
         else:
-            click.echo(f"no demo traffic: produce to {settings.topic_clickstream} yourself", file=out)
+            click.echo(
+                f"no demo traffic: produce to {settings.topic_clickstream} yourself", file=out
+            )
         click.echo("Ctrl-C stops everything.\n", file=out)
         try:
             _watch(settings, worker, out)
@@ -83,16 +88,16 @@ def run_dev(settings: Settings, *, demo: bool, print_env: bool, rate: float = DE
     click.echo("stopped.", file=out)
 
 
-def _servers(settings: Settings, cleanup: ExitStack, out: object) -> dict[str, str]:
+def _servers(settings: Settings, cleanup: ExitStack, out: TextIO) -> dict[str, str]:
     given_kafka = os.environ.get("INTENT_KAFKA_BOOTSTRAP")
     given_redis = os.environ.get("INTENT_REDIS_URL")
     if given_kafka and given_redis:
-        click.echo(f"using Kafka at {given_kafka} and the configured Redis", file=out)  # type: ignore[arg-type]
+        click.echo(f"using Kafka at {given_kafka} and the configured Redis", file=out)
         return {"INTENT_KAFKA_BOOTSTRAP": given_kafka, "INTENT_REDIS_URL": given_redis}
     stack = EmbeddedStack(Path(settings.run_dir))
     cleanup.callback(stack.stop)
     stack.start()
-    click.echo(  # type: ignore[arg-type]
+    click.echo(
         f"embedded stack up: kafka {stack.kafka_bootstrap} (tansu), redis {stack.redis_url}; "
         f"logs in {settings.run_dir}",
         file=out,
@@ -117,7 +122,7 @@ def _demo_loop(settings: Settings, rate: float, stop: threading.Event) -> None:
         producer.close(timeout=2)
 
 
-def _watch(settings: Settings, worker: object, out: object) -> None:
+def _watch(settings: Settings, worker: subprocess.Popen[bytes], out: TextIO) -> None:
     """Print what the worker emits until interrupted (or the worker dies)."""
     topics = [settings.topic_normalised, settings.topic_dead_letter]
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=500)
@@ -131,13 +136,15 @@ def _watch(settings: Settings, worker: object, out: object) -> None:
     counts = {"valid": 0, "rejected": 0}
     try:
         while True:
-            if getattr(worker, "poll")() is not None:  # noqa: B009
+            if worker.poll() is not None:
                 raise click.ClickException(
                     f"the worker exited; see {settings.run_dir / 'worker.log'}"
                 )
             for batch in consumer.poll(timeout_ms=500).values():
                 for record in batch:
-                    click.echo(_describe(record.topic == settings.topic_dead_letter, record.value, counts))
+                    click.echo(
+                        _describe(record.topic == settings.topic_dead_letter, record.value, counts)
+                    )
     finally:
         consumer.close()
 

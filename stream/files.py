@@ -11,7 +11,7 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, cast
 
 from schemas.errors import InvalidEvent
 from schemas.events import Event
@@ -47,7 +47,7 @@ def _open(path: Path) -> tuple[IO[bytes], IO[str]]:
     binary: IO[bytes] = raw
     if raw.read(2) == GZIP_MAGIC:
         raw.seek(0)
-        binary = gzip.GzipFile(fileobj=raw, mode="rb")
+        binary = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
     else:
         raw.seek(0)
     return raw, io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")

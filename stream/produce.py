@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,7 +52,12 @@ def make_producer(settings: Settings) -> KafkaProducer:
 
 
 def produce_file(
-    path: Path, fmt: str, settings: Settings, *, topic: str | None = None, show_progress: bool = True
+    path: Path,
+    fmt: str,
+    settings: Settings,
+    *,
+    topic: str | None = None,
+    show_progress: bool = True,
 ) -> ProduceReport:
     ensure_topics(settings)
     target = topic or settings.topic_clickstream
@@ -64,7 +70,7 @@ def produce_file(
         report.failed += 1
 
     with click.progressbar(
-        length=size, label=f"producing {path.name}", file=None if show_progress else _Null()
+        length=size, label=f"producing {path.name}", file=None if show_progress else io.StringIO()
     ) as bar:
         position = 0
 
@@ -77,9 +83,7 @@ def produce_file(
             if isinstance(item, LineError):
                 report.line_errors[item.reason] += 1
                 if sum(report.line_errors.values()) <= SHOW_LINE_ERRORS:
-                    click.echo(
-                        f"\nline {item.line_no}: {item.reason}: {item.detail}", err=True
-                    )
+                    click.echo(f"\nline {item.line_no}: {item.reason}: {item.detail}", err=True)
                 continue
             producer.send(target, key=item.shopper_id.encode(), value=item.to_json()).add_errback(
                 failed
@@ -90,14 +94,3 @@ def produce_file(
     report.sent -= report.failed
     report.seconds = time.monotonic() - started
     return report
-
-
-class _Null:
-    def write(self, _: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        return None
-
-    def isatty(self) -> bool:
-        return False

@@ -22,9 +22,6 @@ class Settings(BaseSettings):
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (may hold a password)."
     )
-    rules: Path | None = Field(
-        None, description="Path to a rules file; the built-in default playbook when unset."
-    )
     metrics_port: int = Field(9108, ge=0, le=65535, description="Port of /metrics (0 disables).")
     app_id: str = Field("intent", description="Faust app id: the consumer group and table prefix.")
     partitions: int = Field(
@@ -74,7 +71,9 @@ class Settings(BaseSettings):
     def topic_names(self) -> dict[str, str]:
         """Every topic the processor uses, by setting name."""
         return {
-            name: str(getattr(self, name)) for name in type(self).model_fields if name.startswith("topic_")
+            name: str(getattr(self, name))
+            for name in type(self).model_fields
+            if name.startswith("topic_")
         }
 
     @property

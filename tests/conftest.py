@@ -1,4 +1,4 @@
-"""Shared fixtures. Unit tests need nothing; integration fixtures live in integration/conftest.py."""
+"""Shared fixtures. Unit tests need no server; integration fixtures are in integration/."""
 
 from __future__ import annotations
 

@@ -33,7 +33,9 @@ def detect(obj: dict[str, Any]) -> str:
 
 def to_event(obj: Any, fmt: JsonFormat = "auto") -> Event:
     if not isinstance(obj, dict):
-        raise InvalidEvent(errors.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+        raise InvalidEvent(
+            errors.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+        )
     name = detect(obj) if fmt == "auto" else fmt
     return ADAPTERS[name](obj)
 

@@ -10,6 +10,7 @@ from schemas import errors
 from schemas.adapters.common import build, first, product_from
 from schemas.adapters.pages import infer_page_type
 from schemas.errors import InvalidEvent
+from schemas.events import Event
 
 # GA4 recommended event name -> canonical type.
 GA4_EVENTS: Final[dict[str, str]] = {
@@ -63,14 +64,18 @@ def _timestamp(obj: dict[str, Any]) -> Any:
     try:
         return datetime.fromtimestamp(int(micros) / MICROS_PER_SECOND, tz=UTC)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidEvent(errors.INVALID_EVENT, f"event_timestamp {micros!r} is not micros") from exc
+        raise InvalidEvent(
+            errors.INVALID_EVENT, f"event_timestamp {micros!r} is not micros"
+        ) from exc
 
 
 def from_ga4(obj: dict[str, Any]) -> Event:
     name = obj.get("event_name")
     kind = GA4_EVENTS.get(name) if isinstance(name, str) else None
     if kind is None:
-        raise InvalidEvent(errors.UNSUPPORTED_EVENT_TYPE, f"GA4 event {name!r} has no canonical mapping")
+        raise InvalidEvent(
+            errors.UNSUPPORTED_EVENT_TYPE, f"GA4 event {name!r} has no canonical mapping"
+        )
     params = _params(obj)
     session = params.pop("ga_session_id", None)
     fields: dict[str, Any] = {

@@ -8,6 +8,7 @@ from schemas import errors
 from schemas.adapters.common import build, first, product_from
 from schemas.adapters.pages import infer_page_type
 from schemas.errors import InvalidEvent
+from schemas.events import Event
 
 # Segment spec event name -> canonical type.
 TRACK_EVENTS: Final[dict[str, str]] = {
@@ -88,7 +89,12 @@ def _track_details(kind: str, props: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     product = product_from(props)
     products = props.get("products")
-    if product is None and isinstance(products, list) and products and isinstance(products[0], dict):
+    if (
+        product is None
+        and isinstance(products, list)
+        and products
+        and isinstance(products[0], dict)
+    ):
         product = product_from(products[0])
     if product is not None:
         details["product"] = product

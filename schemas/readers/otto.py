@@ -1,4 +1,4 @@
-"""OTTO recsys JSON Lines: one session a line, `{"session", "events": [{"aid", "ts" (ms), "type"}]}`."""
+"""OTTO recsys JSON Lines, a session a line: `{"session", "events": [{"aid", "ts", "type"}]}`."""
 
 from __future__ import annotations
 

@@ -40,7 +40,9 @@ class Reader:
                 self.records[record.topic].append(record)
         return sum(len(v) for v in self.records.values())
 
-    def read_until(self, total: int, timeout: float, settle: float = 2.0) -> dict[str, list[ConsumerRecord]]:
+    def read_until(
+        self, total: int, timeout: float, settle: float = 2.0
+    ) -> dict[str, list[ConsumerRecord]]:
         """Poll until `total` records are in, then `settle` seconds more to catch extras."""
         deadline = time.monotonic() + timeout
         while self.poll() < total and time.monotonic() < deadline:

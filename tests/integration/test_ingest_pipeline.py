@@ -21,7 +21,9 @@ from tests.integration.kafka_io import Reader, produce
 TOTAL = 1000
 
 
-def mixed_records(now: datetime, seed: int = 11) -> tuple[list[tuple[bytes | None, bytes]], Counter[str]]:
+def mixed_records(
+    now: datetime, seed: int = 11
+) -> tuple[list[tuple[bytes | None, bytes]], Counter[str]]:
     """(key, value) records and the expected outcome count: 'valid' or a rejection reason."""
     rng = random.Random(seed)
     records: list[tuple[bytes | None, bytes]] = []

@@ -1,0 +1,41 @@
+# Streaming intent processor. `make help` lists the targets; CI runs `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its dev tools
+
+demo: $(STAMP) ## Run the embedded stack (broker, Redis), a worker and demo traffic; Ctrl-C stops all
+	$(BIN)/intent dev
+
+test: $(STAMP) ## Run the whole test suite (unit + integration on a real broker and Redis)
+	$(BIN)/pytest
+
+unit: $(STAMP) ## Run the unit tests only (no servers)
+	$(BIN)/pytest tests/unit
+
+lint: $(STAMP) ## ruff check and format check
+	$(BIN)/ruff check stream schemas tests
+	$(BIN)/ruff format --check stream schemas tests
+
+typecheck: $(STAMP) ## mypy --strict on stream/ and schemas/
+	$(BIN)/mypy
+
+check: lint typecheck test ## What CI runs
+
+clean: ## Remove the virtualenv and run folders
+	rm -rf $(VENV) .intent .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help install demo test unit lint typecheck check clean

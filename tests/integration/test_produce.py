@@ -1,0 +1,59 @@
+"""`intent produce` sends a real sample to the input topic; bad lines are reported, not fatal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from stream.settings import Settings
+from tests.integration.kafka_io import Reader
+
+REES46_EVENTS = 17_434  # PROVENANCE.md: view 17,055, cart 165, purchase 214
+
+
+def test_produce_rees46_sample(settings: Settings, env: dict[str, str], shared_data: Path) -> None:
+    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
+    done = subprocess.run(
+        [sys.executable, "-m", "stream", "produce", str(sample), "--format", "rees46"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"sent {REES46_EVENTS:,} events" in done.stdout
+    assert "1 unreadable lines (malformed_line: 1)" in done.stdout
+    assert "expected 9 fields, got 8" in done.stderr  # the truncated last line, reported
+
+    reader = Reader(settings.kafka_bootstrap, settings.topic_clickstream)
+    try:
+        records = reader.read_until(REES46_EVENTS, timeout=120, settle=1)[
+            settings.topic_clickstream
+        ]
+    finally:
+        reader.close()
+    assert len(records) == REES46_EVENTS
+    types = Counter(json.loads(r.value)["type"] for r in records)
+    assert types == Counter(product_view=17_055, add_to_cart=165, purchase=214)
+    assert all(r.key == json.loads(r.value)["shopper_id"].encode() for r in records)
+    partitions = {r.partition for r in records}
+    assert len(partitions) == settings.partitions  # topics were created with the setting
+
+
+def test_produce_unknown_file_fails_clearly(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "events.jsonl"
+    bad.write_text('{"shopper_id": "s-1", "type": "page_view", "ts": "2026-01-01T00:00:00Z"}\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "stream", "produce", str(bad), "--format", "parquet"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "Invalid value for '--format'" in done.stderr
