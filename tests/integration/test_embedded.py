@@ -52,5 +52,5 @@ def test_server_that_exits_reports_its_log(tmp_path: Path) -> None:
         log_path=tmp_path / "broken.log",
         ready=lambda _: False,
     )
-    with pytest.raises(ServerFailed, match="exited with code 3(.|\n)*boom: bad flag"):
+    with pytest.raises(ServerFailed, match=r"exited with code 3(.|\n)*boom: bad flag"):
         server.start(timeout=5)

@@ -35,5 +35,5 @@ def test_settings_come_from_the_environment_and_are_frozen(monkeypatch: pytest.M
 
 def test_bad_setting_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INTENT_PARTITIONS", "0")
-    with pytest.raises(Exception, match="INTENT_PARTITIONS|partitions"):
+    with pytest.raises(Exception, match=r"INTENT_PARTITIONS|partitions"):
         Settings()
