@@ -40,7 +40,9 @@ def export_lines(env: dict[str, str]) -> str:
     return "\n".join(f"export {key}={value}" for key, value in env.items())
 
 
-def run_dev(settings: Settings, *, demo: bool, print_env: bool, rate: float = DEMO_RATE) -> None:
+def run_dev(
+    settings: Settings, *, demo: bool, print_env: bool, rate: float = DEMO_RATE, worker: bool = True
+) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     # The live view is the output here; kafka-python's own chatter (reconnects while the
     # stack stops, the group-less consumer) would only bury it. Errors still surface.
@@ -58,12 +60,14 @@ def run_dev(settings: Settings, *, demo: bool, print_env: bool, rate: float = DE
         click.echo(f"settings for another shell: `source {env_file}`", file=out)
 
         ensure_topics(settings)
-        worker_log = settings.run_dir / "worker.log"
-        worker = spawn(
-            [sys.executable, "-m", "stream", "worker"], worker_log, env={**os.environ, **env}
-        )
-        cleanup.callback(stop_process, worker, WORKER_GRACE_SECONDS)
-        click.echo(f"worker started (pid {worker.pid}), log: {worker_log}", file=out)
+        proc = None
+        if worker:
+            worker_log = settings.run_dir / "worker.log"
+            proc = spawn(
+                [sys.executable, "-m", "stream", "worker"], worker_log, env={**os.environ, **env}
+            )
+            cleanup.callback(stop_process, proc, WORKER_GRACE_SECONDS)
+            click.echo(f"worker started (pid {proc.pid}), log: {worker_log}", file=out)
 
         stop = threading.Event()
         if demo:
@@ -82,7 +86,7 @@ def run_dev(settings: Settings, *, demo: bool, print_env: bool, rate: float = DE
             )
         click.echo("Ctrl-C stops everything.\n", file=out)
         try:
-            _watch(settings, worker, out)
+            _watch(settings, proc, out)
         except KeyboardInterrupt:
             click.echo("\nstopping ...", file=out)
     click.echo("stopped.", file=out)
@@ -122,7 +126,7 @@ def _demo_loop(settings: Settings, rate: float, stop: threading.Event) -> None:
         producer.close(timeout=2)
 
 
-def _watch(settings: Settings, worker: subprocess.Popen[bytes], out: TextIO) -> None:
+def _watch(settings: Settings, worker: subprocess.Popen[bytes] | None, out: TextIO) -> None:
     """Print what the worker emits until interrupted (or the worker dies)."""
     topics = [settings.topic_normalised, settings.topic_dead_letter]
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=500)
@@ -136,7 +140,7 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes], out: TextIO) -> 
     counts = {"valid": 0, "rejected": 0}
     try:
         while True:
-            if worker.poll() is not None:
+            if worker is not None and worker.poll() is not None:
                 raise click.ClickException(
                     f"the worker exited; see {settings.run_dir / 'worker.log'}"
                 )
