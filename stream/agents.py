@@ -1,26 +1,48 @@
 """Faust agents: decode, call the pure core, write, send. Nothing else happens here.
 
+    clickstream.events --ingest--> intent.events --detect--> intent.signals
+                          \\--> intent.dead-letter <--/ (late events)
+    timer (sweep): due absence deadlines and visit ends --> intent.signals
+
 Each agent takes batches (`take_events`) so every downstream step works on a list, and
-catches per-batch errors itself: Faust acks an event even when the agent raises, so an
-exception that escaped would lose the batch silently.
+handles per-batch errors itself: Faust acks an event even when the agent raises, so an
+exception that escaped would lose the batch silently. Redis outages are retried (the
+batch waits); they never drop input.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import faust
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from schemas import errors
+from schemas.events import Event
+from schemas.rules import RuleSet
+from schemas.signals import Signal
 from stream.clock import Clock, utc_now
+from stream.detectors.engine import Engine, State
 from stream.ingest import IngestLimits, IngestResult, RawRecord, Rejection, ingest_batch
 from stream.metrics import Metrics
+from stream.patterns import PatternStore, Saved
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+LATE: Final = "late"
+IDLE_GRACE_SECONDS: Final = 1.0  # a partition this long without input is "idle": wall clock rules
+SWEEP_BATCH: Final = 1000  # due shoppers handled per partition per sweep
+RETRY_MAX_SECONDS: Final = 30.0
+T = TypeVar("T")
 
 
 def raw_topic(app: faust.App, name: str, settings: Settings) -> Any:
@@ -35,40 +57,53 @@ def raw_topic(app: faust.App, name: str, settings: Settings) -> Any:
     )
 
 
+def _record(event: Any) -> RawRecord:
+    message = event.message
+    return RawRecord(message.value, message.key, message.topic, message.partition, message.offset)
+
+
 class Pipeline:
-    """The topics and the ingest step of one app, wired to its settings and metrics."""
+    """The topics, agents and timer of one app, wired to settings, rules and metrics."""
 
     def __init__(
-        self, app: faust.App, settings: Settings, metrics: Metrics, clock: Clock = utc_now
+        self,
+        app: faust.App,
+        settings: Settings,
+        metrics: Metrics,
+        rules: RuleSet,
+        redis: aioredis.Redis,
+        clock: Clock = utc_now,
     ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
+        self.engine = Engine(rules)
+        self.store = PatternStore(redis, settings.app_id)
         self.limits = IngestLimits(
             max_bytes=settings.max_event_bytes,
             max_skew=timedelta(seconds=settings.max_clock_skew_seconds),
         )
         self.clickstream = raw_topic(app, settings.topic_clickstream, settings)
         self.normalised = raw_topic(app, settings.topic_normalised, settings)
+        self.signals = raw_topic(app, settings.topic_signals, settings)
         self.dead_letter = raw_topic(app, settings.topic_dead_letter, settings)
+        # Serialises state changes of this worker: a batch and a sweep never interleave.
+        self.lock = asyncio.Lock()
+        # Per input partition: the newest event time seen, and when input last arrived.
+        self.watermark: dict[int, float] = {}
+        self.last_input: dict[int, float] = {}
         app.agent(self.clickstream, name="ingest")(self.ingest)
+        app.agent(self.normalised, name="detect")(self.detect)
+        app.timer(settings.sweep_interval_seconds, name="sweep")(self.sweep)
 
+    # --- ingest ------------------------------------------------------------------------
     async def ingest(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         # take_events is faust-streaming >= 0.10; its stubs do not declare it.
         async for batch in stream.take_events(  # type: ignore[attr-defined]
             self.settings.batch_size, within=self.settings.batch_window_seconds
         ):
-            records = [
-                RawRecord(
-                    value=event.message.value,
-                    key=event.message.key,
-                    topic=event.message.topic,
-                    partition=event.message.partition,
-                    offset=event.message.offset,
-                )
-                for event in batch
-            ]
+            records = [_record(event) for event in batch]
             self.metrics.batch_size.labels("ingest").observe(len(records))
             try:
                 result = ingest_batch(records, self.clock(), self.limits)
@@ -78,19 +113,131 @@ class Pipeline:
                 result = IngestResult(
                     rejected=[Rejection(r, errors.PROCESSING_ERROR, detail) for r in records]
                 )
-            await self.publish(result)
+            for event in result.events:
+                self.metrics.events_consumed.labels(event.type, event.source).inc()
+                await self.normalised.send(key=event.shopper_id.encode(), value=event.to_json())
+            await self.reject(result.rejected)
             yield None
 
-    async def publish(self, result: IngestResult) -> None:
-        for event in result.events:
-            self.metrics.events_consumed.labels(event.type, event.source).inc()
-            await self.normalised.send(key=event.shopper_id.encode(), value=event.to_json())
-        if result.rejected:
-            now = self.clock()
-            for rejection in result.rejected:
-                self.metrics.events_rejected.labels(rejection.reason).inc()
-                await self.dead_letter.send(
-                    key=rejection.record.key,
-                    value=rejection.dead_letter(now),
-                    headers={"intent-reason": rejection.reason.encode()},
-                )
+    # --- detect ------------------------------------------------------------------------
+    async def detect(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for batch in stream.take_events(  # type: ignore[attr-defined]
+            self.settings.batch_size, within=self.settings.batch_window_seconds
+        ):
+            records = [_record(event) for event in batch]
+            self.metrics.batch_size.labels("detect").observe(len(records))
+            by_shopper: dict[str, list[tuple[Event, RawRecord]]] = defaultdict(list)
+            rejected: list[Rejection] = []
+            for record in records:
+                try:
+                    event = Event.model_validate_json(record.value or b"")
+                except ValidationError as exc:  # ingest wrote it, so this is a bug of ours
+                    rejected.append(Rejection(record, errors.PROCESSING_ERROR, str(exc)[:500]))
+                    continue
+                by_shopper[event.shopper_id].append((event, record))
+                self._saw(record.partition, event.ts.timestamp())
+            signals, late = await self._retry("detect", self._detect, by_shopper)
+            await self.emit(signals)
+            rejected += [Rejection(r, LATE, "older than the allowed lateness") for r in late]
+            await self.reject(rejected)
+            yield None
+
+    async def _detect(
+        self, by_shopper: dict[str, list[tuple[Event, RawRecord]]]
+    ) -> tuple[list[Signal], list[RawRecord]]:
+        signals: list[Signal] = []
+        late: list[RawRecord] = []
+        async with self.lock:
+            states = await self.store.load(list(by_shopper))
+            saved: dict[str, Saved] = {}
+            for shopper, items in by_shopper.items():
+                state = states.get(shopper) or self.engine.new_state()
+                outcome = self.engine.process(shopper, state, [event for event, _ in items])
+                signals += outcome.signals
+                late_ids = {event.id for event in outcome.late}
+                late += [record for event, record in items if event.id in late_ids]
+                self.metrics.events_duplicate.inc(outcome.duplicates)
+                saved[shopper] = self._saved(state, items[0][1].partition)
+            await self.store.save(saved)
+        return signals, late
+
+    def _saved(self, state: State, partition: int) -> Saved:
+        return Saved(state, self.engine.ttl(state), self.engine.deadline(state), partition)
+
+    def _saw(self, partition: int, ts: float) -> None:
+        self.watermark[partition] = max(ts, self.watermark.get(partition, ts))
+        self.last_input[partition] = time.monotonic()
+
+    # --- sweep: deadlines whose time has come, with no further input needed -------------
+    def until(self, partition: int) -> float:
+        """How far event time has certainly advanced on a partition.
+
+        While input flows, the partition's newest event time minus the allowed lateness
+        (so a replay of old data fires in event time, not all at once). Once the
+        partition is idle, the wall clock: a shopper who sends nothing more still fires.
+        """
+        now = self.clock().timestamp()
+        watermark = self.watermark.get(partition)
+        idle = time.monotonic() - self.last_input.get(partition, 0.0) >= IDLE_GRACE_SECONDS
+        if watermark is None or idle:
+            return max(now, (watermark or now) - self.engine.lateness)
+        return watermark - self.engine.lateness
+
+    async def sweep(self) -> None:
+        try:
+            assigned = sorted(
+                tp.partition
+                for tp in self.app.consumer.assignment()
+                if tp.topic == self.settings.topic_normalised
+            )
+            for partition in assigned:
+                signals = await self._retry("sweep", self._sweep, partition)
+                await self.emit(signals)
+        except Exception:  # the timer must keep running; the next sweep retries
+            log.exception("sweep failed")
+
+    async def _sweep(self, partition: int) -> list[Signal]:
+        until = self.until(partition)
+        shoppers = await self.store.due(partition, until, SWEEP_BATCH)
+        if not shoppers:
+            return []
+        signals: list[Signal] = []
+        async with self.lock:
+            states = await self.store.load(shoppers)
+            saved: dict[str, Saved] = {}
+            for shopper in shoppers:
+                state = states.get(shopper) or self.engine.new_state()
+                signals += self.engine.advance(shopper, state, until)
+                saved[shopper] = self._saved(state, partition)
+            await self.store.save(saved)
+        return signals
+
+    # --- output ------------------------------------------------------------------------
+    async def emit(self, signals: list[Signal]) -> None:
+        for signal in signals:
+            self.metrics.signals.labels(signal.rule_id).inc()
+            await self.signals.send(key=signal.shopper_id.encode(), value=signal.to_json())
+
+    async def reject(self, rejected: list[Rejection]) -> None:
+        if not rejected:
+            return
+        now = self.clock()
+        for rejection in rejected:
+            self.metrics.events_rejected.labels(rejection.reason).inc()
+            await self.dead_letter.send(
+                key=rejection.record.key,
+                value=rejection.dead_letter(now),
+                headers={"intent-reason": rejection.reason.encode()},
+            )
+
+    async def _retry(self, what: str, step: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run a Redis step until it succeeds: an outage delays input, never drops it."""
+        delay = 0.1
+        while True:
+            try:
+                return await step(*args)
+            except (RedisError, OSError) as exc:
+                self.metrics.redis_errors.labels(what).inc()
+                log.warning("%s: Redis error (%s); retrying in %.1f s", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)

@@ -26,6 +26,23 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.events_duplicate = Counter(
+            "intent_events_duplicate_total",
+            "Re-delivered events recognised by id and skipped (at-least-once delivery).",
+            registry=registry,
+        )
+        self.signals = Counter(
+            "intent_signals_total",
+            "Intent signals fired, by rule.",
+            ["rule"],
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "intent_redis_errors_total",
+            "Redis calls that failed (and were retried), by stage.",
+            ["stage"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "intent_batch_size_events",
             "Records handled per batch, by stage.",

@@ -22,6 +22,15 @@ class Settings(BaseSettings):
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (may hold a password)."
     )
+    rules: Path | None = Field(
+        None, description="Path to a rules file; the built-in default playbook when unset."
+    )
+    allowed_lateness_seconds: float | None = Field(
+        None, ge=0, description="Overrides the rules file's defaults.allowed_lateness (5 min)."
+    )
+    sweep_interval_seconds: float = Field(
+        1.0, gt=0, description="How often the timer fires due absence deadlines and visit ends."
+    )
     metrics_port: int = Field(9108, ge=0, le=65535, description="Port of /metrics (0 disables).")
     app_id: str = Field("intent", description="Faust app id: the consumer group and table prefix.")
     partitions: int = Field(

@@ -5,26 +5,41 @@ from __future__ import annotations
 import logging
 
 import faust
+import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
+from schemas.rules import RuleSet
 from stream.agents import Pipeline
 from stream.app import create_app
 from stream.metrics import default_metrics
+from stream.rulesfile import load_rules
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
 
+def load_ruleset(settings: Settings) -> RuleSet:
+    rules = load_rules(settings.rules)
+    if settings.allowed_lateness_seconds is not None:
+        defaults = rules.defaults.model_copy(
+            update={"allowed_lateness": settings.allowed_lateness_seconds}
+        )
+        rules = rules.model_copy(update={"defaults": defaults})
+    return rules
+
+
 def build(settings: Settings) -> tuple[faust.App, Pipeline]:
+    rules = load_ruleset(settings)
     app = create_app(settings)
-    return app, Pipeline(app, settings, default_metrics())
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    return app, Pipeline(app, settings, default_metrics(), rules, client)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Create the topics, then run the Faust worker until it is told to stop."""
+    app, _ = build(settings)  # rules first: a bad rules file fails before anything starts
     ensure_topics(settings)
-    app, _ = build(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="0.0.0.0")
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)

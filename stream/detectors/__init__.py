@@ -1,0 +1,1 @@
+"""Pure intent-signal detectors, one module per rule kind, driven by `engine.Engine`."""

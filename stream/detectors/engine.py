@@ -1,0 +1,181 @@
+"""The detection engine: a shopper's state and a batch of events in, signals out. Pure.
+
+    outcome = engine.process(shopper_id, state, events)    # in the stream
+    signals = engine.advance(shopper_id, state, until)      # on the timer
+    engine.deadline(state)                                  # when to call advance next
+
+`state` is a JSON-able dict (`Engine.new_state()`), mutated in place. It holds the
+shopper's event-time watermark, the ids of recent events (a re-delivered event changes
+nothing), the current visit, and each rule's bounded partial matches.
+Events older than the watermark minus `allowed_lateness` are returned as `late`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from schemas.events import Event
+from schemas.rules import RuleBase, RuleSet, SessionRule
+from schemas.signals import Signal, Suppression, signal_id
+from stream.detectors.absence import AbsenceDetector
+from stream.detectors.base import Detector, Ev, Fired
+from stream.detectors.count import CountDetector
+from stream.detectors.repeat import RepeatDetector
+from stream.detectors.sequence import SequenceDetector
+from stream.detectors.session import Sessions
+from stream.detectors.single import SingleDetector
+from stream.detectors.suppression import SuppressionDetector
+
+STATE_VERSION: Final = 1
+SEEN_CAP: Final = 256  # recent event ids kept for de-duplication, per shopper
+DETECTORS: Final[dict[str, type[Detector]]] = {
+    "single": SingleDetector,
+    "sequence": SequenceDetector,
+    "count": CountDetector,
+    "absence": AbsenceDetector,
+    "repeat": RepeatDetector,
+    "suppression": SuppressionDetector,
+}
+
+State = dict[str, Any]
+
+
+@dataclass
+class Outcome:
+    signals: list[Signal] = field(default_factory=list)
+    late: list[Event] = field(default_factory=list)
+    duplicates: int = 0
+
+
+class Engine:
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.lateness = rules.defaults.allowed_lateness
+        self.detectors: list[Detector] = [
+            DETECTORS[rule.kind](rule, self.lateness)
+            for rule in rules.rules
+            if rule.kind != "session"
+        ]
+        session_rules = [r for r in rules.rules if isinstance(r, SessionRule)]
+        self.sessions = Sessions(session_rules, rules.defaults.session_gap)
+        # How long a shopper's pattern state matters after their last event.
+        self.horizon = max(
+            [d.horizon for d in self.detectors] + [rules.defaults.session_gap + self.lateness]
+        )
+
+    @staticmethod
+    def new_state() -> State:
+        return {"v": STATE_VERSION, "wm": None, "seen": [], "ses": {}, "r": {}}
+
+    def process(self, shopper: str, state: State, events: Iterable[Event]) -> Outcome:
+        outcome = Outcome()
+        seen_ids = {eid for _, eid in state["seen"]}
+        for event in events:
+            ts = event.ts.timestamp()
+            eid = event.id
+            if eid in seen_ids:
+                outcome.duplicates += 1
+                continue
+            watermark = state["wm"]
+            if watermark is not None and ts < watermark - self.lateness:
+                outcome.late.append(event)
+                continue
+            seen_ids.add(eid)
+            state["seen"].append([ts, eid])
+            state["wm"] = ts if watermark is None else max(watermark, ts)
+            fired = self._on_event(state, event, ts)
+            fired += self._advance(state, state["wm"] - self.lateness)
+            outcome.signals.extend(self._signals(shopper, fired))
+        self._prune(state)
+        outcome.signals.sort(key=lambda s: (s.at, s.signal_id))
+        return outcome
+
+    def advance(self, shopper: str, state: State, until: float) -> list[Signal]:
+        """Fire what is due by `until` (epoch seconds): absence deadlines, ended visits."""
+        signals = self._signals(shopper, self._advance(state, until))
+        self._prune(state)
+        signals.sort(key=lambda s: (s.at, s.signal_id))
+        return signals
+
+    def ttl(self, state: State) -> float:
+        """Seconds this state must outlive the shopper's last event: the longest window
+        among the rules that hold something, never less than a visit (so stale shoppers
+        cost nothing)."""
+        held = [d.horizon for d in self.detectors if state["r"].get(d.rule.id)]
+        floor = self.rules.defaults.session_gap + self.lateness
+        due = self.deadline(state)
+        if due is not None and state["wm"] is not None:
+            floor = max(floor, due - state["wm"] + self.lateness)
+        return max([floor, *held])
+
+    def deadline(self, state: State) -> float | None:
+        """The earliest time `advance` has something to do for this state."""
+        times = [self.sessions.deadline(state["ses"])]
+        times += [d.deadline(state["r"].get(d.rule.id, {})) for d in self.detectors]
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
+
+    # --- internals ---------------------------------------------------------------------
+    def _on_event(self, state: State, event: Event, ts: float) -> list[tuple[RuleBase, Fired]]:
+        session, fired = self.sessions.assign(state["ses"], event, ts)
+        product = event.product
+        sku, category = (product.sku, product.category) if product else (None, None)
+        ev = Ev(event, event.id, ts, session, sku, category)
+        out: list[tuple[RuleBase, Fired]] = list(fired)
+        rules_state = state["r"]
+        for detector in self.detectors:
+            rule_id = detector.rule.id
+            st = rules_state.get(rule_id)
+            if st is None:
+                st = rules_state[rule_id] = {}
+            out.extend((detector.rule, f) for f in detector.on_event(st, ev))
+        return out
+
+    def _advance(self, state: State, until: float) -> list[tuple[RuleBase, Fired]]:
+        out: list[tuple[RuleBase, Fired]] = list(self.sessions.advance(state["ses"], until))
+        for detector in self.detectors:
+            st = state["r"].get(detector.rule.id)
+            if st:
+                out.extend((detector.rule, f) for f in detector.advance(st, until))
+        return out
+
+    def _prune(self, state: State) -> None:
+        watermark = state["wm"]
+        if watermark is None:
+            return
+        floor = watermark - self.lateness
+        state["seen"] = [s for s in state["seen"] if s[0] >= floor][-SEEN_CAP:]
+        for detector in self.detectors:
+            st = state["r"].get(detector.rule.id)
+            if st is not None:
+                detector.prune(st, watermark)
+                if not any(st.values()):
+                    del state["r"][detector.rule.id]
+
+    def _signals(self, shopper: str, fired: list[tuple[RuleBase, Fired]]) -> list[Signal]:
+        out = []
+        for rule, f in fired:
+            anchors = list(f.anchors)
+            suppression = Suppression.model_validate(f.suppression) if f.suppression else None
+            out.append(
+                Signal(
+                    signal_id=signal_id(rule.id, shopper, anchors),
+                    rule_id=rule.id,
+                    kind=rule.kind,  # type: ignore[attr-defined]
+                    shopper_id=shopper,
+                    at=datetime.fromtimestamp(f.at, tz=UTC),
+                    points=rule.points,
+                    half_life_seconds=self.rules.half_life(rule),
+                    tier_hint=rule.tier_hint,
+                    actions=list(rule.actions),
+                    anchors=anchors,
+                    session_id=f.session,
+                    sku=f.sku,
+                    category=f.category,
+                    suppression=suppression,
+                )
+            )
+        return out

@@ -1,0 +1,93 @@
+"""Compile a rule's `Match` into a fast predicate over events."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from schemas.events import Event
+from schemas.rules import Condition, Match
+
+Predicate = Callable[[Event], bool]
+
+
+def field_value(event: Event, path: str) -> Any:
+    """The value at a field path (`type`, `page.type`, `product.sku`, `properties.a.b`)."""
+    root, _, rest = path.partition(".")
+    if root == "type":
+        return event.type
+    if root == "source":
+        return event.source
+    if root == "session_id":
+        return event.session_id
+    if root == "page":
+        return getattr(event.page, rest, None) if event.page is not None else None
+    if root == "product":
+        return getattr(event.product, rest, None) if event.product is not None else None
+    value: Any = event.properties
+    for part in rest.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def compile_condition(cond: Condition) -> Callable[[Any], bool]:
+    if cond.eq is not None:
+        expected = cond.eq
+        return lambda v: v == expected
+    if cond.in_ is not None:
+        allowed = frozenset(cond.in_)
+        return lambda v: v in allowed
+    if cond.not_in is not None:
+        banned = frozenset(cond.not_in)
+        return lambda v: v not in banned
+    if cond.contains_any is not None:
+        words = tuple(w.lower() for w in cond.contains_any)
+        return lambda v: isinstance(v, str) and any(w in v.lower() for w in words)
+    if cond.prefix is not None:
+        prefixes = tuple(cond.prefix)
+        return lambda v: isinstance(v, str) and v.startswith(prefixes)
+    if cond.regex is not None:
+        pattern = re.compile(cond.regex)
+        return lambda v: isinstance(v, str) and pattern.search(v) is not None
+    if cond.exists is not None:
+        want = cond.exists
+        return lambda v: (v is not None) == want
+    for op, bound in (("gt", cond.gt), ("gte", cond.gte), ("lt", cond.lt), ("lte", cond.lte)):
+        if bound is not None:
+            return _compare(op, bound)
+    raise ValueError("empty condition")  # the schema makes this unreachable
+
+
+def _compare(op: str, bound: float) -> Callable[[Any], bool]:
+    def test(v: Any) -> bool:
+        n = _number(v)
+        if n is None:
+            return False
+        return {"gt": n > bound, "gte": n >= bound, "lt": n < bound, "lte": n <= bound}[op]
+
+    return test
+
+
+def compile_match(match: Match) -> Predicate:
+    alternatives = [
+        [(path, compile_condition(cond)) for path, cond in conditions.items()]
+        for conditions in match.any
+    ]
+    if len(alternatives) == 1:
+        (tests,) = alternatives
+        return lambda event: all(test(field_value(event, path)) for path, test in tests)
+    return lambda event: any(
+        all(test(field_value(event, path)) for path, test in tests) for tests in alternatives
+    )

@@ -1,0 +1,113 @@
+"""Load and check rules files. Errors name the YAML line and the field path.
+
+The default rules (PLAYBOOK.md) ship as package data: `stream/rules/default.yaml`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from schemas.rules import RULE_KINDS, RuleSet
+from stream.errors import ConfigError
+
+DEFAULT_RULES = "default.yaml"
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line else "file"
+        return f"{where}: {self.path or '<top>'}: {self.message}"
+
+
+def default_rules_text() -> str:
+    return resources.files("stream").joinpath("rules").joinpath(DEFAULT_RULES).read_text()
+
+
+def check_text(text: str) -> tuple[RuleSet | None, list[Problem]]:
+    """Parse and validate; the rule set, or every problem found with its line."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        return None, [Problem(line, "", f"not valid YAML: {getattr(exc, 'problem', exc)}")]
+    if not isinstance(data, dict):
+        return None, [Problem(1, "", "a rules file is a mapping with `rules:` (a list)")]
+    try:
+        return RuleSet.model_validate(data), []
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [part for part in err["loc"]]
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(Problem(_line(root, loc), _path(data, loc), message))
+        return None, problems
+
+
+def load_rules(path: Path | None = None) -> RuleSet:
+    """The rules at `path`, or the built-in playbook. Raises ConfigError listing problems."""
+    if path is None:
+        text, name = default_rules_text(), f"<built-in {DEFAULT_RULES}>"
+    else:
+        try:
+            text, name = Path(path).read_text(), str(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read rules file {path}: {exc.strerror}") from exc
+    rules, problems = check_text(text)
+    if rules is None:
+        listing = "\n  ".join(str(p) for p in problems)
+        raise ConfigError(
+            f"rules file {name} is invalid ({len(problems)} problems); "
+            f"run `intent rules check {name}`:\n  {listing}"
+        )
+    return rules
+
+
+def _descend(node: Any, part: Any) -> Any:
+    if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+        for key, value in node.value:
+            if key.value == part:
+                return value
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return node.value[part]
+    return None
+
+
+def _line(root: Any, loc: list[Any]) -> int | None:
+    """The line of the deepest YAML node the error location reaches."""
+    node = root
+    for part in loc:
+        child = _descend(node, part)
+        if child is not None:
+            node = child  # parts that are not in the file (union tags) are skipped
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _path(data: Any, loc: list[Any]) -> str:
+    """`rules[3].within`: the location as the user wrote it, without pydantic's tags."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str):
+            if part in node:
+                out += f".{part}" if out else part
+                node = node[part]
+            elif part not in RULE_KINDS and part not in ("any", "conditions"):
+                return f"{out}.{part}" if out else part  # a missing field: name it, stop
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            rule_id = node[part].get("id") if isinstance(node[part], dict) else None
+            out += f"[{part}]" + (f" ({rule_id})" if rule_id and out == "rules" else "")
+            node = node[part]
+    return out

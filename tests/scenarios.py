@@ -1,0 +1,124 @@
+"""The six PLAYBOOK scenarios as event scripts, with the signals that must fire and
+the ones that must not. Shared by the pure engine tests and the integration tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def ev(
+    shopper: str,
+    minutes: float,
+    type_: str,
+    *,
+    session: str | None = None,
+    page: str | None = None,
+    sku: str | None = None,
+    category: str | None = None,
+    variant: str | None = None,
+    start: datetime = T0,
+    **props: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "shopper_id": shopper,
+        "type": type_,
+        "ts": (start + timedelta(minutes=minutes)).isoformat(),
+        "properties": props,
+    }
+    if session:
+        body["session_id"] = session
+    if page:
+        body["page"] = {"type": page, "url": f"https://shop.example/{page}"}
+    if sku:
+        body["product"] = {"sku": sku, "category": category, "price": 20.0}
+        if variant:
+            body["product"]["variant"] = variant
+    return body
+
+
+@dataclass
+class Scenario:
+    name: str
+    events: list[dict[str, Any]]
+    fires: list[str]  # rule ids, in the order of their signals' times
+    never: set[str] = field(default_factory=set)
+    flush: bool = True  # let deadlines pass after the script (absence, visit end)
+
+
+def scenarios(prefix: str = "", start: datetime = T0) -> list[Scenario]:
+    def e(shopper: str, *args: Any, **kw: Any) -> dict[str, Any]:
+        return ev(prefix + shopper, *args, start=start, **kw)
+
+    cable = {"sku": "CBL-USB-C", "category": "electronics/cables"}
+    tee = {"sku": "TEE-ORG", "category": "apparel/tops"}
+    plan = {"sku": "BOX-MONTHLY", "category": "subscriptions/coffee"}
+    plan2 = {"sku": "BOX-WEEKLY", "category": "subscriptions/coffee"}
+    plan3 = {"sku": "BOX-ANNUAL", "category": "subscriptions/coffee"}
+    jacket = {"sku": "JKT-RAIN", "category": "apparel/outerwear"}
+    return [
+        Scenario(
+            "1 returns-risk electronics",
+            [e("s1", 0, "product_view", session="v1", **cable),
+             e("s1", 3, "page_view", session="v1", page="returns")],
+            fires=["product_viewed", "product_then_returns"],
+            never={"checkout_abandoned", "blog_only_visit", "single_page_visit"},
+        ),
+        Scenario(
+            "2 apparel size help",
+            [e("s2", 0, "page_view", session="v1", page="size_guide"),
+             e("s2", 1, "product_view", session="v1", **tee),
+             e("s2", 2, "variant_selected", session="v1", variant="M", **tee),
+             e("s2", 3, "wishlist_add", session="v1", variant="M", **tee)],
+            fires=["help_pages_read", "product_viewed", "variant_selected", "wishlist_add"],
+            never={"plan_selected", "discount_applied", "product_then_returns"},
+        ),
+        Scenario(
+            "3 subscription over several visits",
+            [e("s3", 0, "category_view", session="v1", category="subscriptions/coffee"),
+             e("s3", 1, "product_view", session="v1", **plan),
+             e("s3", 2, "product_view", session="v1", **plan2),
+             e("s3", 300, "product_view", session="v2", **plan),
+             e("s3", 302, "page_view", session="v2", page="returns"),
+             e("s3", 1440, "product_view", session="v3", **plan3),
+             e("s3", 1442, "variant_selected", session="v3", variant="annual", **plan3)],
+            fires=["category_then_product", "product_viewed", "product_viewed",
+                   "product_viewed", "repeat_product_views", "product_viewed",
+                   "repeat_collection_views", "plan_selected",
+                   "variant_selected"],
+            never={"product_then_returns", "checkout_abandoned"},
+        ),
+        Scenario(
+            "4 checkout abandoned",
+            [e("s4", 0, "product_view", session="v1", **jacket),
+             e("s4", 1, "add_to_cart", session="v1", **jacket),
+             e("s4", 2, "cart_view", session="v1"),
+             e("s4", 3, "checkout_started", session="v1", **jacket)],
+            fires=["product_viewed", "added_to_cart", "checkout_started", "checkout_abandoned"],
+            never={"cart_viewed_without_checkout", "purchased_in_category"},
+        ),
+        Scenario(
+            "5 blog-only reader",
+            [e("s5", 0, "page_view", session="v1", page="blog"),
+             e("s5", 4, "page_view", session="v1", page="blog"),
+             e("s5", 9, "page_view", session="v1", page="blog")],
+            fires=["blog_only_visit"],
+            never={"product_viewed", "single_page_visit", "navigation_only_visit"},
+        ),
+        Scenario(
+            "6 opt-out, spam complaint, purchase in the category",
+            [e("s6", 0, "email_open"),
+             e("s6", 1, "opt_out", channel="email"),
+             e("s6b", 0, "spam_complaint"),
+             e("s6c", 0, "product_view", session="v1", **cable),
+             e("s6c", 1, "add_to_cart", session="v1", **cable),
+             e("s6c", 2, "checkout_started", session="v1", **cable),
+             e("s6c", 4, "purchase", session="v1", **cable)],
+            fires=["opted_out", "spam_complaint", "product_viewed", "added_to_cart",
+                   "checkout_started", "purchased_in_category", "email_opened_without_click"],
+            never={"checkout_abandoned"},
+        ),
+    ]  # fmt: skip
