@@ -114,7 +114,8 @@ def encode(step: Step, shopper: str, session: str, ts: datetime, rng: random.Ran
         body = {
             "event_name": GA4_NAMES[kind], "user_pseudo_id": shopper,
             "event_timestamp": int(ts.timestamp() * 1_000_000),
-            "event_params": [{"key": "ga_session_id", "value": {"string_value": session}}],
+            "event_params": [{"key": "ga_session_id", "value": {"string_value": session}}]
+            + [{"key": k, "value": {"string_value": str(v)}} for k, v in props.items()],
             "items": [item] if item else [],
         }  # fmt: skip
     else:

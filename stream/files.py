@@ -50,16 +50,25 @@ def _open(path: Path) -> tuple[IO[bytes], IO[str]]:
         binary = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
     else:
         raw.seek(0)
-    return raw, io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")
+    return raw, io.TextIOWrapper(
+        binary, encoding="utf-8-sig", errors="replace", newline=""
+    )  # BOM: Excel
 
 
 def read_events(
     path: Path, fmt: str, progress: Callable[[int], None] | None = None
 ) -> Iterator[Event | LineError]:
     """Events (or line errors) in file order. `progress(bytes_read_of_the_file)` is called
-    every few thousand lines; compare it with `path.stat().st_size`."""
+    every few thousand lines; compare it with `path.stat().st_size`. A bad format or an
+    unreadable file raises `ConfigError` here, before iteration starts."""
     spec = get_format(fmt)
     raw, text = _open(path)
+    return _lines(spec, raw, text, progress)
+
+
+def _lines(
+    spec: Format, raw: IO[bytes], text: IO[str], progress: Callable[[int], None] | None
+) -> Iterator[Event | LineError]:
     with raw, text:
         for line_no, line in enumerate(text, start=1):
             if progress is not None and line_no % PROGRESS_EVERY_LINES == 0:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Final
 from urllib.parse import urlsplit
 
 from schemas.events import PAGE_TYPES, PageType
 
 # First match wins, so the more specific kinds come first ("/products/returns" is returns).
-_KEYWORDS: Final[tuple[tuple[PageType, tuple[str, ...]], ...]] = (
+# URL paths are matched by substring ("/p/" is a product path).
+_URL_KEYWORDS: Final[tuple[tuple[PageType, tuple[str, ...]], ...]] = (
     ("returns", ("return", "refund", "exchange")),
     ("shipping", ("shipping", "delivery")),
-    ("size_guide", ("size-guide", "size_guide", "sizeguide", "size-chart", "size guide")),
-    ("spec_sheet", ("spec-sheet", "specs", "datasheet", "spec sheet", "specification")),
+    ("size_guide", ("size-guide", "size_guide", "sizeguide", "size-chart")),
+    ("spec_sheet", ("spec-sheet", "specs", "datasheet", "specification")),
     ("faq", ("faq", "help", "support")),
     ("pricing", ("pricing", "plans", "price-list")),
     ("blog", ("blog", "journal", "article", "/news", "stories")),
@@ -20,24 +22,41 @@ _KEYWORDS: Final[tuple[tuple[PageType, tuple[str, ...]], ...]] = (
     ("product", ("/product", "/p/", "/item", "/dp/")),
     ("category", ("/category", "/categories", "/c/", "/collection", "/shop/", "/department")),
 )
+# Page names ("Returns Policy", "Home Page") are matched by whole words.
+_NAME_KEYWORDS: Final[tuple[tuple[PageType, tuple[str, ...]], ...]] = (
+    ("returns", ("return", "returns", "refund", "refunds", "exchange", "exchanges")),
+    ("shipping", ("shipping", "delivery")),
+    ("size_guide", ("size guide", "size chart", "sizing")),
+    ("spec_sheet", ("spec", "specs", "spec sheet", "datasheet", "specification", "specifications")),
+    ("faq", ("faq", "faqs", "help", "support")),
+    ("pricing", ("pricing", "plans", "price list")),
+    ("blog", ("blog", "journal", "article", "news", "stories")),
+    ("landing", ("landing", "landing page")),
+    ("home", ("home", "homepage", "home page", "index")),
+    ("product", ("product", "product page", "product detail", "pdp")),
+    ("category", ("category", "collection", "collections", "department", "plp")),
+)
+
+
+def _words(text: str) -> str:
+    return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
 
 
 def infer_page_type(url: str | None = None, hint: str | None = None) -> PageType:
     """Classify a page. `hint` is an explicit type or a page name ("Returns Policy")."""
     if hint:
-        text = hint.strip().lower().replace(" ", "_")
+        text = hint.strip().lower().replace(" ", "_").replace("-", "_")
         if text in PAGE_TYPES:
             return text  # type: ignore[return-value]  # checked membership of the Literal
-        for kind, words in _KEYWORDS:
-            if any(word.strip("/") in hint.lower() for word in words):
+        words = _words(hint)
+        for kind, names in _NAME_KEYWORDS:
+            if any(f" {name} " in words for name in names):
                 return kind
-        if text in {"home", "homepage", "home_page", "index"}:
-            return "home"
     if url:
         path = urlsplit(url).path.lower() if "://" in url else url.lower()
         if path in {"", "/", "/index.html", "/home"}:
             return "home"
-        for kind, words in _KEYWORDS:
-            if any(word in path for word in words):
+        for kind, keywords in _URL_KEYWORDS:
+            if any(word in path for word in keywords):
                 return kind
     return "other"

@@ -1,0 +1,459 @@
+"""The detection engine, pure: every rule kind, time, order, duplicates, expiry."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from schemas.adapters import to_event
+from schemas.events import Event
+from schemas.rules import RuleSet
+from schemas.signals import Signal
+from stream.detectors.engine import Engine
+from stream.rulesfile import load_rules
+from tests.scenarios import T0, ev, scenarios
+
+CABLE = {"sku": "CBL-USB-C", "category": "electronics/cables"}
+
+
+def engine(*rules: dict[str, Any], **defaults: Any) -> Engine:
+    return Engine(RuleSet.model_validate({"defaults": defaults, "rules": list(rules)}))
+
+
+def events(*bodies: dict[str, Any]) -> list[Event]:
+    return [to_event(b) for b in bodies]
+
+
+def run(eng: Engine, bodies: Iterable[dict[str, Any]], *, flush: bool = True) -> list[Signal]:
+    state = eng.new_state()
+    signals = eng.process("s", state, events(*bodies)).signals
+    if flush:
+        signals += eng.advance("s", state, float("inf"))
+    return signals
+
+
+def rule_ids(signals: list[Signal]) -> list[str]:
+    return [s.rule_id for s in signals]
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+# --- the six PLAYBOOK scenarios on the default rules ------------------------------------
+@pytest.mark.parametrize("case", scenarios(), ids=lambda c: c.name)
+def test_default_rules_get_the_playbook_scenarios_right(case: Any) -> None:
+    eng = Engine(load_rules())
+    by_shopper: dict[str, list[Event]] = {}
+    for body in case.events:
+        by_shopper.setdefault(body["shopper_id"], []).append(to_event(body))
+    fired: list[Signal] = []
+    for shopper, evs in by_shopper.items():
+        state = eng.new_state()
+        fired += eng.process(shopper, state, evs).signals
+        fired += eng.advance(shopper, state, float("inf"))
+    assert Counter(rule_ids(fired)) == Counter(case.fires)
+    assert not set(rule_ids(fired)) & case.never
+
+
+# --- single ----------------------------------------------------------------------------------
+def test_single_matches_predicates_and_respects_cooldown() -> None:
+    eng = engine(
+        {
+            "id": "buying_words",
+            "kind": "single",
+            "points": 8,
+            "cooldown": "30m",
+            "when": {"type": "search", "properties.query": {"contains_any": ["buy", "price"]}},
+        },
+    )
+    signals = run(
+        eng,
+        [
+            ev("s", 0, "search", query="how to choose a cable"),
+            ev("s", 1, "search", query="Best PRICE usb-c"),
+            ev("s", 2, "search", query="buy usb-c cable"),  # cooling down
+            ev("s", 40, "search", query="buy usb-c cable"),
+        ],
+    )
+    assert [s.at for s in signals] == [at(1), at(40)]
+    assert all(s.points == 8 and len(s.anchors) == 1 for s in signals)
+
+
+def test_email_click_with_product_link_regex() -> None:
+    eng = engine(
+        {
+            "id": "email_product_click",
+            "kind": "single",
+            "when": {"type": "email_click", "properties.url": {"regex": "/products?/"}},
+        }
+    )
+    signals = run(
+        eng,
+        [
+            ev("s", 0, "email_click", url="https://shop.example/blog/x"),
+            ev("s", 1, "email_click", url="https://shop.example/products/cbl"),
+        ],
+    )
+    assert [s.at for s in signals] == [at(1)]
+
+
+# --- sequence -------------------------------------------------------------------------------
+SEQ = {
+    "id": "product_then_returns",
+    "kind": "sequence",
+    "within": "30m",
+    "same": "session",
+    "steps": [{"type": "product_view"}, {"type": "page_view", "page.type": "returns"}],
+}
+
+
+def test_sequence_in_order_within_the_window_and_same_visit() -> None:
+    signals = run(
+        engine(SEQ),
+        [
+            ev("s", 0, "product_view", session="a", **CABLE),
+            ev("s", 5, "page_view", session="a", page="returns"),
+            ev("s", 40, "product_view", session="b", **CABLE),
+            ev("s", 41, "page_view", session="c", page="returns"),  # another visit
+            ev("s", 50, "product_view", session="d", **CABLE),
+            ev("s", 90, "page_view", session="d", page="returns"),  # too late
+        ],
+    )
+    assert [s.at for s in signals] == [at(5)]
+    assert signals[0].session_id == "a"
+
+
+def test_sequence_out_of_order_within_lateness_matches_once() -> None:
+    bodies = [
+        ev("s", 5, "page_view", session="a", page="returns"),
+        ev("s", 0, "product_view", session="a", **CABLE),
+    ]
+    signals = run(engine(SEQ), bodies)
+    assert rule_ids(signals) == ["product_then_returns"]
+    in_order = run(engine(SEQ), bodies[::-1])
+    assert [s.signal_id for s in signals] == [s.signal_id for s in in_order]
+
+
+def test_sequence_strict_contiguity_rejects_gaps() -> None:
+    strict = {**SEQ, "contiguity": "strict", "same": "shopper"}
+    gap = [
+        ev("s", 0, "product_view", **CABLE),
+        ev("s", 1, "page_view", page="faq"),
+        ev("s", 2, "page_view", page="returns"),
+    ]
+    assert run(engine(strict), gap) == []
+    assert rule_ids(run(engine({**SEQ, "same": "shopper"}), gap)) == ["product_then_returns"]
+
+
+def test_three_step_sequence() -> None:
+    three = {
+        **SEQ,
+        "steps": [{"type": "category_view"}, {"type": "product_view"}, {"type": "add_to_cart"}],
+    }
+    ok = [
+        ev("s", 0, "category_view", session="a"),
+        ev("s", 1, "product_view", session="a", **CABLE),
+        ev("s", 2, "add_to_cart", session="a", **CABLE),
+    ]
+    assert len(run(engine(three), ok)[0].anchors) == 3
+    assert run(engine(three), ok[1:]) == []
+
+
+# --- count ----------------------------------------------------------------------------------
+COUNT = {
+    "id": "several_products",
+    "kind": "count",
+    "when": {"type": "product_view"},
+    "count": 3,
+    "within": "10m",
+    "distinct": "product.sku",
+}
+
+
+def test_count_distinct_products_in_window_fires_once_per_burst() -> None:
+    signals = run(
+        engine(COUNT),
+        [
+            ev("s", 0, "product_view", sku="A"),
+            ev("s", 1, "product_view", sku="A"),
+            ev("s", 2, "product_view", sku="B"),
+            ev("s", 3, "product_view", sku="C"),
+            ev("s", 4, "product_view", sku="D"),  # same burst: cooldown
+            ev("s", 30, "product_view", sku="E"),
+            ev("s", 45, "product_view", sku="F"),
+        ],
+    )
+    assert [s.at for s in signals] == [at(3)]
+    assert len(signals[0].anchors) == 3
+
+
+def test_count_same_visit_distinct_page_types() -> None:
+    rule = {
+        "id": "shipping_and_returns",
+        "kind": "count",
+        "count": 2,
+        "within": "30m",
+        "when": {"type": "page_view", "page.type": ["shipping", "returns"]},
+        "distinct": "page.type",
+        "same": "session",
+    }
+    assert (
+        run(
+            engine(rule),
+            [
+                ev("s", 0, "page_view", session="a", page="shipping"),
+                ev("s", 2, "page_view", session="b", page="returns"),
+            ],
+        )
+        == []
+    )
+    both = run(
+        engine(rule),
+        [
+            ev("s", 0, "page_view", session="a", page="shipping"),
+            ev("s", 2, "page_view", session="a", page="returns"),
+        ],
+    )
+    assert rule_ids(both) == ["shipping_and_returns"]
+
+
+# --- absence --------------------------------------------------------------------------------
+ABSENCE = {
+    "id": "checkout_abandoned",
+    "kind": "absence",
+    "within": "30m",
+    "points": 15,
+    "when": {"type": "checkout_started"},
+    "unless": {"type": "purchase"},
+}
+
+
+def test_absence_fires_at_the_deadline_with_no_further_events() -> None:
+    eng = engine(ABSENCE)
+    state = eng.new_state()
+    assert eng.process("s", state, events(ev("s", 0, "checkout_started"))).signals == []
+    assert eng.deadline(state) == at(30).timestamp()
+    assert eng.advance("s", state, at(29).timestamp()) == []
+    (signal,) = eng.advance("s", state, at(30).timestamp())
+    assert signal.at == at(30) and signal.points == 15
+    assert eng.deadline(state) is None
+    assert eng.advance("s", state, at(60).timestamp()) == []  # fires once
+
+
+def test_absence_is_cancelled_by_the_follow_up_even_out_of_order() -> None:
+    bought = [ev("s", 0, "checkout_started"), ev("s", 10, "purchase")]
+    assert run(engine(ABSENCE), bought) == []
+    assert run(engine(ABSENCE), bought[::-1]) == []  # purchase arrived first
+    too_late = [ev("s", 0, "checkout_started"), ev("s", 31, "purchase")]
+    assert rule_ids(run(engine(ABSENCE), too_late)) == ["checkout_abandoned"]
+
+
+def test_absence_fires_in_event_time_when_later_events_pass_the_deadline() -> None:
+    eng = engine(ABSENCE, allowed_lateness="5m")
+    state = eng.new_state()
+    first = eng.process("s", state, events(ev("s", 0, "checkout_started"))).signals
+    # 34 min: past the deadline but within the lateness a purchase could still arrive.
+    assert (
+        first + eng.process("s", state, events(ev("s", 34, "page_view", page="home"))).signals == []
+    )
+    (signal,) = eng.process("s", state, events(ev("s", 36, "page_view", page="home"))).signals
+    assert signal.at == at(30)
+
+
+def test_a_newer_checkout_supersedes_the_pending_one() -> None:
+    signals = run(engine(ABSENCE), [ev("s", 0, "checkout_started"), ev("s", 5, "checkout_started")])
+    assert [s.at for s in signals] == [at(35)]
+
+
+# --- session ---------------------------------------------------------------------------------
+BLOG = {
+    "id": "blog_only_visit",
+    "kind": "session",
+    "points": 3,
+    "all": {"type": "page_view", "page.type": "blog"},
+}
+
+
+def test_session_rule_fires_when_the_visit_ends_by_inactivity() -> None:
+    eng = engine(BLOG, session_gap="30m")
+    state = eng.new_state()
+    eng.process(
+        "s",
+        state,
+        events(ev("s", 0, "page_view", page="blog"), ev("s", 10, "page_view", page="blog")),
+    )
+    assert eng.deadline(state) == at(40).timestamp()
+    assert eng.advance("s", state, at(39).timestamp()) == []
+    (signal,) = eng.advance("s", state, at(40).timestamp())
+    assert signal.at == at(40) and signal.anchors[0].startswith("session:")
+
+
+def test_session_boundary_by_gap_and_by_session_id() -> None:
+    eng = engine(BLOG, {"id": "one_page", "kind": "session", "max_events": 1})
+    signals = run(
+        eng,
+        [
+            ev("s", 0, "page_view", page="blog"),
+            ev("s", 45, "page_view", page="blog"),  # 45 min gap: a new visit
+            ev("s", 46, "product_view", **CABLE),  # spoils the blog-only second visit
+            ev("s", 47, "page_view", session="x", page="blog"),  # a new session id: new visit
+        ],
+    )
+    assert sorted(rule_ids(signals)) == [
+        "blog_only_visit",
+        "blog_only_visit",
+        "one_page",
+        "one_page",
+    ]
+
+
+def test_offsite_events_do_not_break_a_visit() -> None:
+    signals = run(engine(BLOG), [ev("s", 0, "page_view", page="blog"), ev("s", 1, "email_open")])
+    assert rule_ids(signals) == ["blog_only_visit"]
+
+
+# --- repeat ----------------------------------------------------------------------------------
+REPEAT = {
+    "id": "repeat_product",
+    "kind": "repeat",
+    "when": {"type": "product_view"},
+    "key": "product",
+    "sessions": 2,
+    "within": "7d",
+}
+
+
+def test_repeat_across_sessions_within_days() -> None:
+    signals = run(
+        engine(REPEAT),
+        [
+            ev("s", 0, "product_view", session="a", **CABLE),
+            ev("s", 1, "product_view", session="a", **CABLE),  # same visit: not a repeat
+            ev("s", 60 * 24, "product_view", session="b", **CABLE),
+            ev("s", 60 * 25, "product_view", session="c", **CABLE),  # cooldown: once a week
+        ],
+    )
+    assert [s.at for s in signals] == [at(60 * 24)]
+    assert signals[0].sku == "CBL-USB-C"
+    eight_days = run(
+        engine(REPEAT),
+        [
+            ev("s", 0, "product_view", session="a", **CABLE),
+            ev("s", 60 * 24 * 8, "product_view", session="b", **CABLE),
+        ],
+    )
+    assert eight_days == []
+
+
+# --- suppression -----------------------------------------------------------------------------
+def test_suppression_scopes_and_repeated_bounces() -> None:
+    eng = engine(
+        {
+            "id": "opted_out",
+            "kind": "suppression",
+            "when": {"type": "opt_out"},
+            "scope": "channel",
+            "duration": "3650d",
+        },
+        {
+            "id": "bounces",
+            "kind": "suppression",
+            "when": {"type": "email_bounce"},
+            "scope": "channel",
+            "channel": "email",
+            "count": 3,
+            "within": "30d",
+            "duration": "180d",
+        },
+        {
+            "id": "bought",
+            "kind": "suppression",
+            "when": {"type": "purchase"},
+            "scope": "category",
+            "duration": "30d",
+            "except_actions": ["feedback_request"],
+        },
+    )
+    signals = run(
+        eng,
+        [
+            ev("s", 0, "opt_out", channel="sms"),
+            ev("s", 1, "email_bounce"),
+            ev("s", 2, "email_bounce"),
+            ev("s", 3, "email_bounce"),
+            ev("s", 4, "purchase", **CABLE),
+        ],
+    )
+    by_rule = {s.rule_id: s.suppression for s in signals}
+    assert by_rule["opted_out"] is not None and by_rule["opted_out"].value == "sms"
+    assert by_rule["bounces"] is not None and by_rule["bounces"].scope == "channel"
+    bought = by_rule["bought"]
+    assert bought is not None and bought.value == "electronics/cables"
+    assert bought.until == at(4) + timedelta(days=30)
+    assert bought.except_actions == ["feedback_request"]
+    assert all(s.points == 0 for s in signals)
+    two_bounces = run(eng, [ev("s", 1, "email_bounce"), ev("s", 2, "email_bounce")])
+    assert two_bounces == []
+
+
+# --- time, duplicates, state ---------------------------------------------------------------
+def test_late_events_are_returned_not_matched() -> None:
+    eng = engine(SEQ, allowed_lateness="5m")
+    state = eng.new_state()
+    eng.process("s", state, events(ev("s", 30, "page_view", session="a", page="home")))
+    outcome = eng.process("s", state, events(ev("s", 20, "product_view", session="a", **CABLE)))
+    assert [e.type for e in outcome.late] == ["product_view"]
+    assert outcome.signals == []
+
+
+def test_duplicates_change_nothing() -> None:
+    eng = engine(SEQ, COUNT, ABSENCE, BLOG)
+    bodies = [
+        ev("s", 0, "product_view", session="a", sku="A"),
+        ev("s", 1, "product_view", session="a", sku="B"),
+        ev("s", 2, "checkout_started", session="a"),
+        ev("s", 3, "page_view", session="a", page="returns"),
+    ]
+    state = eng.new_state()
+    first = eng.process("s", state, events(*bodies))
+    snapshot = json.dumps(state, sort_keys=True)
+    again = eng.process("s", state, events(*bodies))
+    assert again.signals == [] and again.duplicates == 4
+    assert json.dumps(state, sort_keys=True) == snapshot
+    assert rule_ids(first.signals) == ["product_then_returns"]
+
+
+def test_same_input_gives_same_signal_ids() -> None:
+    eng = Engine(load_rules())
+    bodies = [body for case in scenarios() for body in case.events if body["shopper_id"] == "s4"]
+    assert [s.signal_id for s in run(eng, bodies)] == [s.signal_id for s in run(eng, bodies)]
+
+
+def test_state_is_pruned_and_bounded() -> None:
+    eng = engine(SEQ, COUNT)
+    state = eng.new_state()
+    many = [ev("s", i, "product_view", session="a", sku=f"P{i}") for i in range(300)]
+    eng.process("s", state, events(*many))
+    for rule_state in state["r"].values():
+        for buffer in rule_state.values():
+            assert len(buffer) <= 64
+    assert len(state["seen"]) <= 256
+    # Far later, everything the windows held is gone.
+    eng.process("s", state, events(ev("s", 60 * 24, "page_view", session="z", page="home")))
+    assert state["r"] == {}
+    assert len(json.dumps(state)) < 400
+
+
+def test_ttl_covers_the_longest_window_held() -> None:
+    eng = engine(REPEAT, ABSENCE, session_gap="30m", allowed_lateness="5m")
+    state = eng.new_state()
+    eng.process("s", state, events(ev("s", 0, "page_view", page="home")))
+    assert eng.ttl(state) == pytest.approx(35 * 60)  # only the visit: gap + lateness
+    eng.process("s", state, events(ev("s", 1, "product_view", session="a", **CABLE)))
+    assert eng.ttl(state) == pytest.approx(7 * 86400 + 300)
