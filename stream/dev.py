@@ -128,7 +128,7 @@ def _demo_loop(settings: Settings, rate: float, stop: threading.Event) -> None:
 
 def _watch(settings: Settings, worker: subprocess.Popen[bytes] | None, out: TextIO) -> None:
     """Print what the worker emits until interrupted (or the worker dies)."""
-    topics = [settings.topic_normalised, settings.topic_dead_letter]
+    topics = [settings.topic_normalised, settings.topic_signals, settings.topic_dead_letter]
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=500)
     partitions = [
         TopicPartition(topic, p)
@@ -146,19 +146,28 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes] | None, out: Text
                 )
             for batch in consumer.poll(timeout_ms=500).values():
                 for record in batch:
-                    click.echo(
-                        _describe(record.topic == settings.topic_dead_letter, record.value, counts)
-                    )
+                    click.echo(_describe(settings, record.topic, record.value, counts))
     finally:
         consumer.close()
 
 
-def _describe(rejected: bool, value: bytes, counts: dict[str, int]) -> str:
+def _describe(settings: Settings, topic: str, value: bytes, counts: dict[str, int]) -> str:
     data = json.loads(value)
-    if rejected:
+    if topic == settings.topic_dead_letter:
         counts["rejected"] += 1
         return click.style(
             f"  dead-letter  {data['reason']:<20} {data['detail'][:70]}", fg="yellow"
+        )
+    if topic == settings.topic_signals:
+        counts["signals"] = counts.get("signals", 0) + 1
+        scope = data.get("suppression", {}).get("scope")
+        what = f"suppress {scope}" if scope else f"{data['points']:+.0f} pts"
+        hint = f" ({data['tier_hint']})" if data.get("tier_hint") else ""
+        return click.style(
+            f"  {data['at'][11:19]}  {data['shopper_id']:<10} SIGNAL {data['rule_id']:<32} "
+            f"{what}{hint}",
+            fg="red" if scope else "green",
+            bold=True,
         )
     counts["valid"] += 1
     product = data.get("product") or {}
