@@ -68,3 +68,29 @@ def test_dev_runs_the_stack_and_stops_everything(tmp_path: Path) -> None:
     assert not _port_open(exports["INTENT_KAFKA_BOOTSTRAP"])
     assert not _port_open(redis_hostport)
     assert "Closing event loop" in worker_log.read_text() or "Stopping" in worker_log.read_text()
+
+
+def test_dev_uses_given_servers_and_starts_none(tmp_path: Path, servers: object) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTENT_")}
+    env.update(
+        INTENT_KAFKA_BOOTSTRAP=servers.kafka_bootstrap,  # type: ignore[attr-defined]
+        INTENT_REDIS_URL=servers.redis_url,  # type: ignore[attr-defined]
+        INTENT_RUN_DIR=str(tmp_path / "run"),
+        INTENT_METRICS_PORT="0",
+        INTENT_APP_ID=f"dev-given-{os.getpid()}",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "dev", "--no-demo", "--no-worker"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert f"using Kafka at {servers.kafka_bootstrap}" in out  # type: ignore[attr-defined]
+    assert "embedded stack up" not in out
+    assert not (tmp_path / "run" / "tansu.log").exists()
