@@ -1,0 +1,222 @@
+--[==[ apply: add one shopper's new signals to its decaying score and evaluate its tier.
+The same maths, step for step, as stream/scoring/reference.py `apply` (tested to agree).
+
+KEYS[1]  <app>:{<shopper>}:score    hash (layout below)
+KEYS[2]  <app>:{<shopper>}:applied  sorted set: signal id -> signal time (dedupe)
+ARGV[1]  JSON {"now": epoch s | null,
+               "cfg": {"low","mid","high","hysteresis" (fraction),"cap" (ids kept)},
+               "signals": [{"id","t" (epoch s),"p" (points),"h" (half-life s),"rule",
+                            "cat" | null,"reset" (bool),"sup" (scope key) | null,"until"}]}
+RETURNS  JSON {"from","to","score","at","seq","reason","deadline" ("" = none),"ttl" (s),
+               "applied","top": [[rule, points]], "sup": [[scope, until]], "unsup": [scope]}
+         numbers as "%.17g" strings, so nothing is rounded on the way out.
+Hash fields: tier, seq, T (last evaluation, epoch s), reset (epoch s of the last purchase),
+  s|<h> = "v r"  one component per half-life class h (v points at time r)
+  r|<rule> = "v r h"   per rule, for the top contributors
+  c|<h>|<category> = "v r"  per category
+  x|<scope> = until     active suppressions
+Event time comes in ARGV; the script never reads TIME. It sets the hash's TTL itself.
+]==]
+local EPSILON = 0.01
+local BISECT_STEPS = 60
+local MIN_TTL = 3600.0
+local TOP = 5
+local TIERS = {"none", "low", "mid", "high"}
+
+local function fmt(x) return string.format("%.17g", x) end
+local function split(s)
+  local out = {}
+  for part in string.gmatch(s, "[^ ]+") do out[#out + 1] = tonumber(part) end
+  return out
+end
+
+local args = cjson.decode(ARGV[1])
+local cfg = args.cfg
+local thresholds = {low = cfg.low, mid = cfg.mid, high = cfg.high}
+
+-- load the hash
+local s, rules, cats, x = {}, {}, {}, {}
+local tier, seq, T, reset = "none", 0, nil, nil
+local flat = redis.call("HGETALL", KEYS[1])
+for i = 1, #flat, 2 do
+  local k, v = flat[i], flat[i + 1]
+  local kind, rest = string.match(k, "^(%a)|(.*)$")
+  if kind == "s" then s[tonumber(rest)] = split(v)
+  elseif kind == "r" then rules[rest] = split(v)
+  elseif kind == "c" then cats[rest] = split(v)
+  elseif kind == "x" then x[rest] = tonumber(v)
+  elseif k == "tier" then tier = v
+  elseif k == "seq" then seq = tonumber(v)
+  elseif k == "T" then T = tonumber(v)
+  elseif k == "reset" then reset = tonumber(v)
+  end
+end
+
+local function add(comp, p, t, h)
+  if comp == nil then return {p, t} end
+  local v, r = comp[1], comp[2]
+  if t <= r then return {v + p * 2 ^ (-(r - t) / h), r} end
+  return {v * 2 ^ (-(t - r) / h) + p, t}
+end
+local function decay(v, r, h, t) return v * 2 ^ (-(t - r) / h) end
+local function sorted_keys(tbl)
+  local keys = {}
+  for k in pairs(tbl) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return keys
+end
+local function score_at(t)
+  local total = 0.0
+  for _, h in ipairs(sorted_keys(s)) do total = total + decay(s[h][1], s[h][2], h, t) end
+  return total
+end
+
+-- apply the signals in time order, each id once
+local signals = args.signals
+table.sort(signals, function(a, b) return a.t < b.t or (a.t == b.t and a.id < b.id) end)
+local previous = tier
+local applied, reset_seen = 0, false
+local suppressed = {}
+for _, sig in ipairs(signals) do
+  if not redis.call("ZSCORE", KEYS[2], sig.id) then
+    redis.call("ZADD", KEYS[2], sig.t, sig.id)
+    applied = applied + 1
+    if T == nil or sig.t > T then T = sig.t end
+    if sig.sup ~= nil and sig.sup ~= cjson.null then
+      if x[sig.sup] == nil or x[sig.sup] < sig["until"] then
+        x[sig.sup] = sig["until"]
+        suppressed[#suppressed + 1] = {sig.sup, fmt(sig["until"])}
+      end
+    end
+    if sig.reset then
+      if reset == nil or sig.t > reset then
+        reset = sig.t
+        s, rules, cats = {}, {}, {}
+        reset_seen = true
+      end
+    elseif (reset == nil or sig.t >= reset) and sig.p ~= 0 then
+      local h = sig.h
+      s[h] = add(s[h], sig.p, sig.t, h)
+      local rc = rules[sig.rule]
+      local nr = add(rc and {rc[1], rc[2]} or nil, sig.p, sig.t, h)
+      rules[sig.rule] = {nr[1], nr[2], h}
+      if sig.cat ~= nil and sig.cat ~= cjson.null and sig.cat ~= "" then
+        local key = fmt(h) .. "|" .. sig.cat
+        cats[key] = add(cats[key], sig.p, sig.t, h)
+      end
+    end
+  end
+end
+if args.now ~= nil and args.now ~= cjson.null then
+  if T == nil or args.now > T then T = args.now end
+end
+if T == nil then T = 0.0 end
+
+-- suppressions that have run out
+local unsup = {}
+for _, k in ipairs(sorted_keys(x)) do
+  if x[k] <= T then unsup[#unsup + 1] = k; x[k] = nil end
+end
+
+-- tier, with hysteresis
+local score = score_at(T)
+local function tier_for(sc, prev)
+  local up, up_rank = "none", 1
+  for i = 2, 4 do
+    if sc >= thresholds[TIERS[i]] then up, up_rank = TIERS[i], i end
+  end
+  local rank = 1
+  for i = 1, 4 do if TIERS[i] == prev then rank = i end end
+  if up_rank >= rank then return up end
+  for i = rank, 2, -1 do
+    if sc >= thresholds[TIERS[i]] * (1.0 - cfg.hysteresis) then return TIERS[i] end
+  end
+  return "none"
+end
+local was = previous
+if was == "suppressed" then was = "none" end
+local new_tier
+if x["all"] ~= nil then new_tier = "suppressed" else new_tier = tier_for(score, was) end
+local reason = "signal"
+if (previous == "suppressed") ~= (new_tier == "suppressed") then reason = "suppression"
+elseif reset_seen then reason = "purchase"
+elseif applied == 0 then reason = "decay" end
+if new_tier ~= previous then seq = seq + 1 end
+
+-- when it decays out of its tier (bisection, as the reference)
+local deadline = nil
+if thresholds[new_tier] ~= nil and next(s) ~= nil then
+  local floor = thresholds[new_tier] * (1.0 - cfg.hysteresis)
+  local hmax = 0
+  for h in pairs(s) do if h > hmax then hmax = h end end
+  local lo, hi = T, T + 64.0 * hmax
+  if score_at(hi) < floor then
+    for _ = 1, BISECT_STEPS do
+      local mid = lo + (hi - lo) / 2.0
+      if score_at(mid) < floor then hi = mid else lo = mid end
+    end
+    deadline = hi
+  end
+end
+for _, u in pairs(x) do
+  if deadline == nil or u < deadline then deadline = u end
+end
+
+-- top contributors
+local top = {}
+for rule, c in pairs(rules) do
+  local p = decay(c[1], c[2], c[3], T)
+  if math.abs(p) >= EPSILON then top[#top + 1] = {rule, p} end
+end
+table.sort(top, function(a, b)
+  if math.abs(a[2]) ~= math.abs(b[2]) then return math.abs(a[2]) > math.abs(b[2]) end
+  return a[1] < b[1]
+end)
+local top_out = {}
+for i = 1, math.min(TOP, #top) do top_out[i] = {top[i][1], fmt(top[i][2])} end
+
+-- prune what is negligible, compute the TTL, write back
+local ttl = MIN_TTL
+for _, h in ipairs(sorted_keys(s)) do
+  local now_v = math.abs(decay(s[h][1], s[h][2], h, T))
+  if now_v < EPSILON then s[h] = nil
+  elseif now_v / EPSILON > 1 then
+    ttl = math.max(ttl, h * (math.log(now_v / EPSILON) / math.log(2)))
+  end
+end
+for _, rule in ipairs(sorted_keys(rules)) do
+  local c = rules[rule]
+  if math.abs(decay(c[1], c[2], c[3], T)) < EPSILON then rules[rule] = nil end
+end
+for _, key in ipairs(sorted_keys(cats)) do
+  local h = tonumber(string.match(key, "^([^|]+)|"))
+  if math.abs(decay(cats[key][1], cats[key][2], h, T)) < EPSILON then cats[key] = nil end
+end
+for _, u in pairs(x) do ttl = math.max(ttl, u - T) end
+local count = redis.call("ZCARD", KEYS[2])
+if count > cfg.cap then redis.call("ZREMRANGEBYRANK", KEYS[2], 0, count - cfg.cap - 1) end
+
+local fields = {"tier", new_tier, "seq", seq, "T", fmt(T)}
+if reset ~= nil then fields[#fields + 1] = "reset"; fields[#fields + 1] = fmt(reset) end
+for h, c in pairs(s) do
+  fields[#fields + 1] = "s|" .. fmt(h); fields[#fields + 1] = fmt(c[1]) .. " " .. fmt(c[2])
+end
+for rule, c in pairs(rules) do
+  fields[#fields + 1] = "r|" .. rule
+  fields[#fields + 1] = fmt(c[1]) .. " " .. fmt(c[2]) .. " " .. fmt(c[3])
+end
+for key, c in pairs(cats) do
+  fields[#fields + 1] = "c|" .. key; fields[#fields + 1] = fmt(c[1]) .. " " .. fmt(c[2])
+end
+for k, u in pairs(x) do fields[#fields + 1] = "x|" .. k; fields[#fields + 1] = fmt(u) end
+redis.call("DEL", KEYS[1])
+redis.call("HSET", KEYS[1], unpack(fields))
+local ttl_ms = math.floor(ttl * 1000)
+redis.call("PEXPIRE", KEYS[1], ttl_ms)
+redis.call("PEXPIRE", KEYS[2], ttl_ms)
+
+return cjson.encode({
+  from = previous, to = new_tier, score = fmt(score), at = fmt(T), seq = seq,
+  reason = reason, deadline = deadline and fmt(deadline) or "", ttl = fmt(ttl),
+  applied = applied, top = top_out, sup = suppressed, unsup = unsup,
+})

@@ -1,0 +1,133 @@
+"""Scores in Redis: the only caller of `lua/apply.lua`, and the only place that builds
+score keys. An in-memory twin on the pure reference serves replay and tests.
+
+Key layout (one hash tag per shopper, so it all works on Redis Cluster):
+    <app>:{<shopper>}:score     hash: tier, seq, T, reset, components (see apply.lua)
+    <app>:{<shopper>}:applied   sorted set: applied signal ids (dedupe; newest 1000 kept)
+Both expire when the score has decayed below 0.01 points (and no suppression runs).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from stream.scoring import reference
+from stream.scoring.reference import Result, ScoreConfig, ScoreSignal
+
+
+def lua_source() -> str:
+    return (
+        resources.files("stream")
+        .joinpath("scoring")
+        .joinpath("lua")
+        .joinpath("apply.lua")
+        .read_text()
+    )
+
+
+def script_args(signals: list[ScoreSignal], now: float | None, cfg: ScoreConfig) -> str:
+    return json.dumps(
+        {
+            "now": now,
+            "cfg": {
+                "low": cfg.low,
+                "mid": cfg.mid,
+                "high": cfg.high,
+                "hysteresis": cfg.hysteresis,
+                "cap": cfg.applied_cap,
+            },  # fmt: skip
+            "signals": [
+                {
+                    "id": s.id,
+                    "t": s.t,
+                    "p": s.points,
+                    "h": s.half_life,
+                    "rule": s.rule,
+                    "cat": s.category,
+                    "reset": s.reset,
+                    "sup": s.suppress,
+                    "until": s.until,
+                }  # fmt: skip
+                for s in signals
+            ],
+        }
+    )
+
+
+def parse_result(raw: bytes | str) -> Result:
+    data: dict[str, Any] = json.loads(raw)
+    return Result(
+        from_tier=data["from"],
+        to_tier=data["to"],
+        score=float(data["score"]),
+        at=float(data["at"]),
+        seq=int(data["seq"]),
+        reason=data["reason"],
+        deadline=float(data["deadline"]) if data["deadline"] else None,
+        ttl=float(data["ttl"]),
+        applied=int(data["applied"]),
+        top=[(rule, float(p)) for rule, p in _list(data.get("top"))],
+        suppressed=[(k, float(u)) for k, u in _list(data.get("sup"))],
+        unsuppressed=list(_list(data.get("unsup"))),
+    )
+
+
+def _list(value: Any) -> list[Any]:
+    # cjson encodes an empty Lua table as {} (an object), not [].
+    return value if isinstance(value, list) else []
+
+
+class ScoreStore:
+    """Redis. `apply_many` costs one round trip for a whole batch of shoppers."""
+
+    def __init__(self, client: aioredis.Redis, app_id: str, cfg: ScoreConfig) -> None:
+        self.redis = client
+        self.prefix = app_id
+        self.cfg = cfg
+        self.script = client.register_script(lua_source())
+
+    def keys(self, shopper: str) -> list[str]:
+        return [f"{self.prefix}:{{{shopper}}}:score", f"{self.prefix}:{{{shopper}}}:applied"]
+
+    async def apply_many(
+        self, batch: dict[str, tuple[list[ScoreSignal], float | None]]
+    ) -> dict[str, Result]:
+        if not batch:
+            return {}
+        shoppers = list(batch)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shopper in shoppers:
+                signals, now = batch[shopper]
+                await self.script(
+                    keys=self.keys(shopper), args=[script_args(signals, now, self.cfg)], client=pipe
+                )
+            raw = await pipe.execute()
+        return {s: parse_result(r) for s, r in zip(shoppers, raw, strict=True)}
+
+    async def read(self, shopper: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys(shopper)[0])
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def forget(self, shopper: str) -> int:
+        return int(await self.redis.delete(*self.keys(shopper)))
+
+
+class MemoryScoreStore:
+    """The same interface on the pure reference: for replay without Redis, and tests."""
+
+    def __init__(self, cfg: ScoreConfig) -> None:
+        self.cfg = cfg
+        self.states: dict[str, dict[str, Any]] = {}
+
+    async def apply_many(
+        self, batch: dict[str, tuple[list[ScoreSignal], float | None]]
+    ) -> dict[str, Result]:
+        out = {}
+        for shopper, (signals, now) in batch.items():
+            state = self.states.setdefault(shopper, reference.new_state())
+            out[shopper] = reference.apply(state, signals, now, self.cfg)
+        return out

@@ -1,0 +1,102 @@
+"""The scoring maths (pure reference): decay, order independence, tiers, deadlines."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from stream.scoring import reference
+from stream.scoring.reference import ScoreConfig, ScoreSignal, apply, new_state, tier_for
+
+CFG = ScoreConfig(low=1.0, mid=15.0, high=35.0, hysteresis=0.1)
+DAY = 86400.0
+H = 3 * DAY
+
+
+def sig(i: int, t: float, p: float, h: float = H, **kw: object) -> ScoreSignal:
+    return ScoreSignal(id=f"s{i}", t=t, points=p, half_life=h, rule=f"r{i % 3}", **kw)  # type: ignore[arg-type]
+
+
+def test_score_is_the_sum_of_decayed_points() -> None:
+    signals = [sig(0, 0, 20), sig(1, DAY, 10, DAY), sig(2, 2 * DAY, 8)]
+    state = new_state()
+    result = apply(state, signals, 5 * DAY, CFG)
+    expected = sum(s.points * 2 ** (-(5 * DAY - s.t) / s.half_life) for s in signals)
+    assert result.score == pytest.approx(expected, rel=1e-12)
+    assert result.at == 5 * DAY
+
+
+def test_order_does_not_matter() -> None:
+    rng = random.Random(3)
+    signals = [sig(i, rng.uniform(0, 9 * DAY), rng.choice([2, 5, 10, 20]),
+                   rng.choice([H, DAY])) for i in range(40)]  # fmt: skip
+    in_order = new_state()
+    apply(in_order, sorted(signals, key=lambda s: s.t), None, CFG)
+    shuffled = new_state()
+    rng.shuffle(signals)
+    for i in range(0, 40, 7):  # several late batches
+        apply(shuffled, signals[i : i + 7], None, CFG)
+    t = 10 * DAY
+    assert reference.score_at(shuffled, t) == pytest.approx(
+        reference.score_at(in_order, t), rel=1e-12
+    )
+
+
+def test_a_signal_applied_twice_counts_once() -> None:
+    state = new_state()
+    first = apply(state, [sig(0, 0, 20)], None, CFG)
+    again = apply(state, [sig(0, 0, 20)], None, CFG)
+    assert again.applied == 0 and again.score == first.score and not again.changed
+
+
+@pytest.mark.parametrize(
+    ("score", "previous", "expected"),
+    [(0.5, "none", "none"), (1.0, "none", "low"), (15.0, "none", "mid"), (35.0, "low", "high"),
+     (34.0, "high", "high"),   # within 10 % of the high threshold: stays
+     (31.4, "high", "mid"),    # below 31.5: drops, and mid still holds
+     (13.6, "high", "mid"),    # mid's own band (13.5) when falling from high
+     (13.4, "mid", "low"), (0.95, "low", "low"), (0.89, "low", "none")],
+)  # fmt: skip
+def test_tiers_with_hysteresis(score: float, previous: str, expected: str) -> None:
+    assert tier_for(score, previous, CFG) == expected
+
+
+def test_demotion_time_is_the_crossing() -> None:
+    state = new_state()
+    result = apply(state, [sig(0, 0, 40)], None, CFG)
+    assert result.to_tier == "high"
+    floor = 35 * 0.9  # leaves high below 31.5
+    crossing = H * math.log2(40 / floor)
+    assert result.deadline == pytest.approx(crossing, abs=1e-6)
+    demoted = apply(state, [], result.deadline, CFG)
+    assert (demoted.from_tier, demoted.to_tier, demoted.reason) == ("high", "mid", "decay")
+
+
+def test_suppression_overrides_and_expires() -> None:
+    state = new_state()
+    apply(state, [sig(0, 0, 40)], None, CFG)
+    on = apply(state, [sig(1, 10, 0, suppress="all", until=100.0)], None, CFG)
+    assert (on.to_tier, on.reason, on.deadline) == ("suppressed", "suppression", 100.0)
+    off = apply(state, [], 100.0, CFG)
+    assert (off.from_tier, off.to_tier, off.reason) == ("suppressed", "high", "suppression")
+    assert off.unsuppressed == ["all"]
+
+
+def test_purchase_resets_and_ignores_earlier_late_points() -> None:
+    state = new_state()
+    apply(state, [sig(0, 0, 40)], None, CFG)
+    bought = apply(state, [sig(1, 100, 0, reset=True)], None, CFG)
+    assert (bought.to_tier, bought.reason, bought.score) == ("none", "purchase", 0.0)
+    late = apply(state, [sig(2, 50, 20)], None, CFG)  # before the purchase
+    assert late.score == 0.0
+    after = apply(state, [sig(3, 200, 20)], None, CFG)
+    assert after.to_tier == "mid"
+
+
+def test_state_is_pruned_when_negligible() -> None:
+    state = new_state()
+    apply(state, [sig(0, 0, 5)], None, CFG)
+    apply(state, [], 100 * H, CFG)
+    assert state["s"] == {} and state["rules"] == {}
