@@ -72,7 +72,7 @@ class Result:
 
 
 def decay(v: float, r: float, h: float, t: float) -> float:
-    return v * 2.0 ** (-(t - r) / h)
+    return float(v * 2.0 ** (-(t - r) / h))
 
 
 def _add(comp: list[float] | None, p: float, t: float, h: float) -> list[float]:
@@ -127,7 +127,7 @@ def demotion_time(state: dict[str, Any], tier: str, at: float, cfg: ScoreConfig)
             hi = mid
         else:
             lo = mid
-    return hi
+    return float(hi)
 
 
 def apply(
@@ -145,10 +145,9 @@ def apply(
         state["applied"][sig.id] = sig.t
         applied += 1
         T = sig.t if T is None else max(T, sig.t)
-        if sig.suppress is not None:
-            if state["x"].get(sig.suppress, float("-inf")) < sig.until:
-                state["x"][sig.suppress] = sig.until
-                suppressed.append((sig.suppress, sig.until))
+        if sig.suppress is not None and state["x"].get(sig.suppress, float("-inf")) < sig.until:
+            state["x"][sig.suppress] = sig.until
+            suppressed.append((sig.suppress, sig.until))
         if sig.reset:
             if state["reset"] is None or sig.t > state["reset"]:
                 state["reset"] = sig.t
@@ -162,7 +161,7 @@ def apply(
         h = sig.half_life
         state["s"][h] = _add(state["s"].get(h), sig.points, sig.t, h)
         rule = state["rules"].get(sig.rule)
-        state["rules"][sig.rule] = _add(rule[:2] if rule else None, sig.points, sig.t, h) + [h]
+        state["rules"][sig.rule] = [*_add(rule[:2] if rule else None, sig.points, sig.t, h), h]
         if sig.category:
             key = f"{h}|{sig.category}"
             state["cats"][key] = _add(state["cats"].get(key), sig.points, sig.t, h)

@@ -76,6 +76,10 @@ def parse_result(raw: bytes | str) -> Result:
     )
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _list(value: Any) -> list[Any]:
     # cjson encodes an empty Lua table as {} (an object), not [].
     return value if isinstance(value, list) else []
@@ -110,7 +114,7 @@ class ScoreStore:
 
     async def read(self, shopper: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys(shopper)[0])
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     async def forget(self, shopper: str) -> int:
         return int(await self.redis.delete(*self.keys(shopper)))
