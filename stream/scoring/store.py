@@ -39,7 +39,7 @@ def script_args(signals: list[ScoreSignal], now: float | None, cfg: ScoreConfig)
                 "high": cfg.high,
                 "hysteresis": cfg.hysteresis,
                 "cap": cfg.applied_cap,
-            },  # fmt: skip
+            },
             "signals": [
                 {
                     "id": s.id,
@@ -51,7 +51,7 @@ def script_args(signals: list[ScoreSignal], now: float | None, cfg: ScoreConfig)
                     "reset": s.reset,
                     "sup": s.suppress,
                     "until": s.until,
-                }  # fmt: skip
+                }
                 for s in signals
             ],
         }
