@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from schemas.events import Event
-from schemas.rules import RuleBase, RuleSet, SessionRule
+from schemas.rules import AbsenceRule, RuleBase, RuleSet, SessionRule
 from schemas.signals import Signal, Suppression, signal_id
 from stream.detectors.absence import AbsenceDetector
 from stream.detectors.base import Detector, Ev, Fired
@@ -31,6 +31,8 @@ from stream.detectors.suppression import SuppressionDetector
 
 STATE_VERSION: Final = 1
 SEEN_CAP: Final = 256  # recent event ids kept for de-duplication, per shopper
+CART_CAP: Final = 50  # distinct SKUs tracked in a shopper's cart
+CART_ACTION: Final = "cart_recovery"  # signals of rules with this action carry the cart
 DETECTORS: Final[dict[str, type[Detector]]] = {
     "single": SingleDetector,
     "sequence": SequenceDetector,
@@ -88,14 +90,14 @@ class Engine:
             state["wm"] = ts if watermark is None else max(watermark, ts)
             fired = self._on_event(state, event, ts)
             fired += self._advance(state, state["wm"] - self.lateness)
-            outcome.signals.extend(self._signals(shopper, fired))
+            outcome.signals.extend(self._signals(shopper, state, fired))
         self._prune(state)
         outcome.signals.sort(key=lambda s: (s.at, s.signal_id))
         return outcome
 
     def advance(self, shopper: str, state: State, until: float) -> list[Signal]:
         """Fire what is due by `until` (epoch seconds): absence deadlines, ended visits."""
-        signals = self._signals(shopper, self._advance(state, until))
+        signals = self._signals(shopper, state, self._advance(state, until))
         self._prune(state)
         signals.sort(key=lambda s: (s.at, s.signal_id))
         return signals
@@ -120,6 +122,7 @@ class Engine:
 
     # --- internals ---------------------------------------------------------------------
     def _on_event(self, state: State, event: Event, ts: float) -> list[tuple[RuleBase, Fired]]:
+        _track_cart(state, event)
         session, fired = self.sessions.assign(state["ses"], event, ts)
         product = event.product
         sku, category = (product.sku, product.category) if product else (None, None)
@@ -155,11 +158,19 @@ class Engine:
                 if not any(st.values()):
                     del state["r"][detector.rule.id]
 
-    def _signals(self, shopper: str, fired: list[tuple[RuleBase, Fired]]) -> list[Signal]:
+    def _signals(
+        self, shopper: str, state: State, fired: list[tuple[RuleBase, Fired]]
+    ) -> list[Signal]:
         out = []
         for rule, f in fired:
             anchors = list(f.anchors)
             suppression = Suppression.model_validate(f.suppression) if f.suppression else None
+            properties: dict[str, Any] = {}
+            if isinstance(rule, AbsenceRule):
+                waited = datetime.fromtimestamp(f.at - rule.within, tz=UTC)
+                properties["anchor_at"] = waited.isoformat()
+            if CART_ACTION in rule.actions:
+                properties["cart"] = cart_snapshot(state)
             out.append(
                 Signal(
                     signal_id=signal_id(rule.id, shopper, anchors),
@@ -176,6 +187,36 @@ class Engine:
                     sku=f.sku,
                     category=f.category,
                     suppression=suppression,
+                    properties=properties,
                 )
             )
         return out
+
+
+def _track_cart(state: State, event: Event) -> None:
+    """The cart, from add/remove events; a purchase empties it."""
+    if event.type == "purchase":
+        state.pop("cart", None)
+        return
+    product = event.product
+    if product is None or event.type not in ("add_to_cart", "remove_from_cart"):
+        return
+    cart: dict[str, list[Any]] = state.setdefault("cart", {})
+    quantity = product.quantity or 1
+    item = cart.pop(product.sku, [0, product.price, product.category, product.name])
+    item[0] += quantity if event.type == "add_to_cart" else -quantity
+    if item[0] > 0:
+        cart[product.sku] = item
+        while len(cart) > CART_CAP:
+            del cart[next(iter(cart))]
+    if not cart:
+        del state["cart"]
+
+
+def cart_snapshot(state: State) -> dict[str, Any]:
+    items = [
+        {"sku": sku, "quantity": qty, "price": price, "category": category, "name": name}
+        for sku, (qty, price, category, name) in state.get("cart", {}).items()
+    ]
+    value = sum((i["price"] or 0.0) * i["quantity"] for i in items)
+    return {"items": items, "value": round(value, 2)}

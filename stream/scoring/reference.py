@@ -65,6 +65,9 @@ class Result:
     top: list[tuple[str, float]] = field(default_factory=list)
     suppressed: list[tuple[str, float]] = field(default_factory=list)  # (scope key, until)
     unsuppressed: list[str] = field(default_factory=list)
+    new_ids: list[str] = field(default_factory=list)  # signals applied now (not duplicates)
+    reset: float | None = None  # time of the last purchase
+    active: list[str] = field(default_factory=list)  # suppression scope keys in force
 
     @property
     def changed(self) -> bool:
@@ -136,6 +139,7 @@ def apply(
     """Apply new signals (deduplicated by id) and evaluate at max(last time, signals, now)."""
     previous = state["tier"]
     applied = 0
+    new_ids: list[str] = []
     reset_seen = False
     suppressed: list[tuple[str, float]] = []
     T = state["T"]
@@ -144,6 +148,7 @@ def apply(
             continue
         state["applied"][sig.id] = sig.t
         applied += 1
+        new_ids.append(sig.id)
         T = sig.t if T is None else max(T, sig.t)
         if sig.suppress is not None and state["x"].get(sig.suppress, float("-inf")) < sig.until:
             state["x"][sig.suppress] = sig.until
@@ -192,8 +197,23 @@ def apply(
         deadline = until if deadline is None else min(deadline, until)
     top = _top(state, T)
     ttl = _prune(state, T, cfg)
-    return Result(previous, tier, score, T, state["seq"], reason, deadline, ttl, applied, top,
-                  suppressed, unsuppressed)  # fmt: skip
+    return Result(
+        previous,
+        tier,
+        score,
+        T,
+        state["seq"],
+        reason,
+        deadline,
+        ttl,
+        applied,
+        top,
+        suppressed,
+        unsuppressed,
+        new_ids,
+        state["reset"],
+        sorted(state["x"]),
+    )
 
 
 def _top(state: dict[str, Any], T: float) -> list[tuple[str, float]]:

@@ -73,6 +73,9 @@ def parse_result(raw: bytes | str) -> Result:
         top=[(rule, float(p)) for rule, p in _list(data.get("top"))],
         suppressed=[(k, float(u)) for k, u in _list(data.get("sup"))],
         unsuppressed=list(_list(data.get("unsup"))),
+        new_ids=list(_list(data.get("ids"))),
+        reset=float(data["reset"]) if data.get("reset") else None,
+        active=list(_list(data.get("active"))),
     )
 
 

@@ -69,6 +69,9 @@ def _same(lua: Result, ref: Result) -> None:
     assert all(_close(a, b) for (_, a), (_, b) in zip(lua.top, ref.top, strict=True))
     assert [k for k, _ in lua.suppressed] == [k for k, _ in ref.suppressed]
     assert lua.unsuppressed == ref.unsuppressed
+    assert lua.new_ids == ref.new_ids
+    assert _close(lua.reset, ref.reset)
+    assert lua.active == ref.active
 
 
 @settings(

@@ -8,7 +8,9 @@ ARGV[1]  JSON {"now": epoch s | null,
                "signals": [{"id","t" (epoch s),"p" (points),"h" (half-life s),"rule",
                             "cat" | null,"reset" (bool),"sup" (scope key) | null,"until"}]}
 RETURNS  JSON {"from","to","score","at","seq","reason","deadline" ("" = none),"ttl" (s),
-               "applied","top": [[rule, points]], "sup": [[scope, until]], "unsup": [scope]}
+               "applied","top": [[rule, points]], "sup": [[scope, until]], "unsup": [scope],
+               "ids": [newly applied signal ids], "reset": last purchase time ("" = none),
+               "active": [active suppression scope keys, sorted]}
          numbers as "%.17g" strings, so nothing is rounded on the way out.
 Hash fields: tier, seq, T (last evaluation, epoch s), reset (epoch s of the last purchase),
   s|<h> = "v r"  one component per half-life class h (v points at time r)
@@ -76,11 +78,13 @@ local signals = args.signals
 table.sort(signals, function(a, b) return a.t < b.t or (a.t == b.t and a.id < b.id) end)
 local previous = tier
 local applied, reset_seen = 0, false
+local new_ids = {}
 local suppressed = {}
 for _, sig in ipairs(signals) do
   if not redis.call("ZSCORE", KEYS[2], sig.id) then
     redis.call("ZADD", KEYS[2], sig.t, sig.id)
     applied = applied + 1
+    new_ids[#new_ids + 1] = sig.id
     if T == nil or sig.t > T then T = sig.t end
     if sig.sup ~= nil and sig.sup ~= cjson.null then
       if x[sig.sup] == nil or x[sig.sup] < sig["until"] then
@@ -218,5 +222,6 @@ redis.call("PEXPIRE", KEYS[2], ttl_ms)
 return cjson.encode({
   from = previous, to = new_tier, score = fmt(score), at = fmt(T), seq = seq,
   reason = reason, deadline = deadline and fmt(deadline) or "", ttl = fmt(ttl),
-  applied = applied, top = top_out, sup = suppressed, unsup = unsup,
+  applied = applied, top = top_out, sup = suppressed, unsup = unsup, ids = new_ids,
+  reset = reset and fmt(reset) or "", active = sorted_keys(x),
 })

@@ -1,0 +1,94 @@
+"""What the processor emits for other teams (CONTRACT.md, "Topics"). Add fields freely;
+never rename or drop one without a versioned schema."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TierName = Literal["none", "low", "mid", "high", "suppressed"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class Contribution(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str  # the rule
+    points: float  # its points now, decayed
+
+
+class TierChange(_Out):
+    """`intent.tier-changes`: every transition. `change_id` is `<shopper>:<n>`, the n-th
+    transition of that shopper: the same input always gives the same ids."""
+
+    change_id: str
+    shopper_id: str
+    from_tier: TierName
+    to_tier: TierName
+    score: float
+    at: datetime
+    reason: Literal["signal", "decay", "suppression", "purchase"]
+    signals: list[Contribution]
+    scope: str = "shopper"
+    cause_event_id: str | None = None
+    cause_signal_id: str | None = None
+
+
+class AudienceChange(_Out):
+    """`intent.actions.retargeting`: audience membership changes."""
+
+    action_id: str
+    shopper_id: str
+    audience: str
+    op: Literal["add", "remove"]
+    tier: TierName
+    at: datetime
+    reason: str
+
+
+class CartRecovery(_Out):
+    """`intent.actions.cart-recovery`: one trigger per abandoned checkout, with the cart."""
+
+    trigger_id: str
+    shopper_id: str
+    checkout_event_id: str
+    checkout_at: datetime | None = None
+    cart: dict[str, Any]
+    tier: TierName
+    at: datetime
+    suppressed_channels: list[str] = Field(default_factory=list)
+
+
+class Nurture(_Out):
+    """`intent.actions.nurture`: a content action for the shopper's tier."""
+
+    action_id: str
+    shopper_id: str
+    action: str
+    tier: TierName
+    rule_id: str
+    sku: str | None = None
+    category: str | None = None
+    at: datetime
+
+
+class SuppressionRecord(_Out):
+    """`intent.actions.suppression`: suppress / unsuppress with scope; `forget` on erasure."""
+
+    record_id: str
+    shopper_id: str
+    op: Literal["suppress", "unsuppress", "forget"]
+    scope: Literal["all", "channel", "category", "shopper"]
+    value: str | None = None
+    until: datetime | None = None
+    at: datetime
+    rule_id: str | None = None
+    except_actions: list[str] = Field(default_factory=list)

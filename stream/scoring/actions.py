@@ -1,0 +1,250 @@
+"""From a score result to what is emitted: tier changes and actions. Pure.
+
+Every output has a deterministic id built from the change or signal that caused it, so
+a consumer can drop duplicates, and a replay produces nothing new (the score script
+reports only signals not applied before).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from schemas.outputs import (
+    AudienceChange,
+    CartRecovery,
+    Contribution,
+    Nurture,
+    SuppressionRecord,
+    TierChange,
+    _Out,
+)
+from schemas.signals import Signal
+from stream.scoring.reference import Result, ScoreSignal
+
+POINT_TIERS: Final = ("low", "mid", "high")
+DEPTH_AUDIENCES: Final = ("viewed_product", "added_to_cart", "started_checkout")
+INACTIVE: Final = "inactive"
+AUDIENCE_PREFIX: Final = "audience:"
+CART_RECOVERY: Final = "cart_recovery"
+RETARGETING: Final = "retargeting"
+RESET: Final = "reset_score"
+NOT_CONTENT: Final = frozenset({CART_RECOVERY, RETARGETING, RESET, "conversion"})
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    topic: str  # the Settings field naming the topic, e.g. "topic_tier_changes"
+    key: str
+    value: _Out
+
+
+def to_score_signal(signal: Signal) -> ScoreSignal:
+    sup = signal.suppression
+    key = None
+    if sup is not None:
+        key = "all" if sup.scope == "all" else f"{sup.scope}:{sup.value}"
+    return ScoreSignal(
+        id=signal.signal_id,
+        t=signal.at.timestamp(),
+        points=signal.points,
+        half_life=signal.half_life_seconds,
+        rule=signal.rule_id,
+        category=signal.category,
+        reset=RESET in signal.actions,
+        suppress=key,
+        until=sup.until.timestamp() if sup is not None else 0.0,
+    )
+
+
+def _at(t: float) -> datetime:
+    return datetime.fromtimestamp(t, tz=UTC)
+
+
+def outputs_for(shopper: str, result: Result, signals: list[Signal]) -> list[Output]:
+    fresh = sorted(
+        (s for s in signals if s.signal_id in set(result.new_ids)),
+        key=lambda s: (s.at, s.signal_id),
+    )
+    out: list[Output] = []
+    if result.changed:
+        out += _tier_change(shopper, result, fresh)
+    out += _suppression(shopper, result, fresh)
+    if result.to_tier != "suppressed":
+        for signal in fresh:
+            out += _signal_actions(shopper, result, signal)
+    return out
+
+
+def _tier_change(shopper: str, result: Result, fresh: list[Signal]) -> list[Output]:
+    change_id = f"{shopper}:{result.seq}"
+    cause = fresh[-1] if fresh else None
+    event_anchor = None
+    if cause is not None:
+        anchors = [a for a in cause.anchors if ":" not in a]  # event ids, not session:x
+        event_anchor = anchors[-1] if anchors else None
+    at = _at(result.at)
+    change = TierChange(
+        change_id=change_id,
+        shopper_id=shopper,
+        from_tier=result.from_tier,
+        to_tier=result.to_tier,
+        score=round(result.score, 6),
+        at=at,
+        reason=result.reason,
+        signals=[Contribution(name=r, points=round(p, 6)) for r, p in result.top],
+        cause_event_id=event_anchor,
+        cause_signal_id=cause.signal_id if cause else None,
+    )
+    out = [Output("topic_tier_changes", shopper, change)]
+    ops: list[tuple[str, str]] = []
+    if result.from_tier in POINT_TIERS:
+        ops.append(("remove", f"tier:{result.from_tier}"))
+    if result.to_tier in POINT_TIERS:
+        ops.append(("add", f"tier:{result.to_tier}"))
+        if result.from_tier == "none":
+            ops.append(("remove", INACTIVE))
+    if result.to_tier == "suppressed" or (result.to_tier == "none" and result.reason == "decay"):
+        ops += [("remove", name) for name in DEPTH_AUDIENCES]
+    if result.to_tier == "none" and result.reason == "decay":
+        ops.append(("add", INACTIVE))
+    for op, audience in ops:
+        out.append(
+            Output(
+                "topic_retargeting",
+                shopper,
+                AudienceChange(
+                    action_id=f"{change_id}:{op}:{audience}",
+                    shopper_id=shopper,
+                    audience=audience,
+                    op=op,
+                    tier=result.to_tier,
+                    at=at,
+                    reason=result.reason,
+                ),
+            )
+        )
+    return out
+
+
+def _suppression(shopper: str, result: Result, fresh: list[Signal]) -> list[Output]:
+    out: list[Output] = []
+    by_key = {to_score_signal(s).suppress: s for s in fresh if s.suppression is not None}
+    for key, until in result.suppressed:
+        scope, _, value = key.partition(":")
+        cause = by_key.get(key)
+        out.append(
+            Output(
+                "topic_suppression",
+                shopper,
+                SuppressionRecord(
+                    record_id=f"{shopper}:suppress:{key}:{until:.3f}",
+                    shopper_id=shopper,
+                    op="suppress",
+                    scope=scope,
+                    value=value or None,
+                    until=_at(until),
+                    at=cause.at if cause else _at(result.at),
+                    rule_id=cause.rule_id if cause else None,
+                    except_actions=cause.suppression.except_actions
+                    if cause and cause.suppression
+                    else [],
+                ),
+            )
+        )
+    for key in result.unsuppressed:
+        scope, _, value = key.partition(":")
+        out.append(
+            Output(
+                "topic_suppression",
+                shopper,
+                SuppressionRecord(
+                    record_id=f"{shopper}:unsuppress:{key}:{result.at:.3f}",
+                    shopper_id=shopper,
+                    op="unsuppress",
+                    scope=scope,
+                    value=value or None,
+                    at=_at(result.at),
+                ),
+            )
+        )
+    return out
+
+
+def _signal_actions(shopper: str, result: Result, signal: Signal) -> list[Output]:
+    if signal.category and f"category:{signal.category}" in result.active:
+        return []  # outreach for this category is suppressed (a recent purchase)
+    out: list[Output] = []
+    tier = result.to_tier
+    for action in signal.actions:
+        if action.startswith(AUDIENCE_PREFIX):
+            name = action.removeprefix(AUDIENCE_PREFIX)
+            out.append(_audience(shopper, signal, "add", name, tier))
+        elif action == RETARGETING:
+            name = f"retarget:{signal.category}" if signal.category else "retarget"
+            out.append(_audience(shopper, signal, "add", name, tier))
+        elif action == CART_RECOVERY:
+            out += _cart_recovery(shopper, result, signal)
+        elif action not in NOT_CONTENT and tier in POINT_TIERS:
+            out.append(
+                Output(
+                    "topic_nurture",
+                    shopper,
+                    Nurture(
+                        action_id=f"{signal.signal_id}:{action}",
+                        shopper_id=shopper,
+                        action=action,
+                        tier=tier,
+                        rule_id=signal.rule_id,
+                        sku=signal.sku,
+                        category=signal.category,
+                        at=signal.at,
+                    ),
+                )
+            )
+    return out
+
+
+def _audience(shopper: str, signal: Signal, op: str, name: str, tier: str) -> Output:
+    return Output(
+        "topic_retargeting",
+        shopper,
+        AudienceChange(
+            action_id=f"{signal.signal_id}:{op}:{name}",
+            shopper_id=shopper,
+            audience=name,
+            op=op,
+            tier=tier,
+            at=signal.at,
+            reason=signal.rule_id,
+        ),
+    )
+
+
+def _cart_recovery(shopper: str, result: Result, signal: Signal) -> list[Output]:
+    anchor_at = signal.properties.get("anchor_at")
+    checkout_at = datetime.fromisoformat(anchor_at) if anchor_at else None
+    if (
+        result.reset is not None
+        and checkout_at is not None
+        and result.reset >= checkout_at.timestamp()
+    ):
+        return []  # bought after starting this checkout: never nag
+    channels = sorted(k.split(":", 1)[1] for k in result.active if k.startswith("channel:"))
+    return [
+        Output(
+            "topic_cart_recovery",
+            shopper,
+            CartRecovery(
+                trigger_id=signal.signal_id,
+                shopper_id=shopper,
+                checkout_event_id=signal.anchors[0],
+                checkout_at=checkout_at,
+                cart=signal.properties.get("cart", {"items": [], "value": 0.0}),
+                tier=result.to_tier,
+                at=signal.at,
+                suppressed_channels=channels,
+            ),
+        )
+    ]
