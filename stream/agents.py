@@ -1,8 +1,9 @@
 """Faust agents: decode, call the pure core, write, send. Nothing else happens here.
 
-    clickstream.events --ingest--> intent.events --detect--> intent.signals
-                          \\--> intent.dead-letter <--/ (late events)
-    timer (sweep): due absence deadlines and visit ends --> intent.signals
+    clickstream.events --ingest--> intent.events --detect--> intent.signals --score-->
+                          \\--> intent.dead-letter <--/ (late)    tier changes, actions
+    timer (sweep): due absence deadlines and visit ends --> intent.signals;
+                   due decay demotions and suppression ends --> tier changes, actions
 
 Each agent takes batches (`take_events`) so every downstream step works on a list, and
 handles per-batch errors itself: Faust acks an event even when the agent raises, so an
@@ -27,6 +28,7 @@ from redis.exceptions import RedisError
 
 from schemas import errors
 from schemas.events import Event
+from schemas.outputs import TierChange
 from schemas.rules import RuleSet
 from schemas.signals import Signal
 from stream.clock import Clock, utc_now
@@ -34,6 +36,9 @@ from stream.detectors.engine import Engine, State
 from stream.ingest import IngestLimits, IngestResult, RawRecord, Rejection, ingest_batch
 from stream.metrics import Metrics
 from stream.patterns import PatternStore, Saved
+from stream.scoring.actions import Output, outputs_for, to_score_signal
+from stream.scoring.reference import ScoreConfig, ScoreSignal
+from stream.scoring.store import ScoreStore
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +85,10 @@ class Pipeline:
         self.clock = clock
         self.engine = Engine(rules)
         self.store = PatternStore(redis, settings.app_id)
+        tiers = rules.tiers
+        self.scores = ScoreStore(
+            redis, settings.app_id, ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis)
+        )
         self.limits = IngestLimits(
             max_bytes=settings.max_event_bytes,
             max_skew=timedelta(seconds=settings.max_clock_skew_seconds),
@@ -88,13 +97,20 @@ class Pipeline:
         self.normalised = raw_topic(app, settings.topic_normalised, settings)
         self.signals = raw_topic(app, settings.topic_signals, settings)
         self.dead_letter = raw_topic(app, settings.topic_dead_letter, settings)
-        # Serialises state changes of this worker: a batch and a sweep never interleave.
+        self.outputs = {
+            name: raw_topic(app, str(getattr(settings, name)), settings)
+            for name in ("topic_tier_changes", "topic_retargeting", "topic_cart_recovery",
+                         "topic_nurture", "topic_suppression")
+        }  # fmt: skip
+        # Serialise state changes of this worker: a batch and a sweep never interleave.
         self.lock = asyncio.Lock()
-        # Per input partition: the newest event time seen, and when input last arrived.
-        self.watermark: dict[int, float] = {}
-        self.last_input: dict[int, float] = {}
+        self.score_lock = asyncio.Lock()
+        # Per partition and stage: the newest event time seen, and when input last arrived.
+        self.watermark: dict[tuple[str, int], float] = {}
+        self.last_input: dict[tuple[str, int], float] = {}
         app.agent(self.clickstream, name="ingest")(self.ingest)
         app.agent(self.normalised, name="detect")(self.detect)
+        app.agent(self.signals, name="score")(self.score)
         app.timer(settings.sweep_interval_seconds, name="sweep")(self.sweep)
 
     # --- ingest ------------------------------------------------------------------------
@@ -135,7 +151,7 @@ class Pipeline:
                     rejected.append(Rejection(record, errors.PROCESSING_ERROR, str(exc)[:500]))
                     continue
                 by_shopper[event.shopper_id].append((event, record))
-                self._saw(record.partition, event.ts.timestamp())
+                self._saw("detect", record.partition, event.ts.timestamp())
             signals, late = await self._retry("detect", self._detect, by_shopper)
             await self.emit(signals)
             rejected += [Rejection(r, LATE, "older than the allowed lateness") for r in late]
@@ -164,12 +180,13 @@ class Pipeline:
     def _saved(self, state: State, partition: int) -> Saved:
         return Saved(state, self.engine.ttl(state), self.engine.deadline(state), partition)
 
-    def _saw(self, partition: int, ts: float) -> None:
-        self.watermark[partition] = max(ts, self.watermark.get(partition, ts))
-        self.last_input[partition] = time.monotonic()
+    def _saw(self, stage: str, partition: int, ts: float) -> None:
+        key = (stage, partition)
+        self.watermark[key] = max(ts, self.watermark.get(key, ts))
+        self.last_input[key] = time.monotonic()
 
     # --- sweep: deadlines whose time has come, with no further input needed -------------
-    def until(self, partition: int) -> float:
+    def until(self, stage: str, partition: int) -> float:
         """How far event time has certainly advanced on a partition.
 
         While input flows, the partition's newest event time minus the allowed lateness
@@ -177,27 +194,28 @@ class Pipeline:
         partition is idle, the wall clock: a shopper who sends nothing more still fires.
         """
         now = self.clock().timestamp()
-        watermark = self.watermark.get(partition)
-        idle = time.monotonic() - self.last_input.get(partition, 0.0) >= IDLE_GRACE_SECONDS
+        watermark = self.watermark.get((stage, partition))
+        idle = time.monotonic() - self.last_input.get((stage, partition), 0.0) >= IDLE_GRACE_SECONDS
         if watermark is None or idle:
             return max(now, (watermark or now) - self.engine.lateness)
         return watermark - self.engine.lateness
 
     async def sweep(self) -> None:
         try:
-            assigned = sorted(
-                tp.partition
-                for tp in self.app.consumer.assignment()
-                if tp.topic == self.settings.topic_normalised
-            )
-            for partition in assigned:
+            assignment = self.app.consumer.assignment()
+            for partition in sorted(tp.partition for tp in assignment
+                                    if tp.topic == self.settings.topic_normalised):  # fmt: skip
                 signals = await self._retry("sweep", self._sweep, partition)
                 await self.emit(signals)
+            for partition in sorted(tp.partition for tp in assignment
+                                    if tp.topic == self.settings.topic_signals):  # fmt: skip
+                outputs = await self._retry("decay", self._decay, partition)
+                await self.send_outputs(outputs)
         except Exception:  # the timer must keep running; the next sweep retries
             log.exception("sweep failed")
 
     async def _sweep(self, partition: int) -> list[Signal]:
-        until = self.until(partition)
+        until = self.until("detect", partition)
         shoppers = await self.store.due(partition, until, SWEEP_BATCH)
         if not shoppers:
             return []
@@ -211,6 +229,74 @@ class Pipeline:
                 saved[shopper] = self._saved(state, partition)
             await self.store.save(saved)
         return signals
+
+    # --- score ---------------------------------------------------------------------------
+    async def score(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for batch in stream.take_events(  # type: ignore[attr-defined]
+            self.settings.batch_size, within=self.settings.batch_window_seconds
+        ):
+            records = [_record(event) for event in batch]
+            self.metrics.batch_size.labels("score").observe(len(records))
+            by_shopper: dict[str, list[Signal]] = defaultdict(list)
+            partitions: dict[str, int] = {}
+            rejected: list[Rejection] = []
+            for record in records:
+                try:
+                    signal = Signal.model_validate_json(record.value or b"")
+                except ValidationError as exc:  # detect wrote it, so this is a bug of ours
+                    rejected.append(Rejection(record, errors.PROCESSING_ERROR, str(exc)[:500]))
+                    continue
+                by_shopper[signal.shopper_id].append(signal)
+                partitions[signal.shopper_id] = record.partition
+                self._saw("score", record.partition, signal.at.timestamp())
+            outputs = await self._retry("score", self._score, by_shopper, partitions)
+            await self.send_outputs(outputs)
+            await self.reject(rejected)
+            yield None
+
+    async def _score(
+        self, by_shopper: dict[str, list[Signal]], partitions: dict[str, int]
+    ) -> list[Output]:
+        batch: dict[str, tuple[list[ScoreSignal], float | None]] = {
+            s: ([to_score_signal(x) for x in sigs], None) for s, sigs in by_shopper.items()
+        }
+        async with self.score_lock:
+            results = await self.scores.apply_many(batch)
+            return await self._index(results, by_shopper, partitions)
+
+    async def _decay(self, partition: int) -> list[Output]:
+        due = await self.scores.due(partition, self.until("score", partition), SWEEP_BATCH)
+        if not due:
+            return []
+        async with self.score_lock:
+            results = await self.scores.apply_many({s: ([], t) for s, t in due.items()})
+            return await self._index(results, {}, dict.fromkeys(due, partition))
+
+    async def _index(
+        self,
+        results: dict[str, Any],
+        by_shopper: dict[str, list[Signal]],
+        partitions: dict[str, int],
+    ) -> list[Output]:
+        outputs: list[Output] = []
+        for shopper, result in results.items():
+            outputs += outputs_for(shopper, result, by_shopper.get(shopper, []))
+        audiences = [
+            (o.value.op, o.value.audience, o.key)  # type: ignore[attr-defined]
+            for o in outputs
+            if o.topic == "topic_retargeting"
+        ]
+        deadlines = {s: (partitions[s], r.deadline) for s, r in results.items()}
+        await self.scores.index(deadlines, audiences)
+        return outputs
+
+    async def send_outputs(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            self.metrics.actions.labels(output.topic).inc()
+            value = output.value
+            if isinstance(value, TierChange):
+                self.metrics.tier_changes.labels(value.from_tier, value.to_tier, value.reason).inc()
+            await self.outputs[output.topic].send(key=output.key.encode(), value=value.to_json())
 
     # --- output ------------------------------------------------------------------------
     async def emit(self, signals: list[Signal]) -> None:

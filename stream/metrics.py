@@ -43,6 +43,18 @@ class Metrics:
             ["stage"],
             registry=registry,
         )
+        self.tier_changes = Counter(
+            "intent_tier_changes_total",
+            "Tier transitions, by from/to tier and reason.",
+            ["from_tier", "to_tier", "reason"],
+            registry=registry,
+        )
+        self.actions = Counter(
+            "intent_actions_total",
+            "Records emitted to action topics, by topic setting.",
+            ["topic"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "intent_batch_size_events",
             "Records handled per batch, by stage.",

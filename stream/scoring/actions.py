@@ -21,7 +21,7 @@ from schemas.outputs import (
     _Out,
 )
 from schemas.signals import Signal
-from stream.scoring.reference import Result, ScoreSignal
+from stream.scoring.reference import Change, Result, ScoreSignal
 
 POINT_TIERS: Final = ("low", "mid", "high")
 DEPTH_AUDIENCES: Final = ("viewed_product", "added_to_cart", "started_checkout")
@@ -63,13 +63,12 @@ def _at(t: float) -> datetime:
 
 
 def outputs_for(shopper: str, result: Result, signals: list[Signal]) -> list[Output]:
-    fresh = sorted(
-        (s for s in signals if s.signal_id in set(result.new_ids)),
-        key=lambda s: (s.at, s.signal_id),
-    )
+    new = set(result.new_ids)
+    fresh = sorted((s for s in signals if s.signal_id in new), key=lambda s: (s.at, s.signal_id))
+    by_id = {s.signal_id: s for s in fresh}
     out: list[Output] = []
-    if result.changed:
-        out += _tier_change(shopper, result, fresh)
+    for change in result.changes:
+        out += _tier_change(shopper, change, by_id.get(change.cause or ""))
     out += _suppression(shopper, result, fresh)
     if result.to_tier != "suppressed":
         for signal in fresh:
@@ -77,37 +76,37 @@ def outputs_for(shopper: str, result: Result, signals: list[Signal]) -> list[Out
     return out
 
 
-def _tier_change(shopper: str, result: Result, fresh: list[Signal]) -> list[Output]:
-    change_id = f"{shopper}:{result.seq}"
-    cause = fresh[-1] if fresh else None
+def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Output]:
+    change_id = f"{shopper}:{change.seq}"
     event_anchor = None
     if cause is not None:
         anchors = [a for a in cause.anchors if ":" not in a]  # event ids, not session:x
         event_anchor = anchors[-1] if anchors else None
-    at = _at(result.at)
-    change = TierChange(
+    at = _at(change.at)
+    record = TierChange(
         change_id=change_id,
         shopper_id=shopper,
-        from_tier=result.from_tier,
-        to_tier=result.to_tier,
-        score=round(result.score, 6),
+        from_tier=change.from_tier,
+        to_tier=change.to_tier,
+        score=round(change.score, 6),
         at=at,
-        reason=result.reason,
-        signals=[Contribution(name=r, points=round(p, 6)) for r, p in result.top],
+        reason=change.reason,
+        signals=[Contribution(name=r, points=round(p, 6)) for r, p in change.top],
         cause_event_id=event_anchor,
         cause_signal_id=cause.signal_id if cause else None,
     )
-    out = [Output("topic_tier_changes", shopper, change)]
+    out = [Output("topic_tier_changes", shopper, record)]
     ops: list[tuple[str, str]] = []
-    if result.from_tier in POINT_TIERS:
-        ops.append(("remove", f"tier:{result.from_tier}"))
-    if result.to_tier in POINT_TIERS:
-        ops.append(("add", f"tier:{result.to_tier}"))
-        if result.from_tier == "none":
+    if change.from_tier in POINT_TIERS:
+        ops.append(("remove", f"tier:{change.from_tier}"))
+    if change.to_tier in POINT_TIERS:
+        ops.append(("add", f"tier:{change.to_tier}"))
+        if change.from_tier == "none":
             ops.append(("remove", INACTIVE))
-    if result.to_tier == "suppressed" or (result.to_tier == "none" and result.reason == "decay"):
+    inactive = change.to_tier == "none" and change.reason == "decay"
+    if change.to_tier == "suppressed" or inactive:
         ops += [("remove", name) for name in DEPTH_AUDIENCES]
-    if result.to_tier == "none" and result.reason == "decay":
+    if inactive:
         ops.append(("add", INACTIVE))
     for op, audience in ops:
         out.append(
@@ -119,9 +118,9 @@ def _tier_change(shopper: str, result: Result, fresh: list[Signal]) -> list[Outp
                     shopper_id=shopper,
                     audience=audience,
                     op=op,
-                    tier=result.to_tier,
+                    tier=change.to_tier,
                     at=at,
-                    reason=result.reason,
+                    reason=change.reason,
                 ),
             )
         )

@@ -51,6 +51,20 @@ class ScoreConfig:
         return {"low": self.low, "mid": self.mid, "high": self.high}[tier]
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One tier transition, at the event time it happened."""
+
+    from_tier: str
+    to_tier: str
+    score: float
+    at: float
+    seq: int
+    reason: str
+    top: list[tuple[str, float]]
+    cause: str | None = None  # the last signal applied at that time (None: decay)
+
+
 @dataclass
 class Result:
     from_tier: str
@@ -58,10 +72,10 @@ class Result:
     score: float
     at: float
     seq: int
-    reason: str
     deadline: float | None
     ttl: float
     applied: int
+    changes: list[Change] = field(default_factory=list)
     top: list[tuple[str, float]] = field(default_factory=list)
     suppressed: list[tuple[str, float]] = field(default_factory=list)  # (scope key, until)
     unsuppressed: list[str] = field(default_factory=list)
@@ -71,7 +85,7 @@ class Result:
 
     @property
     def changed(self) -> bool:
-        return self.from_tier != self.to_tier
+        return bool(self.changes)
 
 
 def decay(v: float, r: float, h: float, t: float) -> float:
@@ -88,8 +102,17 @@ def _add(comp: list[float] | None, p: float, t: float, h: float) -> list[float]:
 
 
 def new_state() -> dict[str, Any]:
-    return {"tier": "none", "seq": 0, "reset": None, "T": None,
-            "s": {}, "rules": {}, "cats": {}, "x": {}, "applied": {}}  # fmt: skip
+    return {
+        "tier": "none",
+        "seq": 0,
+        "reset": None,
+        "T": None,
+        "s": {},
+        "rules": {},
+        "cats": {},
+        "x": {},
+        "applied": {},
+    }
 
 
 def score_at(state: dict[str, Any], t: float) -> float:
@@ -133,80 +156,94 @@ def demotion_time(state: dict[str, Any], tier: str, at: float, cfg: ScoreConfig)
     return float(hi)
 
 
+def next_deadline(state: dict[str, Any], cfg: ScoreConfig) -> float | None:
+    """The next time the tier changes with no new signal: a demotion or a suppression end."""
+    deadline = demotion_time(state, state["tier"], state["T"], cfg)
+    for until in state["x"].values():
+        deadline = until if deadline is None else min(deadline, until)
+    return deadline
+
+
+MAX_STEPS: Final = 16  # decay transitions evaluated in one call (none < low < mid < high)
+
+
 def apply(
     state: dict[str, Any], signals: list[ScoreSignal], now: float | None, cfg: ScoreConfig
 ) -> Result:
-    """Apply new signals (deduplicated by id) and evaluate at max(last time, signals, now)."""
+    """Apply new signals (deduplicated by id) in event-time order, evaluating the tier
+    after each signal time and at every decay crossing in between, then up to `now`.
+    The transitions depend on event times only, never on how signals were batched."""
     previous = state["tier"]
-    applied = 0
     new_ids: list[str] = []
-    reset_seen = False
     suppressed: list[tuple[str, float]] = []
-    T = state["T"]
+    unsuppressed: list[str] = []
+    changes: list[Change] = []
+    fresh: list[ScoreSignal] = []
     for sig in sorted(signals, key=lambda s: (s.t, s.id)):
-        if sig.id in state["applied"]:
-            continue
-        state["applied"][sig.id] = sig.t
-        applied += 1
-        new_ids.append(sig.id)
-        T = sig.t if T is None else max(T, sig.t)
-        if sig.suppress is not None and state["x"].get(sig.suppress, float("-inf")) < sig.until:
-            state["x"][sig.suppress] = sig.until
-            suppressed.append((sig.suppress, sig.until))
-        if sig.reset:
-            if state["reset"] is None or sig.t > state["reset"]:
-                state["reset"] = sig.t
-                state["s"], state["rules"], state["cats"] = {}, {}, {}
-                reset_seen = True
-            continue
-        if state["reset"] is not None and sig.t < state["reset"]:
-            continue  # earlier than the purchase that reset the score
-        if sig.points == 0:
-            continue
-        h = sig.half_life
-        state["s"][h] = _add(state["s"].get(h), sig.points, sig.t, h)
-        rule = state["rules"].get(sig.rule)
-        state["rules"][sig.rule] = [*_add(rule[:2] if rule else None, sig.points, sig.t, h), h]
-        if sig.category:
-            key = f"{h}|{sig.category}"
-            state["cats"][key] = _add(state["cats"].get(key), sig.points, sig.t, h)
+        if sig.id not in state["applied"]:
+            state["applied"][sig.id] = sig.t
+            new_ids.append(sig.id)
+            fresh.append(sig)
+    i = 0
+    while i < len(fresh):
+        t = fresh[i].t
+        if state["T"] is not None and t > state["T"]:
+            _advance(state, t, cfg, changes, unsuppressed)
+        group = []
+        while i < len(fresh) and fresh[i].t == t:
+            group.append(fresh[i])
+            i += 1
+        reset_seen = False
+        for sig in group:
+            if sig.suppress is not None and state["x"].get(sig.suppress, float("-inf")) < sig.until:
+                state["x"][sig.suppress] = sig.until
+                suppressed.append((sig.suppress, sig.until))
+            if sig.reset:
+                if state["reset"] is None or sig.t > state["reset"]:
+                    state["reset"] = sig.t
+                    state["s"], state["rules"], state["cats"] = {}, {}, {}
+                    reset_seen = True
+                continue
+            if state["reset"] is not None and sig.t < state["reset"]:
+                continue  # earlier than the purchase that reset the score
+            if sig.points == 0:
+                continue
+            h = sig.half_life
+            state["s"][h] = _add(state["s"].get(h), sig.points, sig.t, h)
+            rule = state["rules"].get(sig.rule)
+            state["rules"][sig.rule] = [*_add(rule[:2] if rule else None, sig.points, sig.t, h), h]
+            if sig.category:
+                key = f"{h}|{sig.category}"
+                state["cats"][key] = _add(state["cats"].get(key), sig.points, sig.t, h)
+        if state["T"] is None or t > state["T"]:
+            state["T"] = t
+        _evaluate(
+            state, cfg, changes, unsuppressed, "purchase" if reset_seen else "signal", group[-1].id
+        )
     if now is not None:
-        T = now if T is None else max(T, now)
-    if T is None:
-        T = 0.0
-    state["T"] = T
-    # Suppressions that have run out.
-    unsuppressed = sorted(k for k, until in state["x"].items() if until <= T)
-    for key in unsuppressed:
-        del state["x"][key]
-    score = score_at(state, T)
-    was = "none" if previous == SUPPRESSED else previous
-    tier = SUPPRESSED if ALL in state["x"] else tier_for(score, was, cfg)
-    reason = "signal"
-    if (previous == SUPPRESSED) != (tier == SUPPRESSED):
-        reason = "suppression"
-    elif reset_seen:
-        reason = "purchase"
-    elif applied == 0:
-        reason = "decay"
-    if tier != previous:
-        state["seq"] += 1
-    state["tier"] = tier
-    deadline = demotion_time(state, tier, T, cfg)
-    for until in state["x"].values():
-        deadline = until if deadline is None else min(deadline, until)
+        if state["T"] is None:
+            state["T"] = now
+        elif now > state["T"]:
+            _advance(state, now, cfg, changes, unsuppressed)
+            state["T"] = now
+            _evaluate(state, cfg, changes, unsuppressed, "decay", None)
+    if state["T"] is None:
+        state["T"] = 0.0
+    T = state["T"]
+    score = score_at(state, T)  # before pruning, as the script does
+    deadline = next_deadline(state, cfg)
     top = _top(state, T)
     ttl = _prune(state, T, cfg)
     return Result(
         previous,
-        tier,
+        state["tier"],
         score,
         T,
         state["seq"],
-        reason,
         deadline,
         ttl,
-        applied,
+        len(new_ids),
+        changes,
         top,
         suppressed,
         unsuppressed,
@@ -214,6 +251,47 @@ def apply(
         state["reset"],
         sorted(state["x"]),
     )
+
+
+def _advance(
+    state: dict[str, Any],
+    until: float,
+    cfg: ScoreConfig,
+    changes: list[Change],
+    unsuppressed: list[str],
+) -> None:
+    """Evaluate every decay crossing and suppression end up to `until`."""
+    for _ in range(MAX_STEPS):
+        due = next_deadline(state, cfg)
+        if due is None or due > until:
+            return
+        state["T"] = due
+        _evaluate(state, cfg, changes, unsuppressed, "decay", None)
+
+
+def _evaluate(
+    state: dict[str, Any],
+    cfg: ScoreConfig,
+    changes: list[Change],
+    unsuppressed: list[str],
+    reason: str,
+    cause: str | None,
+) -> None:
+    T = state["T"]
+    for key in sorted(k for k, until in state["x"].items() if until <= T):
+        del state["x"][key]
+        unsuppressed.append(key)
+    previous = state["tier"]
+    score = score_at(state, T)
+    was = "none" if previous == SUPPRESSED else previous
+    tier = SUPPRESSED if ALL in state["x"] else tier_for(score, was, cfg)
+    if tier == previous:
+        return
+    if (previous == SUPPRESSED) != (tier == SUPPRESSED):
+        reason = "suppression"
+    state["seq"] += 1
+    state["tier"] = tier
+    changes.append(Change(previous, tier, score, T, state["seq"], reason, _top(state, T), cause))
 
 
 def _top(state: dict[str, Any], T: float) -> list[tuple[str, float]]:

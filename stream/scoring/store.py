@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from stream.scoring import reference
-from stream.scoring.reference import Result, ScoreConfig, ScoreSignal
+from stream.scoring.reference import Change, Result, ScoreConfig, ScoreSignal
 
 
 def lua_source() -> str:
@@ -66,10 +66,22 @@ def parse_result(raw: bytes | str) -> Result:
         score=float(data["score"]),
         at=float(data["at"]),
         seq=int(data["seq"]),
-        reason=data["reason"],
         deadline=float(data["deadline"]) if data["deadline"] else None,
         ttl=float(data["ttl"]),
         applied=int(data["applied"]),
+        changes=[
+            Change(
+                from_tier=c["from"],
+                to_tier=c["to"],
+                score=float(c["score"]),
+                at=float(c["at"]),
+                seq=int(c["seq"]),
+                reason=c["reason"],
+                top=[(rule, float(p)) for rule, p in _list(c.get("top"))],
+                cause=c["cause"] or None,
+            )
+            for c in _list(data.get("changes"))
+        ],
         top=[(rule, float(p)) for rule, p in _list(data.get("top"))],
         suppressed=[(k, float(u)) for k, u in _list(data.get("sup"))],
         unsuppressed=list(_list(data.get("unsup"))),
@@ -114,6 +126,42 @@ class ScoreStore:
                 )
             raw = await pipe.execute()
         return {s: parse_result(r) for s, r in zip(shoppers, raw, strict=True)}
+
+    def decay_key(self, partition: int) -> str:
+        return f"{self.prefix}:decay:{{{partition}}}"
+
+    def audience_key(self, audience: str) -> str:
+        return f"{self.prefix}:audience:{audience}"
+
+    async def index(
+        self,
+        deadlines: dict[str, tuple[int, float | None]],
+        audiences: list[tuple[str, str, str]],
+    ) -> None:
+        """Next decay deadlines (shopper -> partition, time) and audience membership
+        changes (op, audience, shopper), in one round trip."""
+        if not deadlines and not audiences:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shopper, (partition, deadline) in deadlines.items():
+                if deadline is None:
+                    pipe.zrem(self.decay_key(partition), shopper)
+                else:
+                    pipe.zadd(self.decay_key(partition), {shopper: deadline})
+            for op, audience, shopper in audiences:
+                if op == "add":
+                    pipe.sadd(self.audience_key(audience), shopper)
+                else:
+                    pipe.srem(self.audience_key(audience), shopper)
+            await pipe.execute()
+
+    async def due(self, partition: int, until: float, limit: int) -> dict[str, float]:
+        """Shoppers whose score leaves its tier (or a suppression ends) by `until`."""
+        rows = await self.redis.zrangebyscore(
+            self.decay_key(partition), "-inf", until, start=0, num=limit, withscores=True
+        )
+        pairs = cast(list[tuple[bytes | str, float]], rows)
+        return {_text(member): float(score) for member, score in pairs}
 
     async def read(self, shopper: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys(shopper)[0])

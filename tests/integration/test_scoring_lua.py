@@ -60,11 +60,22 @@ def _close(a: float | None, b: float | None) -> bool:
 
 
 def _same(lua: Result, ref: Result) -> None:
-    assert (lua.from_tier, lua.to_tier, lua.seq, lua.reason, lua.applied) == (
-        ref.from_tier, ref.to_tier, ref.seq, ref.reason, ref.applied)  # fmt: skip
+    assert (lua.from_tier, lua.to_tier, lua.seq, lua.applied) == (
+        ref.from_tier, ref.to_tier, ref.seq, ref.applied)  # fmt: skip
     assert _close(lua.score, ref.score) and _close(lua.at, ref.at)
     assert _close(lua.deadline, ref.deadline)
     assert _close(lua.ttl, ref.ttl)
+    assert len(lua.changes) == len(ref.changes)
+    for a, b in zip(lua.changes, ref.changes, strict=True):
+        assert (a.from_tier, a.to_tier, a.seq, a.reason, a.cause) == (
+            b.from_tier,
+            b.to_tier,
+            b.seq,
+            b.reason,
+            b.cause,
+        )
+        assert _close(a.score, b.score) and _close(a.at, b.at)
+        assert [r for r, _ in a.top] == [r for r, _ in b.top]
     assert [r for r, _ in lua.top] == [r for r, _ in ref.top]
     assert all(_close(a, b) for (_, a), (_, b) in zip(lua.top, ref.top, strict=True))
     assert [k for k, _ in lua.suppressed] == [k for k, _ in ref.suppressed]

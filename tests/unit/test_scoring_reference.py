@@ -71,16 +71,23 @@ def test_demotion_time_is_the_crossing() -> None:
     crossing = H * math.log2(40 / floor)
     assert result.deadline == pytest.approx(crossing, abs=1e-6)
     demoted = apply(state, [], result.deadline, CFG)
-    assert (demoted.from_tier, demoted.to_tier, demoted.reason) == ("high", "mid", "decay")
+    (change,) = demoted.changes
+    assert (change.from_tier, change.to_tier, change.reason) == ("high", "mid", "decay")
+    assert change.at == result.deadline and change.score == pytest.approx(floor)
 
 
 def test_suppression_overrides_and_expires() -> None:
     state = new_state()
     apply(state, [sig(0, 0, 40)], None, CFG)
     on = apply(state, [sig(1, 10, 0, suppress="all", until=100.0)], None, CFG)
-    assert (on.to_tier, on.reason, on.deadline) == ("suppressed", "suppression", 100.0)
+    assert (on.to_tier, on.changes[-1].reason, on.deadline) == ("suppressed", "suppression", 100.0)
     off = apply(state, [], 100.0, CFG)
-    assert (off.from_tier, off.to_tier, off.reason) == ("suppressed", "high", "suppression")
+    (change,) = off.changes
+    assert (change.from_tier, change.to_tier, change.reason) == (
+        "suppressed",
+        "high",
+        "suppression",
+    )
     assert off.unsuppressed == ["all"]
 
 
@@ -88,7 +95,7 @@ def test_purchase_resets_and_ignores_earlier_late_points() -> None:
     state = new_state()
     apply(state, [sig(0, 0, 40)], None, CFG)
     bought = apply(state, [sig(1, 100, 0, reset=True)], None, CFG)
-    assert (bought.to_tier, bought.reason, bought.score) == ("none", "purchase", 0.0)
+    assert (bought.to_tier, bought.changes[-1].reason, bought.score) == ("none", "purchase", 0.0)
     late = apply(state, [sig(2, 50, 20)], None, CFG)  # before the purchase
     assert late.score == 0.0
     after = apply(state, [sig(3, 200, 20)], None, CFG)
@@ -100,3 +107,19 @@ def test_state_is_pruned_when_negligible() -> None:
     apply(state, [sig(0, 0, 5)], None, CFG)
     apply(state, [], 100 * H, CFG)
     assert state["s"] == {} and state["rules"] == {}
+
+
+def test_transitions_do_not_depend_on_batching() -> None:
+    signals = [sig(0, 0, 2), sig(1, 60, 14), sig(2, 120, 30), sig(3, 5 * DAY, 30)]
+    together = new_state()
+    all_at_once = apply(together, signals, 6 * DAY, CFG).changes
+    apart = new_state()
+    one_by_one = [c for s in signals for c in apply(apart, [s], None, CFG).changes]
+    one_by_one += apply(apart, [], 6 * DAY, CFG).changes
+    assert [(c.from_tier, c.to_tier, c.seq, c.reason) for c in all_at_once] == [
+        (c.from_tier, c.to_tier, c.seq, c.reason) for c in one_by_one
+    ]
+    assert [c.at for c in all_at_once] == pytest.approx([c.at for c in one_by_one])
+    # none -> low -> mid -> high, decays to mid and low before the 5th day, high again.
+    assert [c.to_tier for c in all_at_once][:3] == ["low", "mid", "high"]
+    assert "decay" in [c.reason for c in all_at_once]

@@ -7,8 +7,9 @@ ARGV[1]  JSON {"now": epoch s | null,
                "cfg": {"low","mid","high","hysteresis" (fraction),"cap" (ids kept)},
                "signals": [{"id","t" (epoch s),"p" (points),"h" (half-life s),"rule",
                             "cat" | null,"reset" (bool),"sup" (scope key) | null,"until"}]}
-RETURNS  JSON {"from","to","score","at","seq","reason","deadline" ("" = none),"ttl" (s),
-               "applied","top": [[rule, points]], "sup": [[scope, until]], "unsup": [scope],
+RETURNS  JSON {"from","to","score","at","seq","deadline" ("" = none),"ttl" (s),"applied",
+               "changes": [{"from","to","score","at","seq","reason","top","cause"}],
+               "top": [[rule, points]], "sup": [[scope, until]], "unsup": [scope],
                "ids": [newly applied signal ids], "reset": last purchase time ("" = none),
                "active": [active suppression scope keys, sorted]}
          numbers as "%.17g" strings, so nothing is rounded on the way out.
@@ -17,6 +18,9 @@ Hash fields: tier, seq, T (last evaluation, epoch s), reset (epoch s of the last
   r|<rule> = "v r h"   per rule, for the top contributors
   c|<h>|<category> = "v r"  per category
   x|<scope> = until     active suppressions
+Signals are applied in event-time order; the tier is evaluated after each signal time
+and at every decay crossing or suppression end in between, then up to "now", so the
+transitions never depend on how signals were batched.
 Event time comes in ARGV; the script never reads TIME. It sets the hash's TTL itself.
 ]==]
 local EPSILON = 0.01
@@ -73,19 +77,107 @@ local function score_at(t)
   return total
 end
 
--- apply the signals in time order, each id once
+local function tier_for(sc, prev)
+  local up, up_rank = "none", 1
+  for i = 2, 4 do
+    if sc >= thresholds[TIERS[i]] then up, up_rank = TIERS[i], i end
+  end
+  local rank = 1
+  for i = 1, 4 do if TIERS[i] == prev then rank = i end end
+  if up_rank >= rank then return up end
+  for i = rank, 2, -1 do
+    if sc >= thresholds[TIERS[i]] * (1.0 - cfg.hysteresis) then return TIERS[i] end
+  end
+  return "none"
+end
+
+local function demotion_time(at)
+  if thresholds[tier] == nil or next(s) == nil then return nil end
+  local floor = thresholds[tier] * (1.0 - cfg.hysteresis)
+  local hmax = 0
+  for h in pairs(s) do if h > hmax then hmax = h end end
+  local lo, hi = at, at + 64.0 * hmax
+  if score_at(hi) >= floor then return nil end
+  for _ = 1, BISECT_STEPS do
+    local mid = lo + (hi - lo) / 2.0
+    if score_at(mid) < floor then hi = mid else lo = mid end
+  end
+  return hi
+end
+
+local function next_deadline()
+  local deadline = demotion_time(T)
+  for _, u in pairs(x) do
+    if deadline == nil or u < deadline then deadline = u end
+  end
+  return deadline
+end
+
+local function top_at(t)
+  local top = {}
+  for rule, c in pairs(rules) do
+    local p = decay(c[1], c[2], c[3], t)
+    if math.abs(p) >= EPSILON then top[#top + 1] = {rule, p} end
+  end
+  table.sort(top, function(a, b)
+    if math.abs(a[2]) ~= math.abs(b[2]) then return math.abs(a[2]) > math.abs(b[2]) end
+    return a[1] < b[1]
+  end)
+  local out = {}
+  for i = 1, math.min(TOP, #top) do out[i] = {top[i][1], fmt(top[i][2])} end
+  return out
+end
+
+local changes, unsup = {}, {}
+local function evaluate(reason, cause)
+  for _, k in ipairs(sorted_keys(x)) do
+    if x[k] <= T then unsup[#unsup + 1] = k; x[k] = nil end
+  end
+  local prev = tier
+  local sc = score_at(T)
+  local was = prev
+  if was == "suppressed" then was = "none" end
+  local new_tier
+  if x["all"] ~= nil then new_tier = "suppressed" else new_tier = tier_for(sc, was) end
+  if new_tier == prev then return end
+  if (prev == "suppressed") ~= (new_tier == "suppressed") then reason = "suppression" end
+  seq = seq + 1
+  tier = new_tier
+  changes[#changes + 1] = {from = prev, to = new_tier, score = fmt(sc), at = fmt(T), seq = seq,
+                           reason = reason, top = top_at(T), cause = cause or ""}
+end
+
+local MAX_STEPS = 16
+local function advance(until_t)
+  for _ = 1, MAX_STEPS do
+    local due = next_deadline()
+    if due == nil or due > until_t then return end
+    T = due
+    evaluate("decay", nil)
+  end
+end
+
+-- dedupe by id, then apply in time order
 local signals = args.signals
 table.sort(signals, function(a, b) return a.t < b.t or (a.t == b.t and a.id < b.id) end)
 local previous = tier
-local applied, reset_seen = 0, false
-local new_ids = {}
-local suppressed = {}
+local new_ids, fresh, suppressed = {}, {}, {}
 for _, sig in ipairs(signals) do
   if not redis.call("ZSCORE", KEYS[2], sig.id) then
     redis.call("ZADD", KEYS[2], sig.t, sig.id)
-    applied = applied + 1
     new_ids[#new_ids + 1] = sig.id
-    if T == nil or sig.t > T then T = sig.t end
+    fresh[#fresh + 1] = sig
+  end
+end
+local i = 1
+while i <= #fresh do
+  local t = fresh[i].t
+  if T ~= nil and t > T then advance(t) end
+  local reset_seen, last_id = false, nil
+  while i <= #fresh and fresh[i].t == t do
+    local sig = fresh[i]
+    last_id = sig.id
+    i = i + 1
     if sig.sup ~= nil and sig.sup ~= cjson.null then
       if x[sig.sup] == nil or x[sig.sup] < sig["until"] then
         x[sig.sup] = sig["until"]
@@ -110,74 +202,22 @@ for _, sig in ipairs(signals) do
       end
     end
   end
+  if T == nil or t > T then T = t end
+  evaluate(reset_seen and "purchase" or "signal", last_id)
 end
 if args.now ~= nil and args.now ~= cjson.null then
-  if T == nil or args.now > T then T = args.now end
+  if T == nil then
+    T = args.now
+  elseif args.now > T then
+    advance(args.now)
+    T = args.now
+    evaluate("decay", nil)
+  end
 end
 if T == nil then T = 0.0 end
-
--- suppressions that have run out
-local unsup = {}
-for _, k in ipairs(sorted_keys(x)) do
-  if x[k] <= T then unsup[#unsup + 1] = k; x[k] = nil end
-end
-
--- tier, with hysteresis
 local score = score_at(T)
-local function tier_for(sc, prev)
-  local up, up_rank = "none", 1
-  for i = 2, 4 do
-    if sc >= thresholds[TIERS[i]] then up, up_rank = TIERS[i], i end
-  end
-  local rank = 1
-  for i = 1, 4 do if TIERS[i] == prev then rank = i end end
-  if up_rank >= rank then return up end
-  for i = rank, 2, -1 do
-    if sc >= thresholds[TIERS[i]] * (1.0 - cfg.hysteresis) then return TIERS[i] end
-  end
-  return "none"
-end
-local was = previous
-if was == "suppressed" then was = "none" end
-local new_tier
-if x["all"] ~= nil then new_tier = "suppressed" else new_tier = tier_for(score, was) end
-local reason = "signal"
-if (previous == "suppressed") ~= (new_tier == "suppressed") then reason = "suppression"
-elseif reset_seen then reason = "purchase"
-elseif applied == 0 then reason = "decay" end
-if new_tier ~= previous then seq = seq + 1 end
-
--- when it decays out of its tier (bisection, as the reference)
-local deadline = nil
-if thresholds[new_tier] ~= nil and next(s) ~= nil then
-  local floor = thresholds[new_tier] * (1.0 - cfg.hysteresis)
-  local hmax = 0
-  for h in pairs(s) do if h > hmax then hmax = h end end
-  local lo, hi = T, T + 64.0 * hmax
-  if score_at(hi) < floor then
-    for _ = 1, BISECT_STEPS do
-      local mid = lo + (hi - lo) / 2.0
-      if score_at(mid) < floor then hi = mid else lo = mid end
-    end
-    deadline = hi
-  end
-end
-for _, u in pairs(x) do
-  if deadline == nil or u < deadline then deadline = u end
-end
-
--- top contributors
-local top = {}
-for rule, c in pairs(rules) do
-  local p = decay(c[1], c[2], c[3], T)
-  if math.abs(p) >= EPSILON then top[#top + 1] = {rule, p} end
-end
-table.sort(top, function(a, b)
-  if math.abs(a[2]) ~= math.abs(b[2]) then return math.abs(a[2]) > math.abs(b[2]) end
-  return a[1] < b[1]
-end)
-local top_out = {}
-for i = 1, math.min(TOP, #top) do top_out[i] = {top[i][1], fmt(top[i][2])} end
+local deadline = next_deadline()
+local top_out = top_at(T)
 
 -- prune what is negligible, compute the TTL, write back
 local ttl = MIN_TTL
@@ -200,7 +240,7 @@ for _, u in pairs(x) do ttl = math.max(ttl, u - T) end
 local count = redis.call("ZCARD", KEYS[2])
 if count > cfg.cap then redis.call("ZREMRANGEBYRANK", KEYS[2], 0, count - cfg.cap - 1) end
 
-local fields = {"tier", new_tier, "seq", seq, "T", fmt(T)}
+local fields = {"tier", tier, "seq", seq, "T", fmt(T)}
 if reset ~= nil then fields[#fields + 1] = "reset"; fields[#fields + 1] = fmt(reset) end
 for h, c in pairs(s) do
   fields[#fields + 1] = "s|" .. fmt(h); fields[#fields + 1] = fmt(c[1]) .. " " .. fmt(c[2])
@@ -220,8 +260,8 @@ redis.call("PEXPIRE", KEYS[1], ttl_ms)
 redis.call("PEXPIRE", KEYS[2], ttl_ms)
 
 return cjson.encode({
-  from = previous, to = new_tier, score = fmt(score), at = fmt(T), seq = seq,
-  reason = reason, deadline = deadline and fmt(deadline) or "", ttl = fmt(ttl),
-  applied = applied, top = top_out, sup = suppressed, unsup = unsup, ids = new_ids,
+  from = previous, to = tier, score = fmt(score), at = fmt(T), seq = seq,
+  deadline = deadline and fmt(deadline) or "", ttl = fmt(ttl), changes = changes,
+  applied = #new_ids, top = top_out, sup = suppressed, unsup = unsup, ids = new_ids,
   reset = reset and fmt(reset) or "", active = sorted_keys(x),
 })
