@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 
 import faust
 import redis.asyncio as aioredis
+from faust.web import Request, Response, View
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -40,6 +41,7 @@ from stream.scoring.actions import Output, outputs_for, to_score_signal
 from stream.scoring.reference import ScoreConfig, ScoreSignal
 from stream.scoring.store import ScoreStore
 from stream.settings import Settings
+from stream.views import AUDIENCE_PAGE, audience_page, read_shopper
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ class Pipeline:
         app.agent(self.clickstream, name="ingest")(self.ingest)
         app.agent(self.normalised, name="detect")(self.detect)
         app.agent(self.signals, name="score")(self.score)
+        self._register_views()
         app.timer(settings.sweep_interval_seconds, name="sweep")(self.sweep)
 
     # --- ingest ------------------------------------------------------------------------
@@ -297,6 +300,25 @@ class Pipeline:
             if isinstance(value, TierChange):
                 self.metrics.tier_changes.labels(value.from_tier, value.to_tier, value.reason).inc()
             await self.outputs[output.topic].send(key=output.key.encode(), value=value.to_json())
+
+    # --- HTTP views (Faust web) ----------------------------------------------------------
+    def _register_views(self) -> None:
+        async def shopper_page(view: View, request: Request, shopper: str) -> Response:
+            now = self.clock().timestamp()
+            return view.json(await read_shopper(self.scores, shopper, now))
+
+        async def audience(view: View, request: Request, name: str) -> Response:
+            try:
+                cursor = int(request.query.get("cursor", 0))
+                count = min(int(request.query.get("count", AUDIENCE_PAGE)), 10 * AUDIENCE_PAGE)
+            except ValueError:
+                return view.json({"error": "cursor and count are whole numbers"}, status=400)
+            return view.json(
+                await audience_page(self.scores.redis, self.scores, name, cursor, count)
+            )
+
+        self.app.page("/shoppers/{shopper}")(shopper_page)
+        self.app.page("/audiences/{name}")(audience)
 
     # --- output ------------------------------------------------------------------------
     async def emit(self, signals: list[Signal]) -> None:

@@ -23,7 +23,10 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         # idempotent instead.
         "processing_guarantee": "at_least_once",
         "topic_disable_leader": True,
-        "web_enabled": False,
+        "web_enabled": settings.web_port != 0,
+        "web_port": settings.web_port or 6066,
+        "web_bind": "0.0.0.0",
+        "web_host": "127.0.0.1",
     }
     config.update(overrides)
     return faust.App(settings.app_id, **config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -107,3 +108,89 @@ def rules_check(file: Path | None) -> None:
         kinds[rule.kind] = kinds.get(rule.kind, 0) + 1
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     click.echo(f"{name}: OK, {len(ruleset.rules)} rules ({summary})")
+
+
+def _redis(settings: Settings) -> Any:
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+
+
+@main.command()
+@click.argument("shopper_id")
+def shopper(shopper_id: str) -> None:
+    """Print a shopper's current score, tier, suppression and top contributing signals."""
+    import asyncio
+    import json as _json
+    import time
+
+    from stream.scoring.store import ScoreStore
+    from stream.views import read_shopper
+
+    settings = _settings()
+
+    async def read() -> dict[str, Any]:
+        client = _redis(settings)
+        try:
+            store = ScoreStore(client, settings.app_id, cfg=None)  # type: ignore[arg-type]
+            return await read_shopper(store, shopper_id, time.time())
+        finally:
+            await client.aclose()
+
+    view = _run_redis(settings, asyncio.run, read())
+    click.echo(_json.dumps(view, indent=2))
+
+
+@main.command()
+@click.argument("shopper_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def forget(shopper_id: str, yes: bool) -> None:
+    """Erase everything stored about a shopper (right to erasure), and tell downstream."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from kafka import KafkaProducer
+
+    from schemas.outputs import SuppressionRecord
+    from stream.topics import ensure_topics
+    from stream.views import forget as erase
+
+    settings = _settings()
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Erase every record of shopper {shopper_id!r}?", abort=True)
+
+    async def run() -> dict[str, int]:
+        client = _redis(settings)
+        try:
+            return await erase(client, settings.app_id, shopper_id, settings.partitions)
+        finally:
+            await client.aclose()
+
+    removed = _run_redis(settings, asyncio.run, run())
+    now = datetime.now(UTC)
+    record = SuppressionRecord(
+        record_id=f"{shopper_id}:forget:{now.timestamp():.3f}", shopper_id=shopper_id,
+        op="forget", scope="shopper", at=now,
+    )  # fmt: skip
+    ensure_topics(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer.send(settings.topic_suppression, key=shopper_id.encode(), value=record.to_json()).get(
+        30
+    )
+    producer.close()
+    click.echo(
+        f"forgot {shopper_id}: {removed['keys']} keys, {removed['index']} index entries, "
+        f"{removed['audiences']} audience memberships; told {settings.topic_suppression}"
+    )
+
+
+def _run_redis(settings: Settings, run: Any, coro: Any) -> Any:
+    from redis.exceptions import RedisError
+
+    try:
+        return run(coro)
+    except (RedisError, OSError) as exc:
+        raise click.ClickException(
+            f"Redis at {settings.redis_url.get_secret_value().split('@')[-1]} did not answer "
+            f"({exc}); is it up? (`intent dev --print-env` shows the embedded one)"
+        ) from exc

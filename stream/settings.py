@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(
         1.0, gt=0, description="How often the timer fires due absence deadlines and visit ends."
     )
+    web_port: int = Field(
+        6066, ge=0, le=65535, description="Port of the HTTP views /shoppers, /audiences (0: off)."
+    )
     metrics_port: int = Field(9108, ge=0, le=65535, description="Port of /metrics (0 disables).")
     app_id: str = Field("intent", description="Faust app id: the consumer group and table prefix.")
     partitions: int = Field(

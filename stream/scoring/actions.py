@@ -104,7 +104,7 @@ def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Out
         if change.from_tier == "none":
             ops.append(("remove", INACTIVE))
     inactive = change.to_tier == "none" and change.reason == "decay"
-    if change.to_tier == "suppressed" or inactive:
+    if change.to_tier == "suppressed" or inactive or change.reason == "purchase":
         ops += [("remove", name) for name in DEPTH_AUDIENCES]
     if inactive:
         ops.append(("add", INACTIVE))

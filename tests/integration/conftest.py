@@ -39,6 +39,7 @@ def env(servers: Servers, request: pytest.FixtureRequest, tmp_path: Path) -> dic
         "INTENT_REDIS_URL": servers.redis_url,
         "INTENT_APP_ID": f"intent-{tag}",
         "INTENT_METRICS_PORT": str(free_port()),
+        "INTENT_WEB_PORT": str(free_port()),
         "INTENT_RUN_DIR": str(tmp_path / "run"),
     }
     values.update({f"INTENT_{name.upper()}": topic for name, topic in names.items()})
