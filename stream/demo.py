@@ -86,6 +86,9 @@ BAD_INPUT: Final = (
 )
 BAD_INPUT_SHARE: Final = 0.03
 STEP_GAP_SECONDS: Final = (1.0, 6.0)  # a shopper's next step comes this long after the last
+# Abandoned checkouts are stamped 40 minutes in the past, so the 30-minute absence (and
+# its cart-recovery trigger) fires while you watch instead of half an hour later.
+BACKDATE_SECONDS: Final = {"checkout_abandon": 2400.0}
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Journey:
     session: str
     steps: list[Step]
     due: float  # seconds since the generator started
+    backdate: float = 0.0  # seconds its timestamps lie in the past
 
 
 def encode(step: Step, shopper: str, session: str, ts: datetime, rng: random.Random) -> bytes:
@@ -146,8 +150,9 @@ def traffic(
     while True:
         if not active or next_new <= min(j.due for j in active):
             serial += 1
-            steps = list(SCENARIOS[rng.choice(names)])
-            active.append(Journey(f"demo-{serial}", f"sess-{serial}", steps, next_new))
+            name = rng.choice(names)
+            active.append(Journey(f"demo-{serial}", f"sess-{serial}", list(SCENARIOS[name]),
+                                  next_new, BACKDATE_SECONDS.get(name, 0.0)))  # fmt: skip
             next_new += rng.expovariate(1 / new_every)
             continue
         journey = min(active, key=lambda j: j.due)
@@ -155,7 +160,7 @@ def traffic(
         if rng.random() < BAD_INPUT_SHARE:
             yield at, None, rng.choice(BAD_INPUT)
         step = journey.steps.pop(0)
-        ts = start + timedelta(seconds=at)
+        ts = start + timedelta(seconds=at - journey.backdate)
         yield at, journey.shopper.encode(), encode(step, journey.shopper, journey.session, ts, rng)
         if journey.steps:
             journey.due = at + rng.uniform(*STEP_GAP_SECONDS)

@@ -128,7 +128,13 @@ def _demo_loop(settings: Settings, rate: float, stop: threading.Event) -> None:
 
 def _watch(settings: Settings, worker: subprocess.Popen[bytes] | None, out: TextIO) -> None:
     """Print what the worker emits until interrupted (or the worker dies)."""
-    topics = [settings.topic_normalised, settings.topic_signals, settings.topic_dead_letter]
+    topics = [
+        settings.topic_normalised,
+        settings.topic_signals,
+        settings.topic_tier_changes,
+        settings.topic_cart_recovery,
+        settings.topic_dead_letter,
+    ]
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=500)
     partitions = [
         TopicPartition(topic, p)
@@ -157,6 +163,22 @@ def _describe(settings: Settings, topic: str, value: bytes, counts: dict[str, in
         counts["rejected"] += 1
         return click.style(
             f"  dead-letter  {data['reason']:<20} {data['detail'][:70]}", fg="yellow"
+        )
+    if topic == settings.topic_tier_changes:
+        top = ", ".join(f"{x['name']} {x['points']:.0f}" for x in data["signals"][:3])
+        return click.style(
+            f"  {data['at'][11:19]}  {data['shopper_id']:<10} TIER {data['from_tier']:>10} -> "
+            f"{data['to_tier']:<10} score {data['score']:6.1f}  {data['reason']:<11} {top}",
+            fg="magenta",
+            bold=True,
+        )
+    if topic == settings.topic_cart_recovery:
+        items = ", ".join(i["sku"] for i in data["cart"]["items"])
+        return click.style(
+            f"  {data['at'][11:19]}  {data['shopper_id']:<10} CART RECOVERY  {items} "
+            f"(value {data['cart']['value']})",
+            fg="cyan",
+            bold=True,
         )
     if topic == settings.topic_signals:
         counts["signals"] = counts.get("signals", 0) + 1

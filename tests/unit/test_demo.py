@@ -12,7 +12,7 @@ from schemas import errors
 from schemas.adapters import decode_json
 from schemas.errors import InvalidEvent
 from schemas.events import Event
-from stream.demo import BAD_INPUT, SCENARIOS, traffic
+from stream.demo import BACKDATE_SECONDS, BAD_INPUT, SCENARIOS, traffic
 
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 N = 500
@@ -124,13 +124,24 @@ def test_both_kinds_of_bad_input_appear() -> None:
 
 def test_good_values_are_keyed_by_their_shopper_and_stamped_at_their_time() -> None:
     good, _ = decode_all(take())
+    # Only the abandoned-checkout scenario shows the jacket (even when cut off early).
+    jacket = SCENARIOS["checkout_abandon"][0][2]
+    assert jacket is not None
+    abandoners = {e.shopper_id for _, e in good if e.product and e.product.sku == jacket["sku"]}
 
+    backdated = 0
     for (at, key, _), event in good:
         assert key == event.shopper_id.encode()
         assert event.shopper_id.startswith("demo-")
         assert event.session_id == "sess-" + event.shopper_id.removeprefix("demo-")
+        # Abandoned checkouts lie in the past, so their absence fires while one watches.
+        journey = "checkout_abandon" if event.shopper_id in abandoners else ""
+        back = BACKDATE_SECONDS.get(journey, 0.0)
+        backdated += back > 0
+        expected = START + timedelta(seconds=at - back)
         # GA4 carries integer microseconds; allow the rounding of that conversion.
-        assert abs(event.ts - (START + timedelta(seconds=at))) <= timedelta(microseconds=2)
+        assert abs(event.ts - expected) <= timedelta(microseconds=2)
+    assert backdated > 0
 
 
 def test_all_three_shapes_appear() -> None:
