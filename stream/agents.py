@@ -49,6 +49,7 @@ LATE: Final = "late"
 IDLE_GRACE_SECONDS: Final = 1.0  # a partition this long without input is "idle": wall clock rules
 SWEEP_BATCH: Final = 1000  # due shoppers handled per partition per sweep
 RETRY_MAX_SECONDS: Final = 30.0
+TIER_GAUGE_EVERY: Final = 5  # sweeps between refreshes of intent_shoppers (SCARD x 4)
 T = TypeVar("T")
 
 
@@ -107,6 +108,7 @@ class Pipeline:
         # Serialise state changes of this worker: a batch and a sweep never interleave.
         self.lock = asyncio.Lock()
         self.score_lock = asyncio.Lock()
+        self._sweeps = 0
         # Per partition and stage: the newest event time seen, and when input last arrived.
         self.watermark: dict[tuple[str, int], float] = {}
         self.last_input: dict[tuple[str, int], float] = {}
@@ -132,9 +134,13 @@ class Pipeline:
                 result = IngestResult(
                     rejected=[Rejection(r, errors.PROCESSING_ERROR, detail) for r in records]
                 )
+            now = self.clock().timestamp()
+            lag = self.metrics.event_lag.labels("ingest")
             for event in result.events:
                 self.metrics.events_consumed.labels(event.type, event.source).inc()
+                lag.observe(max(0.0, now - event.ts.timestamp()))
                 await self.normalised.send(key=event.shopper_id.encode(), value=event.to_json())
+            self._consumer_lag(batch)
             await self.reject(result.rejected)
             yield None
 
@@ -155,6 +161,12 @@ class Pipeline:
                     continue
                 by_shopper[event.shopper_id].append((event, record))
                 self._saw("detect", record.partition, event.ts.timestamp())
+            now = self.clock().timestamp()
+            lag = self.metrics.event_lag.labels("detect")
+            for items in by_shopper.values():
+                for event, _ in items:
+                    lag.observe(max(0.0, now - event.ts.timestamp()))
+            self._consumer_lag(batch)
             signals, late = await self._retry("detect", self._detect, by_shopper)
             await self.emit(signals)
             rejected += [Rejection(r, LATE, "older than the allowed lateness") for r in late]
@@ -214,6 +226,9 @@ class Pipeline:
                                     if tp.topic == self.settings.topic_signals):  # fmt: skip
                 outputs = await self._retry("decay", self._decay, partition)
                 await self.send_outputs(outputs)
+            self._sweeps += 1
+            if self._sweeps % TIER_GAUGE_EVERY == 0:
+                await self._retry("tiers", self.refresh_tier_gauge)
         except Exception:  # the timer must keep running; the next sweep retries
             log.exception("sweep failed")
 
@@ -252,6 +267,7 @@ class Pipeline:
                 by_shopper[signal.shopper_id].append(signal)
                 partitions[signal.shopper_id] = record.partition
                 self._saw("score", record.partition, signal.at.timestamp())
+            self._consumer_lag(batch)
             outputs = await self._retry("score", self._score, by_shopper, partitions)
             await self.send_outputs(outputs)
             await self.reject(rejected)
@@ -282,16 +298,52 @@ class Pipeline:
         partitions: dict[str, int],
     ) -> list[Output]:
         outputs: list[Output] = []
+        moves: list[tuple[str, str, str]] = []
         for shopper, result in results.items():
-            outputs += outputs_for(shopper, result, by_shopper.get(shopper, []))
+            signals = by_shopper.get(shopper, [])
+            outputs += outputs_for(shopper, result, signals)
+            if result.changed:
+                moves.append((shopper, result.from_tier, result.to_tier))
+            self._count_purchases(result, signals)
         audiences = [
             (o.value.op, o.value.audience, o.key)  # type: ignore[attr-defined]
             for o in outputs
             if o.topic == "topic_retargeting"
         ]
         deadlines = {s: (partitions[s], r.deadline) for s, r in results.items()}
-        await self.scores.index(deadlines, audiences)
+        await self.scores.index(deadlines, audiences, moves)
         return outputs
+
+    def _count_purchases(self, result: Any, signals: list[Signal]) -> None:
+        """Live conversion: each new purchase, against the tier held just before it."""
+        new = set(result.new_ids)
+        for signal in signals:
+            if "conversion" in signal.actions and signal.signal_id in new:
+                change = next((c for c in result.changes if c.reason == "purchase"), None)
+                if change is not None:
+                    tier = change.from_tier
+                else:  # a purchase always lands on none (or stays suppressed)
+                    tier = "suppressed" if result.to_tier == "suppressed" else "none"
+                self.metrics.purchases.labels(tier).inc()
+
+    def _consumer_lag(self, batch: Any) -> None:
+        last: dict[Any, int] = {}
+        for event in batch:
+            last[event.message.tp] = max(event.message.offset, last.get(event.message.tp, -1))
+        for tp, offset in last.items():
+            try:
+                end = self.app.consumer.highwater(tp)
+            except Exception:  # not known yet (during a rebalance)
+                continue
+            if end is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, end - offset - 1)
+                )
+
+    async def refresh_tier_gauge(self) -> None:
+        counts = await self.scores.tier_counts(("low", "mid", "high", "suppressed"))
+        for tier, count in counts.items():
+            self.metrics.shoppers.labels(tier).set(count)
 
     async def send_outputs(self, outputs: list[Output]) -> None:
         for output in outputs:
@@ -341,9 +393,13 @@ class Pipeline:
     async def _retry(self, what: str, step: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run a Redis step until it succeeds: an outage delays input, never drops it."""
         delay = 0.1
+        latency = self.metrics.redis_seconds.labels(what)
         while True:
             try:
-                return await step(*args)
+                started = time.perf_counter()
+                result = await step(*args)
+                latency.observe(time.perf_counter() - started)
+                return result
             except (RedisError, OSError) as exc:
                 self.metrics.redis_errors.labels(what).inc()
                 log.warning("%s: Redis error (%s); retrying in %.1f s", what, exc, delay)

@@ -1,4 +1,5 @@
-"""Every Prometheus metric the processor exports, in one place.
+"""Every Prometheus metric the processor exports, in one place, and the small HTTP
+server that serves them with /healthz and /ready.
 
 Names follow Prometheus conventions (base units, `_total` counters); labels never
 carry shopper ids. Tests build a `Metrics` on a fresh registry.
@@ -6,9 +7,23 @@ carry shopper ids. Tests build a `Metrics` on a fresh registry.
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000)
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+)
+
+BATCH_BUCKETS: Final = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000)
+LAG_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 86400)
+REDIS_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
 class Metrics:
@@ -37,22 +52,41 @@ class Metrics:
             ["rule"],
             registry=registry,
         )
-        self.redis_errors = Counter(
-            "intent_redis_errors_total",
-            "Redis calls that failed (and were retried), by stage.",
-            ["stage"],
-            registry=registry,
-        )
         self.tier_changes = Counter(
             "intent_tier_changes_total",
             "Tier transitions, by from/to tier and reason.",
             ["from_tier", "to_tier", "reason"],
             registry=registry,
         )
+        self.shoppers = Gauge(
+            "intent_shoppers",
+            "Shoppers currently in each tier (from Redis, refreshed by the sweep).",
+            ["tier"],
+            registry=registry,
+        )
+        self.purchases = Counter(
+            "intent_purchases_total",
+            "Purchases, by the tier the shopper held just before buying (live conversion).",
+            ["tier"],
+            registry=registry,
+        )
         self.actions = Counter(
             "intent_actions_total",
-            "Records emitted to action topics, by topic setting.",
+            "Records emitted to the output topics, by topic setting.",
             ["topic"],
+            registry=registry,
+        )
+        self.event_lag = Histogram(
+            "intent_event_lag_seconds",
+            "From an event's time to its processing, by stage.",
+            ["stage"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "intent_consumer_lag_messages",
+            "Records not yet processed, per topic partition (broker end offset minus position).",
+            ["topic", "partition"],
             registry=registry,
         )
         self.batch_size = Histogram(
@@ -62,6 +96,36 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        self.redis_seconds = Histogram(
+            "intent_redis_seconds",
+            "Redis round-trip latency (pipelines and the score script), by operation.",
+            ["op"],
+            buckets=REDIS_BUCKETS,
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "intent_redis_errors_total",
+            "Redis calls that failed (and were retried), by stage.",
+            ["stage"],
+            registry=registry,
+        )
+        self.up = Gauge(
+            "intent_worker_ready",
+            "1 while the worker has joined its group and Redis answers.",
+            registry=registry,
+        )
+
+    def names(self) -> set[str]:
+        """Every sample name this registry can export (for the dashboard tests)."""
+        out: set[str] = set()
+        for metric in self.registry.collect():
+            if not metric.name.startswith("intent_"):
+                continue
+            kinds = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum",
+                     "_count", "_created"], "gauge": [""]}.get(metric.type, [""])  # fmt: skip
+            base = metric.name.removesuffix("_total") if metric.type == "counter" else metric.name
+            out.update(base + suffix for suffix in kinds)
+        return out
 
 
 _default: Metrics | None = None
@@ -73,3 +137,35 @@ def default_metrics() -> Metrics:
     if _default is None:
         _default = Metrics()
     return _default
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def serve(
+    metrics: Metrics,
+    port: int,
+    ready: Callable[[], bool],
+    host: str = "0.0.0.0",
+) -> WSGIServer:
+    """/metrics (Prometheus text), /healthz (the process answers), /ready (joined and
+    Redis answers: 200, else 503), on a daemon thread."""
+    prometheus = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            start("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path == "/ready":
+            ok = ready()
+            metrics.up.set(1 if ok else 0)
+            start("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"ready\n" if ok else b"not ready\n"]
+        return prometheus(environ, start)  # type: ignore[no-any-return]
+
+    server = make_server(host, port, app, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

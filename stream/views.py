@@ -99,4 +99,6 @@ async def forget(
     removed["index"] = sum(int(r) for r in results[1:])
     async for key in client.scan_iter(match=scores.audience_key("*"), count=500):
         removed["audiences"] += int(await client.srem(key, shopper))
+    async for key in client.scan_iter(match=scores.tier_key("*"), count=500):
+        removed["index"] += int(await client.srem(key, shopper))
     return removed

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 import faust
+import redis
 import redis.asyncio as aioredis
-from prometheus_client import start_http_server
 
 from schemas.rules import RuleSet
 from stream.agents import Pipeline
 from stream.app import create_app
-from stream.metrics import default_metrics
+from stream.metrics import default_metrics, serve
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from stream.topics import ensure_topics
@@ -38,9 +38,19 @@ def build(settings: Settings) -> tuple[faust.App, Pipeline]:
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Create the topics, then run the Faust worker until it is told to stop."""
-    app, _ = build(settings)  # rules first: a bad rules file fails before anything starts
+    app, pipeline = build(settings)  # rules first: a bad rules file fails before anything starts
     ensure_topics(settings)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="0.0.0.0")
+        probe = redis.Redis.from_url(
+            settings.redis_url.get_secret_value(), socket_timeout=1, socket_connect_timeout=1
+        )
+
+        def ready() -> bool:
+            try:
+                return bool(app.consumer.assignment()) and bool(probe.ping())
+            except Exception:
+                return False
+
+        serve(pipeline.metrics, settings.metrics_port, ready)
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
     worker.execute_from_commandline()

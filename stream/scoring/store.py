@@ -133,16 +133,25 @@ class ScoreStore:
     def audience_key(self, audience: str) -> str:
         return f"{self.prefix}:audience:{audience}"
 
+    def tier_key(self, tier: str) -> str:
+        return f"{self.prefix}:tier:{tier}"
+
     async def index(
         self,
         deadlines: dict[str, tuple[int, float | None]],
         audiences: list[tuple[str, str, str]],
+        moves: list[tuple[str, str, str]] | None = None,
     ) -> None:
-        """Next decay deadlines (shopper -> partition, time) and audience membership
-        changes (op, audience, shopper), in one round trip."""
-        if not deadlines and not audiences:
+        """Next decay deadlines (shopper -> partition, time), audience membership changes
+        (op, audience, shopper) and tier moves (shopper, from, to), in one round trip."""
+        if not deadlines and not audiences and not moves:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
+            for shopper, old, new in moves or []:
+                if old != "none":
+                    pipe.srem(self.tier_key(old), shopper)
+                if new != "none":
+                    pipe.sadd(self.tier_key(new), shopper)
             for shopper, (partition, deadline) in deadlines.items():
                 if deadline is None:
                     pipe.zrem(self.decay_key(partition), shopper)
@@ -154,6 +163,13 @@ class ScoreStore:
                 else:
                     pipe.srem(self.audience_key(audience), shopper)
             await pipe.execute()
+
+    async def tier_counts(self, tiers: tuple[str, ...]) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tier in tiers:
+                pipe.scard(self.tier_key(tier))
+            counts = await pipe.execute()
+        return {tier: int(n) for tier, n in zip(tiers, counts, strict=True)}
 
     async def due(self, partition: int, until: float, limit: int) -> dict[str, float]:
         """Shoppers whose score leaves its tier (or a suppression ends) by `until`."""
