@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its dev tools
 
+prometheus: ## Install Prometheus + promtool from Debian's package (the dashboard/alert tests use it)
+	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
+
 demo: $(STAMP) ## Run the embedded stack (broker, Redis), a worker and demo traffic; Ctrl-C stops all
 	$(BIN)/intent dev
 
@@ -38,4 +41,4 @@ check: lint typecheck test ## What CI runs
 clean: ## Remove the virtualenv and run folders
 	rm -rf $(VENV) .intent .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install demo test unit lint typecheck check clean
+.PHONY: help install prometheus demo test unit lint typecheck check clean

@@ -229,7 +229,9 @@ class Pipeline:
             self._sweeps += 1
             if self._sweeps % TIER_GAUGE_EVERY == 0:
                 await self._retry("tiers", self.refresh_tier_gauge)
+            self.metrics.up.set(1 if assignment else 0)
         except Exception:  # the timer must keep running; the next sweep retries
+            self.metrics.up.set(0)
             log.exception("sweep failed")
 
     async def _sweep(self, partition: int) -> list[Signal]:

@@ -60,6 +60,8 @@ def run_dev(
         click.echo(f"settings for another shell: `source {env_file}`", file=out)
 
         ensure_topics(settings)
+        ports = _ports(env)
+        env.update(ports)
         proc = None
         if worker:
             worker_log = settings.run_dir / "worker.log"
@@ -68,6 +70,11 @@ def run_dev(
             )
             cleanup.callback(stop_process, proc, WORKER_GRACE_SECONDS)
             click.echo(f"worker started (pid {proc.pid}), log: {worker_log}", file=out)
+            click.echo(
+                f"metrics: http://127.0.0.1:{ports['INTENT_METRICS_PORT']}/metrics   "
+                f"views: http://127.0.0.1:{ports['INTENT_WEB_PORT']}/shoppers/<id>",
+                file=out,
+            )
 
         stop = threading.Event()
         if demo:
@@ -199,3 +206,16 @@ def _describe(settings: Settings, topic: str, value: bytes, counts: dict[str, in
         f"  {data['ts'][11:19]}  {data['shopper_id']:<10} {data['type']:<18} {what:<40} "
         f"[{data.get('source', 'canonical')}]  #{counts['valid']}"
     )
+
+
+def _ports(env: dict[str, str]) -> dict[str, str]:
+    """The worker's metrics and views ports: as configured, else the defaults when free,
+    else free ones (so a second `intent dev` on the same machine still starts)."""
+    from stream.embedded import free_port, port_is_free
+
+    out = {}
+    for name, default in (("INTENT_METRICS_PORT", 9108), ("INTENT_WEB_PORT", 6066)):
+        given = os.environ.get(name)
+        port = int(given) if given else (default if port_is_free(default) else free_port())
+        out[name] = str(port)
+    return out
