@@ -194,3 +194,76 @@ def _run_redis(settings: Settings, run: Any, coro: Any) -> Any:
             f"Redis at {settings.redis_url.get_secret_value().split('@')[-1]} did not answer "
             f"({exc}); is it up? (`intent dev --print-env` shows the embedded one)"
         ) from exc
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format", "fmt", type=click.Choice(sorted(FORMATS)), default="canonical", show_default=True
+)
+@click.option("--rules", "rules_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Rules file (default: INTENT_RULES, else the built-in playbook).")  # fmt: skip
+@click.option("--changes", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every tier change here, JSON Lines, in the topic's schema.")  # fmt: skip
+@click.option("--actions", type=click.Path(dir_okay=False, path_type=Path),
+              help='Write every action here: {"topic", "key", "value"} per line.')  # fmt: skip
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the evaluation here: report.md, report.json, PNG charts.")  # fmt: skip
+@click.option(
+    "--redis", "redis_url", help="Score in this Redis (the Lua script) instead of in process."
+)
+def replay(
+    file: Path, fmt: str, rules_path: Path | None, changes: Path | None, actions: Path | None,
+    report_dir: Path | None, redis_url: str | None,
+) -> None:  # fmt: skip
+    """Run the rules offline, in event time, over a historical FILE."""
+    import json as _json
+
+    from stream.replay import action_lines
+    from stream.replay import replay as run_replay
+    from stream.rulesfile import load_rules
+
+    settings = _settings()
+    rules = load_rules(rules_path or settings.rules)
+    size = max(file.stat().st_size, 1)
+    with click.progressbar(length=size, label=f"reading {file.name}", file=sys.stderr) as bar:
+        done = 0
+
+        def advance(position: int) -> None:
+            nonlocal done
+            bar.update(position - done)
+            done = position
+
+        result = _run_redis(settings, lambda f: f(), lambda: run_replay(
+            file, fmt, rules, redis_url=redis_url, progress=advance))  # fmt: skip
+    if changes:
+        changes.parent.mkdir(parents=True, exist_ok=True)
+        with open(changes, "w") as out:
+            for change in result.changes:
+                out.write(change.model_dump_json() + "\n")
+    if actions:
+        actions.parent.mkdir(parents=True, exist_ok=True)
+        with open(actions, "w") as out:
+            for line in action_lines(result.actions, settings.topic_names()):
+                out.write(_json.dumps(line) + "\n")
+    bad = sum(result.line_errors.values())
+    seconds = sum(result.seconds.values())
+    click.echo(
+        f"replayed {result.events:,} events of {result.shoppers:,} shoppers in {seconds:.1f} s "
+        f"({result.events_per_second:,.0f} events/s; {bad:,} unreadable lines, "
+        f"{result.late:,} late): {len(result.signals):,} signals, {len(result.changes):,} tier "
+        f"changes, {len(result.actions):,} actions"
+    )
+    if report_dir:
+        from stream.report import write
+
+        report = write(result, report_dir, file.name)
+        for tier in report["tiers"]:
+            conv = tier["conversion"]
+            lift = tier["lift"]
+            click.echo(
+                f"  {tier['tier']:<5} reached {tier['reached']:>7,}  conversion "
+                f"{'-' if conv is None else f'{100 * conv:.1f} %':>7}  lift "
+                f"{'-' if lift is None else f'{lift:.2f}x'}"
+            )
+        click.echo(f"report: {report_dir / 'report.md'}")

@@ -227,9 +227,9 @@ def _cart_recovery(shopper: str, result: Result, signal: Signal) -> list[Output]
     if (
         result.reset is not None
         and checkout_at is not None
-        and result.reset >= checkout_at.timestamp()
+        and checkout_at.timestamp() <= result.reset <= signal.at.timestamp()
     ):
-        return []  # bought after starting this checkout: never nag
+        return []  # bought between starting this checkout and the trigger: never nag
     channels = sorted(k.split(":", 1)[1] for k in result.active if k.startswith("channel:"))
     return [
         Output(
