@@ -29,9 +29,12 @@ test: $(STAMP) ## Run the whole test suite (unit + integration on a real broker 
 unit: $(STAMP) ## Run the unit tests only (no servers)
 	$(BIN)/pytest tests/unit
 
+bench: $(STAMP) ## End-to-end benchmark on the embedded stack (500k events; writes bench/results.json)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 lint: $(STAMP) ## ruff check and format check
-	$(BIN)/ruff check stream schemas tests
-	$(BIN)/ruff format --check stream schemas tests
+	$(BIN)/ruff check stream schemas tests bench
+	$(BIN)/ruff format --check stream schemas tests bench
 
 typecheck: $(STAMP) ## mypy --strict on stream/ and schemas/
 	$(BIN)/mypy
@@ -41,4 +44,4 @@ check: lint typecheck test ## What CI runs
 clean: ## Remove the virtualenv and run folders
 	rm -rf $(VENV) .intent .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install prometheus demo test unit lint typecheck check clean
+.PHONY: help install prometheus demo bench test unit lint typecheck check clean

@@ -87,10 +87,13 @@ class Pipeline:
         self.metrics = metrics
         self.clock = clock
         self.engine = Engine(rules)
-        self.store = PatternStore(redis, settings.app_id)
+        self.store = PatternStore(redis, settings.app_id, metrics.redis_roundtrips)
         tiers = rules.tiers
         self.scores = ScoreStore(
-            redis, settings.app_id, ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis)
+            redis,
+            settings.app_id,
+            ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis),
+            metrics.redis_roundtrips,
         )
         self.limits = IngestLimits(
             max_bytes=settings.max_event_bytes,

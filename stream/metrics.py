@@ -103,6 +103,12 @@ class Metrics:
             buckets=REDIS_BUCKETS,
             registry=registry,
         )
+        self.redis_roundtrips = Counter(
+            "intent_redis_roundtrips_total",
+            "Redis round trips (one per pipeline or script call), by operation.",
+            ["op"],
+            registry=registry,
+        )
         self.redis_errors = Counter(
             "intent_redis_errors_total",
             "Redis calls that failed (and were retried), by stage.",

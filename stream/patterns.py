@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 
 State = dict[str, Any]
 
@@ -33,9 +34,16 @@ class Saved:
 
 
 class PatternStore:
-    def __init__(self, client: aioredis.Redis, app_id: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, app_id: str, roundtrips: Counter | None = None
+    ) -> None:
         self.redis = client
         self.prefix = app_id
+        self.roundtrips = roundtrips
+
+    def _trip(self, op: str) -> None:
+        if self.roundtrips is not None:
+            self.roundtrips.labels(op).inc()
 
     def state_key(self, shopper: str) -> str:
         return f"{self.prefix}:{{{shopper}}}:patterns"
@@ -51,6 +59,7 @@ class PatternStore:
             for shopper in shoppers:
                 pipe.get(self.state_key(shopper))
             raw = await pipe.execute()
+        self._trip("patterns_load")
         return {s: json.loads(r) for s, r in zip(shoppers, raw, strict=True) if r is not None}
 
     async def save(self, saved: dict[str, Saved]) -> None:
@@ -70,12 +79,14 @@ class PatternStore:
                 else:
                     pipe.zadd(key, {shopper: item.deadline})
             await pipe.execute()
+        self._trip("patterns_save")
 
     async def due(self, partition: int, until: float, limit: int) -> list[str]:
         """Shoppers of a partition whose next deadline is at or before `until`."""
         members = await self.redis.zrangebyscore(
             self.deadline_key(partition), "-inf", until, start=0, num=limit
         )
+        self._trip("deadlines_due")
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
     async def forget(self, shopper: str, partitions: int) -> None:

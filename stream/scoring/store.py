@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 
 from stream.scoring import reference
 from stream.scoring.reference import Change, Result, ScoreConfig, ScoreSignal
@@ -103,11 +104,22 @@ def _list(value: Any) -> list[Any]:
 class ScoreStore:
     """Redis. `apply_many` costs one round trip for a whole batch of shoppers."""
 
-    def __init__(self, client: aioredis.Redis, app_id: str, cfg: ScoreConfig) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        app_id: str,
+        cfg: ScoreConfig,
+        roundtrips: Counter | None = None,
+    ) -> None:
         self.redis = client
         self.prefix = app_id
         self.cfg = cfg
         self.script = client.register_script(lua_source())
+        self.roundtrips = roundtrips
+
+    def _trip(self, op: str) -> None:
+        if self.roundtrips is not None:
+            self.roundtrips.labels(op).inc()
 
     def keys(self, shopper: str) -> list[str]:
         return [f"{self.prefix}:{{{shopper}}}:score", f"{self.prefix}:{{{shopper}}}:applied"]
@@ -125,6 +137,7 @@ class ScoreStore:
                     keys=self.keys(shopper), args=[script_args(signals, now, self.cfg)], client=pipe
                 )
             raw = await pipe.execute()
+        self._trip("score")
         return {s: parse_result(r) for s, r in zip(shoppers, raw, strict=True)}
 
     def decay_key(self, partition: int) -> str:
@@ -163,6 +176,7 @@ class ScoreStore:
                 else:
                     pipe.srem(self.audience_key(audience), shopper)
             await pipe.execute()
+        self._trip("score_index")
 
     async def tier_counts(self, tiers: tuple[str, ...]) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -176,6 +190,7 @@ class ScoreStore:
         rows = await self.redis.zrangebyscore(
             self.decay_key(partition), "-inf", until, start=0, num=limit, withscores=True
         )
+        self._trip("decay_due")
         pairs = cast(list[tuple[bytes | str, float]], rows)
         return {_text(member): float(score) for member, score in pairs}
 

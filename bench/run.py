@@ -1,0 +1,397 @@
+"""End-to-end benchmark on the embedded stack: `make bench` (or `python -m bench.run`).
+
+1. Preload N events into the input topic: real Taobao UserBehavior events, cycled with new
+   ids (and new shoppers per cycle) up to N.
+2. Start one worker cold; measure events/s through ingest, detection, Redis and tier
+   changes (from the worker's /metrics), Redis round trips and server CPU per event (INFO),
+   and Redis memory per active shopper (MEMORY USAGE of a sample).
+3. At a fixed offered rate (5k events/s), p50/p99 latency from producing an event to
+   producing the tier change it causes.
+4. Baselines on the same topic: a bare aiokafka consumer (the transport ceiling), a bare
+   Faust agent that only counts (the framework floor); and replay (offline) events/s.
+Appends one object to bench/results.json and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from stream.embedded import EmbeddedStack, free_port, spawn, stop_process
+from stream.settings import Settings
+from stream.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+TAOBAO = ROOT.parent / "shared" / "data" / "taobao_userbehavior_2017-11-26.csv.gz"
+RESULTS = ROOT / "bench" / "results.json"
+TYPES = {"pv": "product_view", "cart": "add_to_cart", "fav": "wishlist_add", "buy": "purchase"}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def taobao_rows() -> list[tuple[str, str, str, str, int]]:
+    rows = []
+    with gzip.open(TAOBAO, "rt") as f:
+        for line in f:
+            user, item, category, kind, ts = line.rstrip("\n").split(",")
+            rows.append((user, item, category, kind, int(ts)))
+    rows.sort(key=lambda r: r[4])
+    return rows
+
+
+def events(
+    rows: list[Any], n: int, *, live: bool = False, tag: str = ""
+) -> list[tuple[bytes, bytes]]:
+    """n canonical events; cycle k gets new shoppers (`<user>-k`) and shifted times."""
+    span = rows[-1][4] - rows[0][4] + 1
+    out = []
+    for i in range(n):
+        k, row = divmod(i, len(rows))
+        user, item, category, kind, ts = rows[row]
+        shopper = f"{user}-{tag}{k}"
+        when = (
+            datetime.now(UTC).isoformat()
+            if live
+            else datetime.fromtimestamp(ts + k * span, tz=UTC).isoformat()
+        )
+        body = {
+            "event_id": f"{tag}{k}-{row}",
+            "shopper_id": shopper,
+            "type": TYPES[kind],
+            "ts": when,
+            "product": {"sku": item, "category": category},
+        }
+        out.append((shopper.encode(), json.dumps(body, separators=(",", ":")).encode()))
+    return out
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=50,
+        batch_size=1 << 20,
+        acks=1,
+        max_request_size=8 << 20,
+    )
+    started = time.perf_counter()
+    for key, value in records:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    return time.perf_counter() - started
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def total(samples: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in samples.items() if k.startswith(prefix))
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def bench_worker(
+    stack: EmbeddedStack, settings: Settings, env: dict[str, str], n: int, run_dir: Path
+) -> dict[str, Any]:
+    client = redis.Redis.from_url(stack.redis_url)
+    cpu0 = redis_cpu(client)
+    worker = spawn(
+        [sys.executable, "-m", "stream", "worker", "--loglevel", "warning"],
+        run_dir / "worker.log",
+        env={**os.environ, **env},
+    )
+    started = time.perf_counter()
+    first = None
+    done_at = None
+    last = (-1.0, -1.0, -1.0)
+    try:
+        while time.perf_counter() - started < 3600:
+            time.sleep(0.5)
+            try:
+                m = scrape(settings.metrics_port)
+            except OSError:
+                continue
+            ingested = total(m, "intent_events_total{") + total(m, "intent_events_rejected_total{")
+            detected = m.get('intent_batch_size_events_sum{stage="detect"}', 0.0)
+            scored = m.get('intent_batch_size_events_sum{stage="score"}', 0.0)
+            signals = total(m, "intent_signals_total{")
+            if first is None and ingested > 0:
+                first = time.perf_counter()
+                log("worker is consuming")
+            progress = (ingested, detected, scored)
+            if (
+                ingested >= n
+                and detected >= ingested - total(m, "intent_events_rejected_total{")
+                and scored >= signals
+                and progress == last
+            ):
+                done_at = time.perf_counter()
+                break
+            if int(time.perf_counter() - started) % 10 == 0:
+                log(
+                    f"ingested {ingested:,.0f}/{n:,}, detected {detected:,.0f}, "
+                    f"signals {signals:,.0f}, scored {scored:,.0f}"
+                )
+            last = progress
+        assert done_at is not None and first is not None, "the worker did not finish"
+        m = scrape(settings.metrics_port)
+    finally:
+        pass
+    cpu1 = redis_cpu(client)
+    roundtrips = total(m, "intent_redis_roundtrips_total{")
+    scan = client.scan_iter(f"{settings.app_id}:*:score", count=1000)
+    sample = [k for k, _ in zip(scan, range(500), strict=False)]  # at most 500 shoppers
+    shoppers = [k.decode().split("{", 1)[1].split("}", 1)[0] for k in sample]
+    sizes = []
+    for shopper in shoppers:
+        keys = [
+            f"{settings.app_id}:{{{shopper}}}:{kind}" for kind in ("patterns", "score", "applied")
+        ]
+        sizes.append(sum(client.memory_usage(k) or 0 for k in keys))
+    return {
+        "worker": worker,
+        "events_per_s": n / (done_at - first),
+        "cold_start_to_done_s": done_at - started,
+        "redis_roundtrips_per_event": roundtrips / n,
+        "redis_cpu_us_per_event": (cpu1 - cpu0) * 1e6 / n,
+        "redis_bytes_per_shopper": statistics.mean(sizes) if sizes else None,
+        "signals": total(m, "intent_signals_total{"),
+        "tier_changes": total(m, "intent_tier_changes_total{"),
+    }
+
+
+def bench_latency(settings: Settings, rows: list[Any], rate: int, seconds: int) -> dict[str, float]:
+    reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    parts = [
+        TopicPartition(settings.topic_tier_changes, p)
+        for p in sorted(reader.partitions_for_topic(settings.topic_tier_changes) or [])
+    ]
+    reader.assign(parts)
+    reader.seek_to_end()
+    for tp in parts:
+        reader.position(tp)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=2, acks=1)
+    sent_at: dict[str, float] = {}
+    stop = threading.Event()
+
+    def send() -> None:
+        t0 = time.perf_counter()
+        for i in range(rate * seconds):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            ((key, _),) = events(rows, 1, live=True, tag=f"lat{i}-")
+            body = {
+                "event_id": f"lat-{i}",
+                "shopper_id": key.decode(),
+                "type": "checkout_started",
+                "ts": datetime.now(UTC).isoformat(),
+                "product": {"sku": "X", "category": "c"},
+            }
+            sent_at[key.decode()] = time.time()
+            producer.send(settings.topic_clickstream, key=key, value=json.dumps(body).encode())
+        producer.flush()
+        stop.set()
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    latencies: list[float] = []
+    deadline = time.time() + seconds + 60
+    while time.time() < deadline and (not stop.is_set() or len(latencies) < len(sent_at)):
+        for batch in reader.poll(timeout_ms=200).values():
+            for record in batch:
+                change = json.loads(record.value)
+                sent = sent_at.get(change["shopper_id"])
+                if sent is not None and change["reason"] == "signal":
+                    latencies.append(record.timestamp / 1000 - sent)
+    thread.join()
+    reader.close()
+    latencies.sort()
+    if not latencies:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "latency_samples": 0}
+    return {
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "latency_samples": len(latencies),
+        "latency_offered": len(sent_at),
+    }
+
+
+def bench_aiokafka(bootstrap: str, topic: str, n: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> float:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        count, first = 0, None
+        try:
+            while count < n:
+                batches = await consumer.getmany(timeout_ms=500, max_records=10000)
+                for records in batches.values():
+                    if first is None:
+                        first = time.perf_counter()
+                    count += len(records)
+        finally:
+            await consumer.stop()
+        assert first is not None
+        return n / (time.perf_counter() - first)
+
+    return asyncio.run(run())
+
+
+def bench_faust(bootstrap: str, topic: str, n: int, run_dir: Path) -> float:
+    result = run_dir / "faust_floor.json"
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "bench.faust_floor",
+            bootstrap,
+            topic,
+            str(n),
+            f"bench-floor-{uuid.uuid4().hex[:6]}",
+            str(result),
+        ],
+        run_dir / "faust_floor.log",
+    )
+    try:
+        deadline = time.monotonic() + 1800
+        while not result.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        stop_process(proc)
+    if not result.exists():
+        raise RuntimeError(f"the Faust floor run did not finish; see {run_dir / 'faust_floor.log'}")
+    data = json.loads(result.read_text())
+    return float(data["events"] / data["seconds"])
+
+
+def bench_replay() -> float:
+    from stream.replay import replay
+    from stream.rulesfile import load_rules
+
+    result = replay(TAOBAO, "taobao", load_rules())
+    return result.events_per_second
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--rate", type=int, default=5000, help="offered rate for latency")
+    parser.add_argument("--latency-seconds", type=int, default=20)
+    parser.add_argument("--skip-baselines", action="store_true")
+    args = parser.parse_args()
+
+    run_dir = Path(tempfile.mkdtemp(prefix="intent-bench-"))
+    rows = taobao_rows()
+    log(f"{len(rows):,} Taobao rows; building {args.events:,} events")
+    records = events(rows, args.events)
+    with EmbeddedStack(run_dir / "stack") as stack:
+        env = {
+            "INTENT_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+            "INTENT_REDIS_URL": stack.redis_url,
+            "INTENT_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
+            "INTENT_METRICS_PORT": str(free_port()),
+            "INTENT_WEB_PORT": "0",
+        }
+        os.environ.update(env)
+        settings = Settings()
+        ensure_topics(settings)
+        seconds = produce(stack.kafka_bootstrap, settings.topic_clickstream, records)
+        log(f"preloaded {len(records):,} events in {seconds:.1f} s")
+        result: dict[str, Any] = {"time": datetime.now(UTC).isoformat(), "events": args.events}
+        work = bench_worker(stack, settings, env, args.events, run_dir)
+        worker = work.pop("worker")
+        result.update(work)
+        log(f"worker: {result['events_per_s']:,.0f} events/s")
+        result.update(bench_latency(settings, rows, args.rate, args.latency_seconds))
+        log(
+            f"latency at {args.rate}/s: "
+            f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms"
+        )
+        stop_process(worker, grace=20)
+        if not args.skip_baselines:
+            result["aiokafka_events_per_s"] = bench_aiokafka(
+                stack.kafka_bootstrap, settings.topic_clickstream, args.events
+            )
+            log(f"aiokafka: {result['aiokafka_events_per_s']:,.0f} events/s")
+            result["faust_floor_events_per_s"] = bench_faust(
+                stack.kafka_bootstrap, settings.topic_clickstream, args.events, run_dir
+            )
+            log(f"faust floor: {result['faust_floor_events_per_s']:,.0f} events/s")
+    result["quix_events_per_s"] = None  # the Quix Streams variant is not written yet
+    result["replay_events_per_s"] = bench_replay()
+    result["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    runs.append(result)
+    RESULTS.write_text(json.dumps(runs, indent=2) + "\n")
+    print_table(result)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    rows = [
+        ("events_per_s", "events/s, one worker (target >= 60,000)"),
+        ("p50_ms", "p50 latency at fixed rate, ms"),
+        ("p99_ms", "p99 latency at fixed rate, ms (target <= 50)"),
+        ("redis_roundtrips_per_event", "Redis round trips per event"),
+        ("redis_cpu_us_per_event", "Redis server CPU per event, us"),
+        ("redis_bytes_per_shopper", "Redis bytes per active shopper"),
+        ("aiokafka_events_per_s", "bare aiokafka consumer, events/s"),
+        ("faust_floor_events_per_s", "bare Faust counting agent, events/s"),
+        ("quix_events_per_s", "Quix Streams, same workload, events/s"),
+        ("replay_events_per_s", "replay (offline), events/s (target >= 200,000)"),
+    ]
+    print()
+    for key, label in rows:
+        value = result.get(key)
+        text = "-" if value is None else f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+        print(f"  {label:<50} {text:>14}")
+    if result.get("aiokafka_events_per_s") and result.get("faust_floor_events_per_s"):
+        ceiling = result["events_per_s"] / result["aiokafka_events_per_s"]
+        floor = result["events_per_s"] / result["faust_floor_events_per_s"]
+        print(f"  {'worker / aiokafka ceiling':<50} {ceiling:>14.3f}")
+        print(f"  {'worker / Faust floor':<50} {floor:>14.2f}")
+    print(f"  machine: {result['machine']}")
+
+
+if __name__ == "__main__":
+    main()
