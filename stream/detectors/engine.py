@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from schemas.events import Event
-from schemas.rules import AbsenceRule, RuleBase, RuleSet, SessionRule
+from schemas.events import EVENT_TYPES, Event
+from schemas.rules import AbsenceRule, RuleBase, RuleSet, SequenceRule, SessionRule
 from schemas.signals import Signal, Suppression, signal_id
 from stream.detectors.absence import AbsenceDetector
 from stream.detectors.base import Detector, Ev, Fired
@@ -61,6 +61,13 @@ class Engine:
             for rule in rules.rules
             if rule.kind != "session"
         ]
+        # Which detectors an event type can concern: most rules name their types, so an
+        # event skips the rules it can never match (strict sequences see every event).
+        reacts = [(d, _types(d.rule)) for d in self.detectors]
+        self.by_type: dict[str, list[Detector]] = {
+            kind: [d for d, types in reacts if types is None or kind in types]
+            for kind in EVENT_TYPES
+        }
         session_rules = [r for r in rules.rules if isinstance(r, SessionRule)]
         self.sessions = Sessions(session_rules, rules.defaults.session_gap)
         # How long a shopper's pattern state matters after their last event.
@@ -129,7 +136,7 @@ class Engine:
         ev = Ev(event, event.id, ts, session, sku, category)
         out: list[tuple[RuleBase, Fired]] = list(fired)
         rules_state = state["r"]
-        for detector in self.detectors:
+        for detector in self.by_type[event.type]:
             rule_id = detector.rule.id
             st = rules_state.get(rule_id)
             if st is None:
@@ -220,3 +227,24 @@ def cart_snapshot(state: State) -> dict[str, Any]:
     ]
     value = sum((i["price"] or 0.0) * i["quantity"] for i in items)
     return {"items": items, "value": round(value, 2)}
+
+
+def _types(rule: RuleBase) -> frozenset[str] | None:
+    """The event types a rule can react to; None when any type can matter."""
+    if isinstance(rule, SequenceRule) and rule.contiguity == "strict":
+        return None  # any event of the key breaks a strict chain
+    matches = [getattr(rule, name) for name in ("when", "unless") if getattr(rule, name, None)]
+    matches += list(getattr(rule, "steps", []))
+    types: set[str] = set()
+    for match in matches:
+        for conditions in match.any:
+            cond = conditions.get("type")
+            if cond is None:
+                return None
+            if cond.eq is not None:
+                types.add(cond.eq)
+            elif cond.in_ is not None:
+                types.update(cond.in_)
+            else:
+                return None  # not_in, regex...: any type may match
+    return frozenset(types)

@@ -262,11 +262,24 @@ def _advance(
 ) -> None:
     """Evaluate every decay crossing and suppression end up to `until`."""
     for _ in range(MAX_STEPS):
+        if not _due_by(state, until, cfg):
+            return  # one score check instead of a bisection: the common case
         due = next_deadline(state, cfg)
         if due is None or due > until:
             return
         state["T"] = due
         _evaluate(state, cfg, changes, unsuppressed, "decay", None)
+
+
+def _due_by(state: dict[str, Any], until: float, cfg: ScoreConfig) -> bool:
+    """Whether a suppression ends or the score leaves its tier by `until` (points decay
+    monotonically, so the score at `until` tells)."""
+    if any(u <= until for u in state["x"].values()):
+        return True
+    tier = state["tier"]
+    if tier not in TIERS[1:] or not state["s"]:
+        return False
+    return score_at(state, until) < cfg.threshold(tier) * (1.0 - cfg.hysteresis)
 
 
 def _evaluate(

@@ -148,8 +148,15 @@ local function evaluate(reason, cause)
 end
 
 local MAX_STEPS = 16
+local function due_by(until_t)
+  for _, u in pairs(x) do if u <= until_t then return true end end
+  if thresholds[tier] == nil or next(s) == nil then return false end
+  return score_at(until_t) < thresholds[tier] * (1.0 - cfg.hysteresis)
+end
+
 local function advance(until_t)
   for _ = 1, MAX_STEPS do
+    if not due_by(until_t) then return end  -- one score check instead of a bisection
     local due = next_deadline()
     if due == nil or due > until_t then return end
     T = due
