@@ -121,14 +121,21 @@ class Pipeline:
         self._register_views()
         app.timer(settings.sweep_interval_seconds, name="sweep")(self.sweep)
 
-    # --- ingest ------------------------------------------------------------------------
-    async def ingest(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+    async def _batches(
+        self, stream: faust.StreamT[bytes], stage: str
+    ) -> AsyncIterator[tuple[Any, list[RawRecord]]]:
+        """Batches of a stage's input: Faust events (for offsets) and their raw records."""
         # take_events is faust-streaming >= 0.10; its stubs do not declare it.
         async for batch in stream.take_events(  # type: ignore[attr-defined]
             self.settings.batch_size, within=self.settings.batch_window_seconds
         ):
             records = [_record(event) for event in batch]
-            self.metrics.batch_size.labels("ingest").observe(len(records))
+            self.metrics.batch_size.labels(stage).observe(len(records))
+            yield batch, records
+
+    # --- ingest ------------------------------------------------------------------------
+    async def ingest(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for batch, records in self._batches(stream, "ingest"):
             try:
                 result = ingest_batch(records, self.clock(), self.limits)
             except Exception as exc:  # ingest_batch never raises; this guards a regression
@@ -149,11 +156,7 @@ class Pipeline:
 
     # --- detect ------------------------------------------------------------------------
     async def detect(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for batch in stream.take_events(  # type: ignore[attr-defined]
-            self.settings.batch_size, within=self.settings.batch_window_seconds
-        ):
-            records = [_record(event) for event in batch]
-            self.metrics.batch_size.labels("detect").observe(len(records))
+        async for batch, records in self._batches(stream, "detect"):
             by_shopper: dict[str, list[tuple[Event, RawRecord]]] = defaultdict(list)
             rejected: list[Rejection] = []
             for record in records:
@@ -255,11 +258,7 @@ class Pipeline:
 
     # --- score ---------------------------------------------------------------------------
     async def score(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for batch in stream.take_events(  # type: ignore[attr-defined]
-            self.settings.batch_size, within=self.settings.batch_window_seconds
-        ):
-            records = [_record(event) for event in batch]
-            self.metrics.batch_size.labels("score").observe(len(records))
+        async for batch, records in self._batches(stream, "score"):
             by_shopper: dict[str, list[Signal]] = defaultdict(list)
             partitions: dict[str, int] = {}
             rejected: list[Rejection] = []
