@@ -116,11 +116,17 @@ def new_state() -> dict[str, Any]:
 
 
 def score_at(state: dict[str, Any], t: float) -> float:
+    return _score_with(state, sorted(state["s"]), t)
+
+
+def _score_with(state: dict[str, Any], hs: list[float], t: float) -> float:
+    """The score at t, summed over the half-lives `hs` in order (as the script does)."""
     total = 0.0
-    for h in sorted(state["s"]):
-        v, r = state["s"][h]
-        total += decay(v, r, h, t)
-    return total
+    components = state["s"]
+    for h in hs:
+        v, r = components[h]
+        total += v * 2.0 ** (-(t - r) / h)
+    return float(total)
 
 
 def tier_for(score: float, previous: str, cfg: ScoreConfig) -> str:
@@ -143,13 +149,14 @@ def demotion_time(state: dict[str, Any], tier: str, at: float, cfg: ScoreConfig)
     if tier not in TIERS[1:] or not state["s"]:
         return None
     floor = cfg.threshold(tier) * (1.0 - cfg.hysteresis)
+    hs = sorted(state["s"])  # once, not on each of the bisection's steps
     lo = at
-    hi = at + 64.0 * max(state["s"])
-    if score_at(state, hi) >= floor:
+    hi = at + 64.0 * hs[-1]
+    if _score_with(state, hs, hi) >= floor:
         return None  # negative points hold it up; it will not decay out of the tier
     for _ in range(BISECT_STEPS):
         mid = lo + (hi - lo) / 2.0
-        if score_at(state, mid) < floor:
+        if _score_with(state, hs, mid) < floor:
             hi = mid
         else:
             lo = mid

@@ -71,11 +71,12 @@ local function sorted_keys(tbl)
   table.sort(keys)
   return keys
 end
-local function score_at(t)
+local function score_with(hs, t)  -- hs: the half-lives, sorted (the summation order)
   local total = 0.0
-  for _, h in ipairs(sorted_keys(s)) do total = total + decay(s[h][1], s[h][2], h, t) end
+  for _, h in ipairs(hs) do total = total + decay(s[h][1], s[h][2], h, t) end
   return total
 end
+local function score_at(t) return score_with(sorted_keys(s), t) end
 
 local function tier_for(sc, prev)
   local up, up_rank = "none", 1
@@ -96,11 +97,12 @@ local function demotion_time(at)
   local floor = thresholds[tier] * (1.0 - cfg.hysteresis)
   local hmax = 0
   for h in pairs(s) do if h > hmax then hmax = h end end
+  local hs = sorted_keys(s)  -- sorted once, not on each of the bisection's steps
   local lo, hi = at, at + 64.0 * hmax
-  if score_at(hi) >= floor then return nil end
+  if score_with(hs, hi) >= floor then return nil end
   for _ = 1, BISECT_STEPS do
     local mid = lo + (hi - lo) / 2.0
-    if score_at(mid) < floor then hi = mid else lo = mid end
+    if score_with(hs, mid) < floor then hi = mid else lo = mid end
   end
   return hi
 end
