@@ -20,6 +20,8 @@ INVALID_EVENT: Final = "invalid_event"
 UNSUPPORTED_EVENT_TYPE: Final = "unsupported_event_type"
 FUTURE_TIMESTAMP: Final = "future_timestamp"
 MALFORMED_LINE: Final = "malformed_line"
+PROCESSING_ERROR: Final = "processing_error"  # a bug of ours, still never silent
+LATE: Final = "late"  # older than the allowed lateness (from the detect stage)
 
 REASONS: Final = (
     OVERSIZED,
@@ -32,6 +34,8 @@ REASONS: Final = (
     UNSUPPORTED_EVENT_TYPE,
     FUTURE_TIMESTAMP,
     MALFORMED_LINE,
+    PROCESSING_ERROR,
+    LATE,
 )
 
 
@@ -42,7 +46,3 @@ class InvalidEvent(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-PROCESSING_ERROR: Final = "processing_error"  # a bug of ours, still never silent
-REASONS_ALL: Final = (*REASONS, PROCESSING_ERROR)

@@ -45,7 +45,6 @@ from stream.views import AUDIENCE_PAGE, audience_page, read_shopper
 
 log = logging.getLogger(__name__)
 
-LATE: Final = "late"
 IDLE_GRACE_SECONDS: Final = 1.0  # a partition this long without input is "idle": wall clock rules
 SWEEP_BATCH: Final = 1000  # due shoppers handled per partition per sweep
 RETRY_MAX_SECONDS: Final = 30.0
@@ -175,7 +174,7 @@ class Pipeline:
             self._consumer_lag(batch)
             signals, late = await self._retry("detect", self._detect, by_shopper)
             await self.emit(signals)
-            rejected += [Rejection(r, LATE, "older than the allowed lateness") for r in late]
+            rejected += [Rejection(r, errors.LATE, "older than the allowed lateness") for r in late]
             await self.reject(rejected)
             yield None
 

@@ -132,7 +132,7 @@ def shopper(shopper_id: str) -> None:
     async def read() -> dict[str, Any]:
         client = _redis(settings)
         try:
-            store = ScoreStore(client, settings.app_id, cfg=None)  # type: ignore[arg-type]
+            store = ScoreStore(client, settings.app_id)
             return await read_shopper(store, shopper_id, time.time())
         finally:
             await client.aclose()

@@ -87,7 +87,7 @@ async def forget(
     """Erase everything stored about a shopper: score, applied ids, pattern state, index
     entries and audience memberships. Returns what was removed, by kind."""
     patterns = PatternStore(client, app_id)
-    scores = ScoreStore(client, app_id, cfg=None)  # type: ignore[arg-type]  # no script calls
+    scores = ScoreStore(client, app_id)
     removed = {"keys": 0, "index": 0, "audiences": 0}
     async with client.pipeline(transaction=False) as pipe:
         pipe.delete(patterns.state_key(shopper), *scores.keys(shopper))

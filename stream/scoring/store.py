@@ -108,7 +108,7 @@ class ScoreStore:
         self,
         client: aioredis.Redis,
         app_id: str,
-        cfg: ScoreConfig,
+        cfg: ScoreConfig | None = None,  # None: a reader (views, forget) that never scores
         roundtrips: Counter | None = None,
     ) -> None:
         self.redis = client
@@ -129,6 +129,8 @@ class ScoreStore:
     ) -> dict[str, Result]:
         if not batch:
             return {}
+        if self.cfg is None:
+            raise ValueError("this ScoreStore was made without a ScoreConfig: it only reads")
         shoppers = list(batch)
         async with self.redis.pipeline(transaction=False) as pipe:
             for shopper in shoppers:

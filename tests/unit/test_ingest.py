@@ -231,7 +231,7 @@ def test_unexpected_exception_becomes_processing_error(monkeypatch: pytest.Monke
     letter = json.loads(result.rejected[0].dead_letter(NOW))
     assert letter["reason"] == "processing_error"
     assert base64.b64decode(letter["value_b64"]) == canonical()
-    assert errors.PROCESSING_ERROR in errors.REASONS_ALL
+    assert errors.PROCESSING_ERROR in errors.REASONS
 
 
 def test_processing_error_does_not_stop_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
