@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 import faust
 import redis.asyncio as aioredis
 from faust.web import Request, Response, View
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from schemas import errors
@@ -67,6 +67,24 @@ def raw_topic(app: faust.App, name: str, settings: Settings) -> Any:
 def _record(event: Any) -> RawRecord:
     message = event.message
     return RawRecord(message.value, message.key, message.topic, message.partition, message.offset)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _decode(
+    records: list[RawRecord], model: type[M]
+) -> tuple[list[tuple[M, RawRecord]], list[Rejection]]:
+    """Internal records (written by an earlier stage) to models; a failure is a bug of
+    ours, dead-lettered as `processing_error` rather than lost."""
+    decoded: list[tuple[M, RawRecord]] = []
+    rejected: list[Rejection] = []
+    for record in records:
+        try:
+            decoded.append((model.model_validate_json(record.value or b""), record))
+        except ValidationError as exc:
+            rejected.append(Rejection(record, errors.PROCESSING_ERROR, str(exc)[:500]))
+    return decoded, rejected
 
 
 class Pipeline:
@@ -157,13 +175,8 @@ class Pipeline:
     async def detect(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for batch, records in self._batches(stream, "detect"):
             by_shopper: dict[str, list[tuple[Event, RawRecord]]] = defaultdict(list)
-            rejected: list[Rejection] = []
-            for record in records:
-                try:
-                    event = Event.model_validate_json(record.value or b"")
-                except ValidationError as exc:  # ingest wrote it, so this is a bug of ours
-                    rejected.append(Rejection(record, errors.PROCESSING_ERROR, str(exc)[:500]))
-                    continue
+            decoded, rejected = _decode(records, Event)
+            for event, record in decoded:
                 by_shopper[event.shopper_id].append((event, record))
                 self._saw("detect", record.partition, event.ts.timestamp())
             now = self.clock().timestamp()
@@ -260,13 +273,8 @@ class Pipeline:
         async for batch, records in self._batches(stream, "score"):
             by_shopper: dict[str, list[Signal]] = defaultdict(list)
             partitions: dict[str, int] = {}
-            rejected: list[Rejection] = []
-            for record in records:
-                try:
-                    signal = Signal.model_validate_json(record.value or b"")
-                except ValidationError as exc:  # detect wrote it, so this is a bug of ours
-                    rejected.append(Rejection(record, errors.PROCESSING_ERROR, str(exc)[:500]))
-                    continue
+            decoded, rejected = _decode(records, Signal)
+            for signal, record in decoded:
                 by_shopper[signal.shopper_id].append(signal)
                 partitions[signal.shopper_id] = record.partition
                 self._saw("score", record.partition, signal.at.timestamp())
