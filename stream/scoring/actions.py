@@ -109,21 +109,7 @@ def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Out
     if inactive:
         ops.append(("add", INACTIVE))
     for op, audience in ops:
-        out.append(
-            Output(
-                "topic_retargeting",
-                shopper,
-                AudienceChange(
-                    action_id=f"{change_id}:{op}:{audience}",
-                    shopper_id=shopper,
-                    audience=audience,
-                    op=op,
-                    tier=change.to_tier,
-                    at=at,
-                    reason=change.reason,
-                ),
-            )
-        )
+        out.append(_audience(shopper, change_id, op, audience, change.to_tier, at, change.reason))
     return out
 
 
@@ -179,10 +165,14 @@ def _signal_actions(shopper: str, result: Result, signal: Signal) -> list[Output
     for action in signal.actions:
         if action.startswith(AUDIENCE_PREFIX):
             name = action.removeprefix(AUDIENCE_PREFIX)
-            out.append(_audience(shopper, signal, "add", name, tier))
+            out.append(
+                _audience(shopper, signal.signal_id, "add", name, tier, signal.at, signal.rule_id)
+            )
         elif action == RETARGETING:
             name = f"retarget:{signal.category}" if signal.category else "retarget"
-            out.append(_audience(shopper, signal, "add", name, tier))
+            out.append(
+                _audience(shopper, signal.signal_id, "add", name, tier, signal.at, signal.rule_id)
+            )
         elif action == CART_RECOVERY:
             out += _cart_recovery(shopper, result, signal)
         elif action not in NOT_CONTENT and tier in POINT_TIERS:
@@ -205,18 +195,21 @@ def _signal_actions(shopper: str, result: Result, signal: Signal) -> list[Output
     return out
 
 
-def _audience(shopper: str, signal: Signal, op: str, name: str, tier: str) -> Output:
+def _audience(
+    shopper: str, cause: str, op: str, name: str, tier: str, at: datetime, reason: str
+) -> Output:
+    """An audience change; its id is the cause (a change or signal id), the op and the name."""
     return Output(
         "topic_retargeting",
         shopper,
         AudienceChange(
-            action_id=f"{signal.signal_id}:{op}:{name}",
+            action_id=f"{cause}:{op}:{name}",
             shopper_id=shopper,
             audience=name,
             op=op,
             tier=tier,
-            at=signal.at,
-            reason=signal.rule_id,
+            at=at,
+            reason=reason,
         ),
     )
 

@@ -14,6 +14,7 @@ mirrors the Redis hash field for field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -350,6 +351,4 @@ def _prune(state: dict[str, Any], T: float, cfg: ScoreConfig) -> float:
 
 
 def _log2(x: float) -> float:
-    import math
-
     return math.log(x, 2) if x > 1 else 0.0

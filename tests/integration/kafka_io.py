@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -51,6 +51,19 @@ class Reader:
         while time.monotonic() < end:
             self.poll()
         return self.records
+
+    def settle(self, seconds: float) -> dict[str, list[ConsumerRecord]]:
+        """Keep reading for `seconds` (to see what else arrives), then return everything."""
+        return self.read_until(0, timeout=0, settle=seconds)
+
+    def wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        """Read until `check()` holds on what has arrived; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()
+            if check():
+                return
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
     def close(self) -> None:
         self.consumer.close()

@@ -71,11 +71,8 @@ def run(settings: Settings, start_worker: Any) -> Any:
     reader = Reader(settings.kafka_bootstrap, *topics)
     changes = settings.topic_tier_changes
     # 19 transitions in all (decay demotions included); then let the sweep settle.
-    reader.read_until(0, timeout=0, settle=0)
-    wait_for(
-        lambda: reader.poll() >= 0 and len(reader.records[changes]) >= 19, 90, "the tier changes"
-    )
-    reader.read_until(0, timeout=0, settle=3)
+    reader.wait(lambda: len(reader.records[changes]) >= 19, 90, "the tier changes")
+    reader.settle(3)
     yield settings, reader, bodies
     reader.close()
 
@@ -158,7 +155,7 @@ def test_replay_changes_nothing(run: Any) -> None:
     before = {k: _dump(client, k) for k in keys}
     counts = {t: len(r) for t, r in reader.records.items()}
     _send(settings, bodies)
-    reader.read_until(0, timeout=0, settle=8)
+    reader.settle(8)
     assert {t: len(r) for t, r in reader.records.items()} == counts
     assert {k: _dump(client, k) for k in keys} == before
 
@@ -192,13 +189,10 @@ def test_forget_erases_the_shopper(run: Any, env: dict[str, str]) -> None:
         client.sismember(k, "sc-s4") for k in client.scan_iter(f"{settings.app_id}:audience:*")
     )
     assert _get(settings.web_port, "/shoppers/sc-s4")["known"] is False
-    wait_for(
-        lambda: (
-            reader.poll() >= 0
-            and any(
-                json.loads(r.value)["op"] == "forget"
-                for r in reader.records[settings.topic_suppression]
-            )
+    reader.wait(
+        lambda: any(
+            json.loads(r.value)["op"] == "forget"
+            for r in reader.records[settings.topic_suppression]
         ),
         20,
         "the forget record",
@@ -242,7 +236,7 @@ def test_out_of_order_reaches_the_same_score(settings: Settings, start_worker: A
     key = f"{settings.app_id}:{{%s}}:score"
     wait_for(lambda: client.exists(key % "ino") and client.exists(key % "ooo"), 60, "both scores")
     reader = Reader(settings.kafka_bootstrap, settings.topic_signals)
-    reader.read_until(0, timeout=0, settle=4)
+    reader.settle(4)
     reader.close()
     now = datetime.now(UTC).timestamp()
     views = [
