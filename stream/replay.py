@@ -10,10 +10,12 @@ Redis (`--redis URL`). The two give identical results (tested on a real sample).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -102,6 +104,20 @@ async def score(
     return results
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while replaying: the run holds every event and signal,
+    so each collection re-scans them all, and that took 40-60 % of the time (measured on
+    Taobao). Nothing replay builds is cyclic; reference counting frees it as usual."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def replay(
     path: Path,
     fmt: str,
@@ -109,6 +125,17 @@ def replay(
     *,
     redis_url: str | None = None,
     progress: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    with gc_paused():
+        return _replay(path, fmt, rules, redis_url, progress)
+
+
+def _replay(
+    path: Path,
+    fmt: str,
+    rules: RuleSet,
+    redis_url: str | None,
+    progress: Callable[[int], None] | None,
 ) -> ReplayResult:
     result = ReplayResult()
     started = time.perf_counter()

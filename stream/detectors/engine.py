@@ -20,6 +20,7 @@ from typing import Any, Final
 from schemas.events import EVENT_TYPES, Event
 from schemas.rules import AbsenceRule, RuleBase, RuleSet, SequenceRule, SessionRule
 from schemas.signals import Signal, Suppression, signal_id
+from schemas.trusted import construct
 from stream.detectors.absence import AbsenceDetector
 from stream.detectors.base import Detector, Ev, Fired
 from stream.detectors.count import CountDetector
@@ -68,6 +69,9 @@ class Engine:
             kind: [d for d, types in reacts if types is None or kind in types]
             for kind in EVENT_TYPES
         }
+        self.by_id: dict[str, Detector] = {d.rule.id: d for d in self.detectors}
+        # Only these do anything in `advance`/`deadline` (absence: its pending deadlines).
+        self.timed = [d for d in self.detectors if type(d).advance is not Detector.advance]
         session_rules = [r for r in rules.rules if isinstance(r, SessionRule)]
         self.sessions = Sessions(session_rules, rules.defaults.session_gap)
         # How long a shopper's pattern state matters after their last event.
@@ -113,7 +117,7 @@ class Engine:
         """Seconds this state must outlive the shopper's last event: the longest window
         among the rules that hold something, never less than a visit (so stale shoppers
         cost nothing)."""
-        held = [d.horizon for d in self.detectors if state["r"].get(d.rule.id)]
+        held = [self.by_id[rule_id].horizon for rule_id, st in state["r"].items() if st]
         floor = self.rules.defaults.session_gap + self.lateness
         due = self.deadline(state)
         if due is not None and state["wm"] is not None:
@@ -123,7 +127,10 @@ class Engine:
     def deadline(self, state: State) -> float | None:
         """The earliest time `advance` has something to do for this state."""
         times = [self.sessions.deadline(state["ses"])]
-        times += [d.deadline(state["r"].get(d.rule.id, {})) for d in self.detectors]
+        rules_state = state["r"]
+        times += [
+            d.deadline(rules_state[d.rule.id]) for d in self.timed if d.rule.id in rules_state
+        ]
         due = [t for t in times if t is not None]
         return min(due) if due else None
 
@@ -146,8 +153,9 @@ class Engine:
 
     def _advance(self, state: State, until: float) -> list[tuple[RuleBase, Fired]]:
         out: list[tuple[RuleBase, Fired]] = list(self.sessions.advance(state["ses"], until))
-        for detector in self.detectors:
-            st = state["r"].get(detector.rule.id)
+        rules_state = state["r"]
+        for detector in self.timed:
+            st = rules_state.get(detector.rule.id)
             if st:
                 out.extend((detector.rule, f) for f in detector.advance(st, until))
         return out
@@ -158,12 +166,15 @@ class Engine:
             return
         floor = watermark - self.lateness
         state["seen"] = [s for s in state["seen"] if s[0] >= floor][-SEEN_CAP:]
-        for detector in self.detectors:
-            st = state["r"].get(detector.rule.id)
-            if st is not None:
-                detector.prune(st, watermark)
-                if not any(st.values()):
-                    del state["r"][detector.rule.id]
+        rules_state = state["r"]
+        for rule_id, st in list(rules_state.items()):
+            detector = self.by_id.get(rule_id)
+            if detector is None:  # a rule removed from the file since this state was saved
+                del rules_state[rule_id]
+                continue
+            detector.prune(st, watermark)
+            if not any(st.values()):
+                del rules_state[rule_id]
 
     def _signals(
         self, shopper: str, state: State, fired: list[tuple[RuleBase, Fired]]
@@ -178,23 +189,27 @@ class Engine:
                 properties["anchor_at"] = waited.isoformat()
             if CART_ACTION in rule.actions:
                 properties["cart"] = cart_snapshot(state)
+            # Built from validated rules and events: no need to validate again (hot path).
             out.append(
-                Signal(
-                    signal_id=signal_id(rule.id, shopper, anchors),
-                    rule_id=rule.id,
-                    kind=rule.kind,  # type: ignore[attr-defined]
-                    shopper_id=shopper,
-                    at=datetime.fromtimestamp(f.at, tz=UTC),
-                    points=rule.points,
-                    half_life_seconds=self.rules.half_life(rule),
-                    tier_hint=rule.tier_hint,
-                    actions=list(rule.actions),
-                    anchors=anchors,
-                    session_id=f.session,
-                    sku=f.sku,
-                    category=f.category,
-                    suppression=suppression,
-                    properties=properties,
+                construct(
+                    Signal,
+                    {
+                        "signal_id": signal_id(rule.id, shopper, anchors),
+                        "rule_id": rule.id,
+                        "kind": rule.kind,  # type: ignore[attr-defined]
+                        "shopper_id": shopper,
+                        "at": datetime.fromtimestamp(f.at, tz=UTC),
+                        "points": rule.points,
+                        "half_life_seconds": self.rules.half_life(rule),
+                        "tier_hint": rule.tier_hint,
+                        "actions": list(rule.actions),
+                        "anchors": anchors,
+                        "session_id": f.session,
+                        "sku": f.sku,
+                        "category": f.category,
+                        "suppression": suppression,
+                        "properties": properties,
+                    },
                 )
             )
         return out

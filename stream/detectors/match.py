@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from schemas.events import Event
+from schemas.events import EVENT_TYPES, Event
 from schemas.rules import Condition, Match
 
 Predicate = Callable[[Event], bool]
@@ -80,14 +80,53 @@ def _compare(op: str, bound: float) -> Callable[[Any], bool]:
     return test
 
 
+def _always(event: Event) -> bool:
+    return True
+
+
+def _never(event: Event) -> bool:
+    return False
+
+
+Test = tuple[str, Callable[[Any], bool]]
+
+
+def _conjunction(tests: list[Test]) -> Predicate:
+    if len(tests) == 1:
+        ((path, test),) = tests
+        return lambda event: test(field_value(event, path))
+    return lambda event: all(test(field_value(event, path)) for path, test in tests)
+
+
+def _specialise(alternatives: list[list[Test]], event_type: str | None) -> Predicate:
+    """The predicate for events of one type: conditions on `type` are settled here, once,
+    so a rule that names its event types costs nothing on the others."""
+    remaining: list[list[Test]] = []
+    for tests in alternatives:
+        if event_type is not None:
+            if not all(test(event_type) for path, test in tests if path == "type"):
+                continue  # this alternative can never match this type
+            tests = [(path, test) for path, test in tests if path != "type"]
+        if not tests:
+            return _always  # the type alone decides
+        remaining.append(tests)
+    if not remaining:
+        return _never
+    if len(remaining) == 1:
+        return _conjunction(remaining[0])
+    conjunctions = [_conjunction(tests) for tests in remaining]
+    return lambda event: any(p(event) for p in conjunctions)
+
+
 def compile_match(match: Match) -> Predicate:
     alternatives = [
         [(path, compile_condition(cond)) for path, cond in conditions.items()]
         for conditions in match.any
     ]
-    if len(alternatives) == 1:
-        (tests,) = alternatives
-        return lambda event: all(test(field_value(event, path)) for path, test in tests)
-    return lambda event: any(
-        all(test(field_value(event, path)) for path, test in tests) for tests in alternatives
-    )
+    by_type = {kind: _specialise(alternatives, kind) for kind in EVENT_TYPES}
+    generic = _specialise(alternatives, None)
+
+    def predicate(event: Event) -> bool:
+        return by_type.get(event.type, generic)(event)
+
+    return predicate

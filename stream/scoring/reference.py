@@ -23,6 +23,9 @@ SUPPRESSED: Final = "suppressed"
 ALL: Final = "all"  # the suppression scope key that suppresses the shopper
 EPSILON: Final = 0.01  # points below this are negligible: pruned, and the TTL ends there
 BISECT_STEPS: Final = 60  # demotion time to (64 half-lives) / 2^60: far below a microsecond
+NEWTON_STEPS: Final = 100  # at most; a crossing takes a handful
+RESOLUTION: Final = 1e-6  # seconds: the smallest Newton step (a few ulps of an epoch time)
+LN2: Final = 0.6931471805599453
 MIN_TTL: Final = 3600.0  # keep even an empty score an hour (a burst of late signals)
 TOP: Final = 5  # contributors listed on a tier change
 
@@ -146,11 +149,41 @@ def tier_for(score: float, previous: str, cfg: ScoreConfig) -> str:
 
 
 def demotion_time(state: dict[str, Any], tier: str, at: float, cfg: ScoreConfig) -> float | None:
-    """When the score, decaying from `at`, falls below the tier's lower bound."""
+    """When the score, decaying from `at`, falls below the tier's lower bound: the first
+    time (to within `RESOLUTION`) at which it is strictly below."""
     if tier not in TIERS[1:] or not state["s"]:
         return None
     floor = cfg.threshold(tier) * (1.0 - cfg.hysteresis)
-    hs = sorted(state["s"])  # once, not on each of the bisection's steps
+    hs = sorted(state["s"])  # the summation order, as the script sums
+    components = state["s"]
+    if any(components[h][0] < 0 for h in hs):
+        return _bisect(state, hs, at, floor)
+    # With every component positive the score is a convex, decreasing sum of exponentials:
+    # Newton's method started left of the crossing climbs to it without overshooting.
+    # Each component alone crosses `floor` at r + h * log2(v / floor); the sum is still
+    # above it at the latest of those, so that is a start left of the crossing (and the
+    # crossing itself when one component holds all the points).
+    t = at
+    for h in hs:
+        v, r = components[h]
+        if v > floor:
+            t = max(t, r + h * (math.log(v / floor) / LN2))
+    for _ in range(NEWTON_STEPS):
+        total = 0.0
+        slope = 0.0
+        for h in hs:
+            v, r = components[h]
+            term = v * 2.0 ** (-(t - r) / h)
+            total += term
+            slope += term / h
+        if total < floor:
+            return float(t)
+        t += max((total - floor) / (slope * LN2), RESOLUTION)
+    return _bisect(state, hs, at, floor)  # not reached in practice: a guarantee
+
+
+def _bisect(state: dict[str, Any], hs: list[float], at: float, floor: float) -> float | None:
+    """The crossing by bisection: for scores with negative components (not convex)."""
     lo = at
     hi = at + 64.0 * hs[-1]
     if _score_with(state, hs, hi) >= floor:

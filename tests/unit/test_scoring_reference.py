@@ -76,6 +76,38 @@ def test_demotion_time_is_the_crossing() -> None:
     assert change.at == result.deadline and change.score == pytest.approx(floor)
 
 
+@pytest.mark.parametrize(
+    "signals",
+    [[(0, 30, H), (100, 12, DAY), (5000, 9, 600.0)],  # three half-life classes
+     [(0, 50, 1800.0), (60, 3, DAY)],
+     [(0, 20, H), (10, 20, 7 * DAY), (20, 2, 300.0), (30, 1, 60.0)]],
+)  # fmt: skip
+def test_demotion_time_of_several_components_is_the_first_time_below(
+    signals: list[tuple[float, float, float]],
+) -> None:
+    """Newton's crossing: strictly below the band at the deadline, still inside it one
+    resolution step earlier (the same answer bisection gives, to a microsecond)."""
+    state = new_state()
+    result = apply(state, [sig(i, t, p, h) for i, (t, p, h) in enumerate(signals)], None, CFG)
+    tier = result.to_tier
+    floor = CFG.threshold(tier) * (1 - CFG.hysteresis)
+    due = reference.demotion_time(state, tier, result.at, CFG)
+    assert due is not None
+    assert reference.score_at(state, due) < floor
+    assert reference.score_at(state, due - 2 * reference.RESOLUTION) >= floor
+    bisected = reference._bisect(state, sorted(state["s"]), result.at, floor)
+    assert bisected == pytest.approx(due, abs=2e-6)
+
+
+def test_negative_components_are_bisected() -> None:
+    state = new_state()
+    apply(state, [sig(0, 0, 40, DAY), sig(1, 0, -5, 600.0)], None, CFG)
+    # not convex (the negative part decays first, so the score rises, then falls): bisection
+    due = reference.demotion_time(state, "high", 0.0, CFG)
+    assert due is not None and reference.score_at(state, due) < 31.5
+    assert reference.score_at(state, due - 1e-3) >= 31.5
+
+
 def test_suppression_overrides_and_expires() -> None:
     state = new_state()
     apply(state, [sig(0, 0, 40)], None, CFG)

@@ -25,6 +25,9 @@ Event time comes in ARGV; the script never reads TIME. It sets the hash's TTL it
 ]==]
 local EPSILON = 0.01
 local BISECT_STEPS = 60
+local NEWTON_STEPS = 100
+local RESOLUTION = 1e-6
+local LN2 = 0.6931471805599453
 local MIN_TTL = 3600.0
 local TOP = 5
 local TIERS = {"none", "low", "mid", "high"}
@@ -92,19 +95,40 @@ local function tier_for(sc, prev)
   return "none"
 end
 
-local function demotion_time(at)
-  if thresholds[tier] == nil or next(s) == nil then return nil end
-  local floor = thresholds[tier] * (1.0 - cfg.hysteresis)
-  local hmax = 0
-  for h in pairs(s) do if h > hmax then hmax = h end end
-  local hs = sorted_keys(s)  -- sorted once, not on each of the bisection's steps
-  local lo, hi = at, at + 64.0 * hmax
+local function bisect(hs, at, floor)  -- negative components: not convex
+  local lo, hi = at, at + 64.0 * hs[#hs]
   if score_with(hs, hi) >= floor then return nil end
   for _ = 1, BISECT_STEPS do
     local mid = lo + (hi - lo) / 2.0
     if score_with(hs, mid) < floor then hi = mid else lo = mid end
   end
   return hi
+end
+
+local function demotion_time(at)
+  if thresholds[tier] == nil or next(s) == nil then return nil end
+  local floor = thresholds[tier] * (1.0 - cfg.hysteresis)
+  local hs = sorted_keys(s)  -- the summation order
+  for _, h in ipairs(hs) do
+    if s[h][1] < 0 then return bisect(hs, at, floor) end
+  end
+  -- convex and decreasing: Newton from the left, started at the latest single crossing
+  local t = at
+  for _, h in ipairs(hs) do
+    local v, r = s[h][1], s[h][2]
+    if v > floor then t = math.max(t, r + h * (math.log(v / floor) / LN2)) end
+  end
+  for _ = 1, NEWTON_STEPS do
+    local total, slope = 0.0, 0.0
+    for _, h in ipairs(hs) do
+      local term = s[h][1] * 2 ^ (-(t - s[h][2]) / h)
+      total = total + term
+      slope = slope + term / h
+    end
+    if total < floor then return t end
+    t = t + math.max((total - floor) / (slope * LN2), RESOLUTION)
+  end
+  return bisect(hs, at, floor)
 end
 
 local function next_deadline()
