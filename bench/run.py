@@ -133,7 +133,7 @@ def bench_worker(
     started = time.perf_counter()
     first = None
     done_at = None
-    last = (-1.0, -1.0, -1.0)
+    last = (-1.0, -1.0, -1.0, -1.0)
     try:
         while time.perf_counter() - started < 3600:
             time.sleep(0.5)
@@ -143,16 +143,15 @@ def bench_worker(
                 continue
             ingested = total(m, "intent_events_total{") + total(m, "intent_events_rejected_total{")
             detected = m.get('intent_batch_size_events_sum{stage="detect"}', 0.0)
-            scored = m.get('intent_batch_size_events_sum{stage="score"}', 0.0)
-            signals = total(m, "intent_signals_total{")
+            signals = total(m, "intent_signals_total{")  # scored in the same batch
+            changes = total(m, "intent_tier_changes_total{")
             if first is None and ingested > 0:
                 first = time.perf_counter()
                 log("worker is consuming")
-            progress = (ingested, detected, scored)
+            progress = (ingested, detected, signals, changes)
             if (
                 ingested >= n
                 and detected >= ingested - total(m, "intent_events_rejected_total{")
-                and scored >= signals
                 and progress == last
             ):
                 done_at = time.perf_counter()
@@ -160,7 +159,7 @@ def bench_worker(
             if int(time.perf_counter() - started) % 10 == 0:
                 log(
                     f"ingested {ingested:,.0f}/{n:,}, detected {detected:,.0f}, "
-                    f"signals {signals:,.0f}, scored {scored:,.0f}"
+                    f"signals {signals:,.0f}, tier changes {changes:,.0f}"
                 )
             last = progress
         assert done_at is not None and first is not None, "the worker did not finish"

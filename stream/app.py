@@ -1,12 +1,25 @@
-"""Builds the Faust app: broker, group timing, partitions. Agents register in `stream.agents`."""
+"""Builds the Faust app: broker, group timing, partitions. The stream is `stream.agents`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import faust
+from faust.app.base import BootStrategy
 
 from stream.settings import Settings
+
+
+class StreamBoot(BootStrategy):
+    """Faust's own consumer, topic conductor and tables stay off: the hot topics are read
+    in batches by `stream.agents.StreamLoop`, a service of this app (see its docstring
+    for why). The worker, web server, views and timer are Faust's as usual."""
+
+    enable_kafka_consumer = False
+
+
+class IntentApp(faust.App):
+    BootStrategy = StreamBoot
 
 
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
@@ -29,4 +42,4 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "web_host": "127.0.0.1",
     }
     config.update(overrides)
-    return faust.App(settings.app_id, **config)
+    return IntentApp(settings.app_id, **config)

@@ -16,6 +16,7 @@ pipelined SET + ZADD/ZREM of every changed state.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,13 @@ class PatternStore:
         """Write states with their expiry and index their deadlines (one round trip)."""
         if not saved:
             return
+        due: dict[int, dict[str, float]] = defaultdict(dict)
+        undue: dict[int, list[str]] = defaultdict(list)
+        for shopper, item in saved.items():
+            if item.deadline is None:
+                undue[item.partition].append(shopper)
+            else:
+                due[item.partition][shopper] = item.deadline
         async with self.redis.pipeline(transaction=False) as pipe:
             for shopper, item in saved.items():
                 pipe.set(
@@ -73,11 +81,11 @@ class PatternStore:
                     json.dumps(item.state, separators=(",", ":")),
                     px=max(1000, int(item.ttl_seconds * 1000)),
                 )
-                key = self.deadline_key(item.partition)
-                if item.deadline is None:
-                    pipe.zrem(key, shopper)
-                else:
-                    pipe.zadd(key, {shopper: item.deadline})
+            # one command per partition's deadline index, not per shopper
+            for partition, shoppers in undue.items():
+                pipe.zrem(self.deadline_key(partition), *shoppers)
+            for partition, mapping in due.items():
+                pipe.zadd(self.deadline_key(partition), mapping)
             await pipe.execute()
         self._trip("patterns_save")
 

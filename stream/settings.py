@@ -66,9 +66,14 @@ class Settings(BaseSettings):
     max_clock_skew_seconds: float = Field(
         300.0, ge=0, description="Events stamped further than this in the future are rejected."
     )
-    batch_size: int = Field(1000, ge=1, description="Most events an agent handles in one batch.")
+    batch_size: int = Field(
+        2000, ge=1, description="Most records the stream loop takes from Kafka in one batch."
+    )
     batch_window_seconds: float = Field(
-        0.05, gt=0, description="Longest wait to fill a batch before it is processed."
+        0.02, gt=0, description="Longest wait to fill a batch before it is processed."
+    )
+    producer_linger_ms: int = Field(
+        2, ge=0, description="How long the producer waits to fill a request (latency vs. size)."
     )
     # --- consumer group timing (FIELD-NOTES: seconds to start and fail over, not minutes)
     session_timeout_seconds: float = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import faust
@@ -36,8 +37,18 @@ def build(settings: Settings) -> tuple[faust.App, Pipeline]:
     return app, Pipeline(app, settings, default_metrics(), rules, client)
 
 
+def use_uvloop() -> None:
+    """uvloop's event loop when it is installed (it is a dependency, except on Windows)."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Create the topics, then run the Faust worker until it is told to stop."""
+    use_uvloop()
     app, pipeline = build(settings)  # rules first: a bad rules file fails before anything starts
     ensure_topics(settings)
     if settings.metrics_port:
@@ -47,7 +58,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
         def ready() -> bool:
             try:
-                return bool(app.consumer.assignment()) and bool(probe.ping())
+                return pipeline.ready() and bool(probe.ping())
             except Exception:
                 return False
 

@@ -10,6 +10,7 @@ Both expire when the score has decayed below 0.01 points (and no suppression run
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from importlib import resources
 from typing import Any, cast
 
@@ -161,22 +162,42 @@ class ScoreStore:
         (op, audience, shopper) and tier moves (shopper, from, to), in one round trip."""
         if not deadlines and not audiences and not moves:
             return
+        # One command per key, not per shopper: redis-py's cost is per command.
+        tier_moves: dict[tuple[str, str], list[str]] = defaultdict(list)  # (op, tier)
+        for shopper, old, new in moves or []:
+            if old != "none":
+                tier_moves[("rem", old)].append(shopper)
+            if new != "none":
+                tier_moves[("add", new)].append(shopper)
+        due: dict[int, dict[str, float]] = defaultdict(dict)
+        undue: dict[int, list[str]] = defaultdict(list)
+        for shopper, (partition, deadline) in deadlines.items():
+            if deadline is None:
+                undue[partition].append(shopper)
+            else:
+                due[partition][shopper] = deadline
+        final: dict[tuple[str, str], str] = {}  # (audience, shopper) -> the last op wins
+        for op, audience, shopper in audiences:
+            final[(audience, shopper)] = op
+        members: dict[tuple[str, str], list[str]] = defaultdict(list)  # (op, audience)
+        for (audience, shopper), op in final.items():
+            members[(op, audience)].append(shopper)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for shopper, old, new in moves or []:
-                if old != "none":
-                    pipe.srem(self.tier_key(old), shopper)
-                if new != "none":
-                    pipe.sadd(self.tier_key(new), shopper)
-            for shopper, (partition, deadline) in deadlines.items():
-                if deadline is None:
-                    pipe.zrem(self.decay_key(partition), shopper)
-                else:
-                    pipe.zadd(self.decay_key(partition), {shopper: deadline})
-            for op, audience, shopper in audiences:
+            for (op, tier), shoppers in tier_moves.items():
+                if op == "rem":
+                    pipe.srem(self.tier_key(tier), *shoppers)
+            for (op, tier), shoppers in tier_moves.items():
                 if op == "add":
-                    pipe.sadd(self.audience_key(audience), shopper)
+                    pipe.sadd(self.tier_key(tier), *shoppers)
+            for partition, shoppers in undue.items():
+                pipe.zrem(self.decay_key(partition), *shoppers)
+            for partition, mapping in due.items():
+                pipe.zadd(self.decay_key(partition), mapping)
+            for (op, audience), shoppers in members.items():
+                if op == "add":
+                    pipe.sadd(self.audience_key(audience), *shoppers)
                 else:
-                    pipe.srem(self.audience_key(audience), shopper)
+                    pipe.srem(self.audience_key(audience), *shoppers)
             await pipe.execute()
         self._trip("score_index")
 
