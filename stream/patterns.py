@@ -15,11 +15,11 @@ pipelined SET + ZADD/ZREM of every changed state.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
@@ -61,7 +61,7 @@ class PatternStore:
                 pipe.get(self.state_key(shopper))
             raw = await pipe.execute()
         self._trip("patterns_load")
-        return {s: json.loads(r) for s, r in zip(shoppers, raw, strict=True) if r is not None}
+        return {s: orjson.loads(r) for s, r in zip(shoppers, raw, strict=True) if r is not None}
 
     async def save(self, saved: dict[str, Saved]) -> None:
         """Write states with their expiry and index their deadlines (one round trip)."""
@@ -78,7 +78,7 @@ class PatternStore:
             for shopper, item in saved.items():
                 pipe.set(
                     self.state_key(shopper),
-                    json.dumps(item.state, separators=(",", ":")),
+                    orjson.dumps(item.state),
                     px=max(1000, int(item.ttl_seconds * 1000)),
                 )
             # one command per partition's deadline index, not per shopper

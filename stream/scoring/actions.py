@@ -21,6 +21,7 @@ from schemas.outputs import (
     _Out,
 )
 from schemas.signals import Signal
+from schemas.trusted import construct
 from stream.scoring.reference import Change, Result, ScoreSignal
 
 POINT_TIERS: Final = ("low", "mid", "high")
@@ -83,17 +84,25 @@ def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Out
         anchors = [a for a in cause.anchors if ":" not in a]  # event ids, not session:x
         event_anchor = anchors[-1] if anchors else None
     at = _at(change.at)
-    record = TierChange(
-        change_id=change_id,
-        shopper_id=shopper,
-        from_tier=change.from_tier,
-        to_tier=change.to_tier,
-        score=round(change.score, 6),
-        at=at,
-        reason=change.reason,
-        signals=[Contribution(name=r, points=round(p, 6)) for r, p in change.top],
-        cause_event_id=event_anchor,
-        cause_signal_id=cause.signal_id if cause else None,
+    # The two high-volume outputs are built from values the scoring maths produced, so
+    # they skip pydantic's validation (schemas.trusted; a test compares with validation).
+    record = construct(
+        TierChange,
+        {
+            "change_id": change_id,
+            "shopper_id": shopper,
+            "from_tier": change.from_tier,
+            "to_tier": change.to_tier,
+            "score": round(change.score, 6),
+            "at": at,
+            "reason": change.reason,
+            "signals": [
+                construct(Contribution, {"name": r, "points": round(p, 6)}) for r, p in change.top
+            ],
+            "scope": "shopper",
+            "cause_event_id": event_anchor,
+            "cause_signal_id": cause.signal_id if cause else None,
+        },
     )
     out = [Output("topic_tier_changes", shopper, record)]
     ops: list[tuple[str, str]] = []
@@ -202,14 +211,17 @@ def _audience(
     return Output(
         "topic_retargeting",
         shopper,
-        AudienceChange(
-            action_id=f"{cause}:{op}:{name}",
-            shopper_id=shopper,
-            audience=name,
-            op=op,
-            tier=tier,
-            at=at,
-            reason=reason,
+        construct(
+            AudienceChange,
+            {
+                "action_id": f"{cause}:{op}:{name}",
+                "shopper_id": shopper,
+                "audience": name,
+                "op": op,
+                "tier": tier,
+                "at": at,
+                "reason": reason,
+            },
         ),
     )
 

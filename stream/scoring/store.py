@@ -9,11 +9,11 @@ Both expire when the score has decayed below 0.01 points (and no suppression run
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from importlib import resources
 from typing import Any, cast
 
+import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
@@ -31,8 +31,8 @@ def lua_source() -> str:
     )
 
 
-def script_args(signals: list[ScoreSignal], now: float | None, cfg: ScoreConfig) -> str:
-    return json.dumps(
+def script_args(signals: list[ScoreSignal], now: float | None, cfg: ScoreConfig) -> bytes:
+    return orjson.dumps(
         {
             "now": now,
             "cfg": {
@@ -61,7 +61,7 @@ def script_args(signals: list[ScoreSignal], now: float | None, cfg: ScoreConfig)
 
 
 def parse_result(raw: bytes | str) -> Result:
-    data: dict[str, Any] = json.loads(raw)
+    data: dict[str, Any] = orjson.loads(raw)
     return Result(
         from_tier=data["from"],
         to_tier=data["to"],

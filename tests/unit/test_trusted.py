@@ -49,3 +49,21 @@ def test_constructed_models_stay_frozen() -> None:
         assert "frozen" in str(exc)
     else:
         raise AssertionError("a constructed model must stay frozen")
+
+
+def test_outputs_built_without_validation_equal_validated_ones() -> None:
+    """Every output of a real replay (tier changes and audience changes are constructed)
+    is exactly what validating its own fields gives."""
+    from pathlib import Path
+
+    from stream.replay import replay
+    from stream.rulesfile import load_rules
+
+    sample = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    result = replay(sample / "otto_20_sessions.jsonl.gz", "otto", load_rules())
+    outputs = [*result.changes, *(o.value for o in result.actions)]
+    assert len(result.changes) > 0 and len(result.actions) > 0
+    for value in outputs:
+        again = type(value).model_validate(value.model_dump())
+        assert again == value
+        assert again.to_json() == value.to_json()
