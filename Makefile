@@ -30,6 +30,7 @@ unit: $(STAMP) ## Run the unit tests only (no servers)
 	$(BIN)/pytest tests/unit
 
 bench: $(STAMP) ## End-to-end benchmark on the embedded stack (500k events; writes bench/results.json)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff check and format check

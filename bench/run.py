@@ -302,6 +302,40 @@ def bench_faust(bootstrap: str, topic: str, n: int, run_dir: Path) -> float:
     return float(data["events"] / data["seconds"])
 
 
+def bench_quix(env: dict[str, str], n: int, run_dir: Path) -> float | None:
+    """The same workload in Quix Streams (bench/quix_workload.py) on the same input topic,
+    with its own group, topics for everything downstream, and Redis keys."""
+    try:
+        import quixstreams  # noqa: F401
+    except ImportError:
+        log("Quix Streams is not installed (pip install -e '.[bench]'): skipped")
+        return None
+    tag = uuid.uuid4().hex[:6]
+    base = Settings()
+    overrides: dict[str, Any] = {"app_id": f"quix-{tag}"}
+    for name, topic in base.topic_names().items():
+        if name != "topic_clickstream":
+            overrides[name] = f"quix-{tag}.{topic}"
+    settings = base.model_copy(update=overrides)
+    ensure_topics(settings)
+    result = run_dir / "quix.json"
+    proc = spawn(
+        [sys.executable, "-m", "bench.quix_workload", str(n), str(result)],
+        run_dir / "quix.log",
+        env={**os.environ, **env, **{f"INTENT_{k.upper()}": str(v) for k, v in overrides.items()}},
+    )
+    try:
+        deadline = time.monotonic() + 3600
+        while not result.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        stop_process(proc)
+    if not result.exists():
+        raise RuntimeError(f"the Quix Streams run did not finish; see {run_dir / 'quix.log'}")
+    data = json.loads(result.read_text())
+    return float(data["events"] / data["seconds"])
+
+
 def bench_replay() -> float:
     from stream.replay import replay
     from stream.rulesfile import load_rules
@@ -343,6 +377,8 @@ def main() -> None:
         result.update(bench_latency(settings, rows, args.rate, args.latency_seconds))
         log(f"latency at {args.rate}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
         stop_process(worker, grace=20)
+        for key in ("aiokafka_events_per_s", "faust_floor_events_per_s", "quix_events_per_s"):
+            result[key] = None  # unless measured below
         if not args.skip_baselines:
             result["aiokafka_events_per_s"] = bench_aiokafka(
                 stack.kafka_bootstrap, settings.topic_clickstream, args.events
@@ -352,7 +388,9 @@ def main() -> None:
                 stack.kafka_bootstrap, settings.topic_clickstream, args.events, run_dir
             )
             log(f"faust floor: {result['faust_floor_events_per_s']:,.0f} events/s")
-    result["quix_events_per_s"] = None  # the Quix Streams variant is not written yet
+            result["quix_events_per_s"] = bench_quix(env, args.events, run_dir)
+            if result["quix_events_per_s"]:
+                log(f"Quix Streams, same workload: {result['quix_events_per_s']:,.0f} events/s")
     result["replay_events_per_s"] = bench_replay()
     result["machine"] = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -386,6 +424,9 @@ def print_table(result: dict[str, Any]) -> None:
         floor = result["events_per_s"] / result["faust_floor_events_per_s"]
         print(f"  {'worker / aiokafka ceiling':<50} {ceiling:>14.3f}")
         print(f"  {'worker / Faust floor':<50} {floor:>14.2f}")
+    if result.get("quix_events_per_s"):
+        ratio = result["events_per_s"] / result["quix_events_per_s"]
+        print(f"  {'worker / Quix Streams (target >= 1.3)':<50} {ratio:>14.2f}")
     print(f"  machine: {result['machine']}")
 
 

@@ -84,13 +84,15 @@ def _decode(
 
 
 Headers = list[tuple[str, bytes]]
+OutRecord = tuple[str, bytes | None, bytes, Headers | None]  # topic, key, value, headers
+Sender = Callable[[list[OutRecord]], Awaitable[None]]
 
 
 @dataclass
 class Outbox:
     """What one batch sends: (topic, key, value, headers), flushed together."""
 
-    records: list[tuple[str, bytes | None, bytes, Headers | None]] = field(default_factory=list)
+    records: list[OutRecord] = field(default_factory=list)
     saved: dict[str, Saved] = field(default_factory=dict)  # detection state, written after
 
     def add(
@@ -105,13 +107,17 @@ class Pipeline:
 
     def __init__(
         self,
-        app: faust.App,
+        app: faust.App | None,
         settings: Settings,
         metrics: Metrics,
         rules: RuleSet,
         redis: aioredis.Redis,
         clock: Clock = utc_now,
+        sender: Sender | None = None,
     ) -> None:
+        """With `app`, the stream loop, views and timer register on it; without one (the
+        Quix Streams benchmark), the caller feeds `handle` and `sweep_partitions` and
+        `sender` sends."""
         self.app = app
         self.settings = settings
         self.metrics = metrics
@@ -141,9 +147,11 @@ class Pipeline:
         self.watermark: dict[int, float] = {}
         self.last_input: dict[int, float] = {}
         self.loop = StreamLoop(self)
-        app.service(self.loop)  # type: ignore[arg-type]  # an instance is accepted too
-        self._register_views()
-        app.timer(settings.sweep_interval_seconds, name="sweep")(self.sweep)
+        self.send: Sender = sender or self.loop.send_all
+        if app is not None:
+            app.service(self.loop)  # type: ignore[arg-type]  # an instance is accepted too
+            self._register_views(app)
+            app.timer(settings.sweep_interval_seconds, name="sweep")(self.sweep)
 
     def ready(self) -> bool:
         return bool(self.loop.assignment)
@@ -258,13 +266,16 @@ class Pipeline:
         return watermark - self.engine.lateness
 
     async def sweep(self) -> None:
+        partitions = {
+            tp.partition
+            for tp in self.loop.assignment
+            if tp.topic == self.settings.topic_normalised
+        }
+        await self.sweep_partitions(partitions)
+
+    async def sweep_partitions(self, partitions: set[int]) -> None:
         try:
-            partitions = sorted(
-                tp.partition
-                for tp in self.loop.assignment
-                if tp.topic == self.settings.topic_normalised
-            )
-            for partition in partitions:
+            for partition in sorted(partitions):
                 async with self.lock:
                     outbox = Outbox()
                     await self._sweep(partition, outbox)
@@ -348,7 +359,7 @@ class Pipeline:
             self.metrics.shoppers.labels(tier).set(count)
 
     # --- HTTP views (Faust web) ----------------------------------------------------------
-    def _register_views(self) -> None:
+    def _register_views(self, app: faust.App) -> None:
         async def shopper_page(view: View, request: Request, shopper: str) -> Response:
             now = self.clock().timestamp()
             return view.json(await read_shopper(self.scores, shopper, now))
@@ -363,8 +374,8 @@ class Pipeline:
                 await audience_page(self.scores.redis, self.scores, name, cursor, count)
             )
 
-        self.app.page("/shoppers/{shopper}")(shopper_page)
-        self.app.page("/audiences/{name}")(audience)
+        app.page("/shoppers/{shopper}")(shopper_page)
+        app.page("/audiences/{name}")(audience)
 
     # --- output ------------------------------------------------------------------------
     def emit(self, signals: list[Signal], outbox: Outbox) -> None:
@@ -398,7 +409,7 @@ class Pipeline:
 
     async def flush(self, outbox: Outbox) -> None:
         """Send the batch's records, wait for every ack, then save detection state."""
-        await self.loop.send_all(outbox.records)
+        await self.send(outbox.records)
         if outbox.saved:
             await self._retry("save", self.store.save, outbox.saved)
 
@@ -529,9 +540,7 @@ class StreamLoop(Service):
             if end is not None:
                 gauge.labels(tp.topic, str(tp.partition)).set(max(0, end - offset))
 
-    async def send_all(
-        self, records: list[tuple[str, bytes | None, bytes, Headers | None]]
-    ) -> None:
+    async def send_all(self, records: list[OutRecord]) -> None:
         """Send every record and wait for all the acks (raises KafkaError if one fails).
 
         Records go in one batch per topic partition (aiokafka's batch API), partitioned
