@@ -61,7 +61,8 @@ from stream.views import AUDIENCE_PAGE, audience_page, read_shopper
 log = logging.getLogger(__name__)
 
 IDLE_GRACE_SECONDS: Final = 1.0  # a partition this long without input is "idle": wall clock rules
-SWEEP_BATCH: Final = 1000  # due shoppers handled per partition per sweep
+SWEEP_CHUNK: Final = 100  # due shoppers handled under the lock at once (bounds the pause)
+SWEEP_BATCH: Final = 2000  # due shoppers handled per partition per sweep, chunk by chunk
 RETRY_MAX_SECONDS: Final = 30.0
 TIER_GAUGE_EVERY: Final = 5  # sweeps between refreshes of intent_shoppers (SCARD x 4)
 T = TypeVar("T")
@@ -276,11 +277,17 @@ class Pipeline:
     async def sweep_partitions(self, partitions: set[int]) -> None:
         try:
             for partition in sorted(partitions):
-                async with self.lock:
-                    outbox = Outbox()
-                    await self._sweep(partition, outbox)
-                    await self._decay(partition, outbox)
-                    await self.flush(outbox)
+                for _ in range(SWEEP_BATCH // SWEEP_CHUNK):
+                    # Chunk by chunk, releasing the lock between chunks: a waiting batch
+                    # of live events goes first (asyncio.Lock is fair), so a backlog of
+                    # due decays never holds the hot path for long.
+                    async with self.lock:
+                        outbox = Outbox()
+                        swept = await self._sweep(partition, outbox)
+                        decayed = await self._decay(partition, outbox)
+                        await self.flush(outbox)
+                    if swept < SWEEP_CHUNK and decayed < SWEEP_CHUNK:
+                        break
             self._sweeps += 1
             if self._sweeps % TIER_GAUGE_EVERY == 0:
                 await self._retry("tiers", self.refresh_tier_gauge)
@@ -289,12 +296,12 @@ class Pipeline:
             self.metrics.up.set(0)
             log.exception("sweep failed")
 
-    async def _sweep(self, partition: int, outbox: Outbox) -> None:
+    async def _sweep(self, partition: int, outbox: Outbox) -> int:
         """Absence deadlines and visit ends that are due: signals, scored at once."""
         until = self.until(partition)
-        shoppers = await self._retry("sweep", self.store.due, partition, until, SWEEP_BATCH)
+        shoppers = await self._retry("sweep", self.store.due, partition, until, SWEEP_CHUNK)
         if not shoppers:
-            return
+            return 0
         states = await self._retry("load", self.store.load, shoppers)
         signals: list[Signal] = []
         for shopper in shoppers:
@@ -302,14 +309,15 @@ class Pipeline:
             signals += self.engine.advance(shopper, state, until)
             outbox.saved[shopper] = self._saved(state, partition)
         await self._score(signals, dict.fromkeys(shoppers, partition), outbox)
+        return len(shoppers)
 
-    async def _decay(self, partition: int, outbox: Outbox) -> None:
+    async def _decay(self, partition: int, outbox: Outbox) -> int:
         """Decay demotions and suppression ends that are due, at their computed times."""
         due = await self._retry(
-            "decay", self.scores.due, partition, self.until(partition), SWEEP_BATCH
+            "decay", self.scores.due, partition, self.until(partition), SWEEP_CHUNK
         )
         if not due:
-            return
+            return 0
         results = await self._retry(
             "decay", self.scores.apply_many, {s: ([], t) for s, t in due.items()}
         )
@@ -317,6 +325,7 @@ class Pipeline:
             "index", self._index, results, {}, dict.fromkeys(due, partition)
         )
         self.send_outputs(outputs, outbox)
+        return len(due)
 
     async def _index(
         self,

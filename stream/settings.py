@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         2000, ge=1, description="Most records the stream loop takes from Kafka in one batch."
     )
     batch_window_seconds: float = Field(
-        0.02, gt=0, description="Longest wait to fill a batch before it is processed."
+        0.005, gt=0, description="Longest wait to fill a batch before it is processed."
     )
     producer_linger_ms: int = Field(
         2, ge=0, description="How long the producer waits to fill a request (latency vs. size)."
