@@ -11,12 +11,14 @@ The two hot topics are consumed by `StreamLoop`, a service of the app that reads
 with one aiokafka consumer in batches (`getmany`), hands each batch to the pure core
 and sends the results with one producer flush. Faust's own agents move one message at
 a time through tasks and channels, and that capped the pipeline at ~400 events/s here
-(FIELD-NOTES: ~4.3k/s when only counting); see bench/README.md for the profile.
+(FIELD-NOTES: ~4.3k/s when only counting); README.md, "Performance", has the profiles.
 
-Order within a batch, so a crash anywhere loses nothing and duplicates nothing:
-detect (state changes kept in memory) -> score in Redis (idempotent by signal id) ->
-send and wait for the broker's acks -> save detection state -> commit offsets. A batch
-that fails before its commit is processed again and gives the same signals and ids.
+Order within a batch, so a crash loses no input and duplicates no output: detect (state
+changes kept in memory) -> score in Redis (idempotent by signal id) -> send and wait for
+the broker's acks -> save detection state -> commit offsets. A batch that fails before
+its commit is processed again and gives the same signals and ids. The one gap: a crash
+between the score script and the acks loses that batch's tier changes and actions (the
+script has recorded its signals as applied); README.md says so.
 Per-batch errors are caught: bad records go to the dead-letter topic with a reason.
 Redis outages are retried (the batch waits); they never drop input.
 """
