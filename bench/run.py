@@ -290,14 +290,19 @@ def bench_faust(bootstrap: str, topic: str, n: int, run_dir: Path) -> float:
         ],
         run_dir / "faust_floor.log",
     )
+    return events_per_s(proc, result, "the Faust floor run", run_dir / "faust_floor.log")
+
+
+def events_per_s(proc: Any, result: Path, what: str, log_file: Path) -> float:
+    """Wait for a baseline process's {"events", "seconds"} file, then stop the process."""
     try:
-        deadline = time.monotonic() + 1800
+        deadline = time.monotonic() + 3600
         while not result.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
         stop_process(proc)
     if not result.exists():
-        raise RuntimeError(f"the Faust floor run did not finish; see {run_dir / 'faust_floor.log'}")
+        raise RuntimeError(f"{what} did not finish; see {log_file}")
     data = json.loads(result.read_text())
     return float(data["events"] / data["seconds"])
 
@@ -324,16 +329,7 @@ def bench_quix(env: dict[str, str], n: int, run_dir: Path) -> float | None:
         run_dir / "quix.log",
         env={**os.environ, **env, **{f"INTENT_{k.upper()}": str(v) for k, v in overrides.items()}},
     )
-    try:
-        deadline = time.monotonic() + 3600
-        while not result.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-    finally:
-        stop_process(proc)
-    if not result.exists():
-        raise RuntimeError(f"the Quix Streams run did not finish; see {run_dir / 'quix.log'}")
-    data = json.loads(result.read_text())
-    return float(data["events"] / data["seconds"])
+    return events_per_s(proc, result, "the Quix Streams run", run_dir / "quix.log")
 
 
 def bench_replay() -> float:

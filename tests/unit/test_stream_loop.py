@@ -1,0 +1,98 @@
+"""`StreamLoop`'s commit discipline: offsets are committed only after a batch was handled
+(sent and acknowledged); a batch whose sends failed is read again, never committed."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
+
+from stream import agents
+from stream.agents import StreamLoop
+from stream.ingest import RawRecord
+from stream.metrics import Metrics
+from stream.settings import Settings
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = b"s-1"
+    value: bytes | None = b"{}"
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 100
+
+
+def _loop(handle: Any) -> tuple[StreamLoop, Metrics]:
+    metrics = Metrics(CollectorRegistry())
+    pipeline = SimpleNamespace(settings=Settings(), metrics=metrics, handle=handle)
+    return StreamLoop(pipeline), metrics  # type: ignore[arg-type]
+
+
+def _batches() -> dict[TopicPartition, list[Message]]:
+    a, b = TopicPartition("clickstream.events", 0), TopicPartition("intent.events", 3)
+    return {
+        a: [Message(a.topic, 0, 10), Message(a.topic, 0, 11)],
+        b: [Message(b.topic, 3, 40), Message(b.topic, 3, 41), Message(b.topic, 3, 42)],
+    }
+
+
+def test_a_handled_batch_is_committed_past_its_last_record() -> None:
+    seen: list[RawRecord] = []
+
+    async def handle(records: list[RawRecord]) -> None:
+        seen.extend(records)
+
+    loop, metrics = _loop(handle)
+    consumer = Consumer()
+    batches = _batches()
+    asyncio.run(loop._handle(consumer, batches))  # type: ignore[arg-type]
+    assert [(r.topic, r.partition, r.offset) for r in seen] == [
+        (m.topic, m.partition, m.offset) for ms in batches.values() for m in ms
+    ]
+    (offsets,) = consumer.commits
+    assert offsets == {tp: ms[-1].offset + 1 for tp, ms in batches.items()}
+    assert consumer.seeks == []
+    lag = metrics.registry.get_sample_value(
+        "intent_consumer_lag_messages", {"topic": "intent.events", "partition": "3"}
+    )
+    assert lag == 100 - 43
+
+
+def test_a_batch_whose_sends_failed_is_read_again_not_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def handle(records: list[RawRecord]) -> None:
+        raise KafkaError("broker unavailable")
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(agents.asyncio, "sleep", no_wait)
+    loop, _ = _loop(handle)
+    consumer = Consumer()
+    batches = _batches()
+    asyncio.run(loop._handle(consumer, batches))  # type: ignore[arg-type]
+    assert consumer.commits == []
+    assert consumer.seeks == [(tp, ms[0].offset) for tp, ms in batches.items()]
