@@ -174,7 +174,8 @@ def bench_worker(
     sizes = []
     for shopper in shoppers:
         keys = [
-            f"{settings.app_id}:{{{shopper}}}:{kind}" for kind in ("patterns", "score", "applied")
+            f"{settings.app_id}:{{{shopper}}}:{kind}"
+            for kind in ("patterns", "score", "applied", "last")
         ]
         sizes.append(sum(client.memory_usage(k) or 0 for k in keys))
     return {

@@ -13,12 +13,13 @@ and sends the results with one producer flush. Faust's own agents move one messa
 a time through tasks and channels, and that capped the pipeline at ~400 events/s here
 (FIELD-NOTES: ~4.3k/s when only counting); README.md, "Performance", has the profiles.
 
-Order within a batch, so a crash loses no input and duplicates no output: detect (state
+Order within a batch, so a crash loses no input and no output (what is sent twice keeps
+its ids): detect (state
 changes kept in memory) -> score in Redis (idempotent by signal id) -> send and wait for
 the broker's acks -> save detection state -> commit offsets. A batch that fails before
-its commit is processed again and gives the same signals and ids. The one gap: a crash
-between the score script and the acks loses that batch's tier changes and actions (the
-script has recorded its signals as applied); README.md says so.
+its commit is processed again and gives the same signals and ids; if its first run got
+as far as the score script, the script hands back that run's result (apply.lua, KEYS[3])
+so its output is sent after all, with the same ids.
 Per-batch errors are caught: bad records go to the dead-letter topic with a reason.
 Redis outages are retried (the batch waits); they never drop input.
 """

@@ -14,6 +14,7 @@ mirrors the Redis hash field for field.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -116,6 +117,7 @@ def new_state() -> dict[str, Any]:
         "cats": {},
         "x": {},
         "applied": {},
+        "last": None,  # (seq after it, Result) of the last call that applied something
     }
 
 
@@ -215,6 +217,8 @@ def apply(
     after each signal time and at every decay crossing in between, then up to `now`.
     The transitions depend on event times only, never on how signals were batched."""
     previous = state["tier"]
+    seq_before = state["seq"]
+    duplicates: list[str] = []  # applied by an earlier call
     new_ids: list[str] = []
     suppressed: list[tuple[str, float]] = []
     unsuppressed: list[str] = []
@@ -225,6 +229,8 @@ def apply(
             state["applied"][sig.id] = sig.t
             new_ids.append(sig.id)
             fresh.append(sig)
+        elif sig.id not in new_ids:
+            duplicates.append(sig.id)
     i = 0
     while i < len(fresh):
         t = fresh[i].t
@@ -275,7 +281,7 @@ def apply(
     deadline = next_deadline(state, cfg)
     top = _top(state, T)
     ttl = _prune(state, T, cfg)
-    return Result(
+    result = Result(
         previous,
         state["tier"],
         score,
@@ -292,6 +298,32 @@ def apply(
         state["reset"],
         sorted(state["x"]),
     )
+    last = state["last"]
+    if (
+        duplicates
+        and last is not None
+        and last[0] == seq_before
+        and set(duplicates) <= set(last[1].new_ids)
+    ):
+        result = _merged(last[1], result)
+    if result.new_ids:
+        state["last"] = (state["seq"], result)
+    return result
+
+
+def _merged(last: Result, current: Result) -> Result:
+    """A batch processed again after a crash (its first run applied its signals, then
+    died before its output was sent): the output of that first run comes back, ahead of
+    whatever this run adds, so it is sent after all, with the same ids. Only while no
+    transition has happened since (the caller checks); older duplicates count nothing."""
+    merged = copy.deepcopy(current)
+    merged.from_tier = last.from_tier
+    merged.changes = [*copy.deepcopy(last.changes), *current.changes]
+    merged.suppressed = [*last.suppressed, *current.suppressed]
+    merged.unsuppressed = [*last.unsuppressed, *current.unsuppressed]
+    merged.new_ids = [*last.new_ids, *current.new_ids]
+    merged.applied = len(merged.new_ids)
+    return merged
 
 
 def _advance(

@@ -4,7 +4,8 @@ score keys. An in-memory twin on the pure reference serves replay and tests.
 Key layout (one hash tag per shopper, so it all works on Redis Cluster):
     <app>:{<shopper>}:score     hash: tier, seq, T, reset, components (see apply.lua)
     <app>:{<shopper>}:applied   sorted set: applied signal ids (dedupe; newest 1000 kept)
-Both expire when the score has decayed below 0.01 points (and no suppression runs).
+    <app>:{<shopper>}:last      string: the last result that applied something (apply.lua)
+All three expire when the score has decayed below 0.01 points (and no suppression runs).
 """
 
 from __future__ import annotations
@@ -123,7 +124,11 @@ class ScoreStore:
             self.roundtrips.labels(op).inc()
 
     def keys(self, shopper: str) -> list[str]:
-        return [f"{self.prefix}:{{{shopper}}}:score", f"{self.prefix}:{{{shopper}}}:applied"]
+        return [
+            f"{self.prefix}:{{{shopper}}}:score",
+            f"{self.prefix}:{{{shopper}}}:applied",
+            f"{self.prefix}:{{{shopper}}}:last",
+        ]
 
     async def apply_many(
         self, batch: dict[str, tuple[list[ScoreSignal], float | None]]

@@ -43,6 +43,7 @@ signal = st.builds(
 step = st.tuples(
     st.lists(signal, max_size=6),
     st.one_of(st.none(), st.floats(min_value=0, max_value=12 * 86400, allow_nan=False)),
+    st.booleans(),  # process the previous step's batch again first (a crash before sending)
 )
 
 
@@ -91,12 +92,16 @@ def _same(lua: Result, ref: Result) -> None:
 @given(steps=st.lists(step, min_size=1, max_size=8))
 def test_lua_agrees_with_the_reference(client: Any, steps: list[Any]) -> None:
     shopper = f"prop-{next(_ids)}"
-    keys = [f"prop:{{{shopper}}}:score", f"prop:{{{shopper}}}:applied"]
+    keys = [f"prop:{{{shopper}}}:{kind}" for kind in ("score", "applied", "last")]
     script = client.register_script(lua_source())
     state = reference.new_state()
-    for signals, now in steps:
+    previous: list[Any] = []
+    for signals, now, again in steps:
         # Re-send some signals of the step: they must change nothing (dedupe by id).
         batch = signals + signals[: len(signals) // 2]
+        if again:  # the previous batch, run again (its output comes back), plus this one
+            batch = previous + batch
+        previous = batch
         lua = parse_result(script(keys=keys, args=[script_args(batch, now, CFG)]))
         ref = reference.apply(state, batch, now, CFG)
         _same(lua, ref)

@@ -182,7 +182,7 @@ def test_forget_erases_the_shopper(run: Any, env: dict[str, str]) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "forgot sc-s4: 3 keys" in done.stdout  # patterns, score, applied ids
+    assert "forgot sc-s4: 4 keys" in done.stdout  # patterns, score, applied ids, last result
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     assert list(client.scan_iter(f"{settings.app_id}:{{sc-s4}}:*")) == []
     assert not any(

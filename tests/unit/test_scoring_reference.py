@@ -44,11 +44,40 @@ def test_order_does_not_matter() -> None:
     )
 
 
-def test_a_signal_applied_twice_counts_once() -> None:
+def test_a_signal_applied_twice_counts_once_and_its_output_comes_back() -> None:
+    """The same batch again (its first run crashed before sending): the score counts it
+    once, and the first run's transitions come back with the same ids, to be sent."""
     state = new_state()
     first = apply(state, [sig(0, 0, 20)], None, CFG)
     again = apply(state, [sig(0, 0, 20)], None, CFG)
-    assert again.applied == 0 and again.score == first.score and not again.changed
+    assert again.score == first.score
+    assert again.changes == first.changes and again.new_ids == first.new_ids == ["s0"]
+    assert (again.from_tier, again.to_tier) == ("none", "mid")
+
+
+def test_a_batch_run_again_with_more_signals_sends_both_outputs() -> None:
+    state = new_state()
+    first = apply(state, [sig(0, 0, 5)], None, CFG)  # none -> low
+    again = apply(state, [sig(0, 0, 5), sig(1, 10, 15)], None, CFG)  # + low -> mid
+    assert [c.seq for c in again.changes] == [1, 2]
+    assert again.changes[0] == first.changes[0]
+    assert (again.from_tier, again.to_tier, again.new_ids) == ("none", "mid", ["s0", "s1"])
+    assert again.score == pytest.approx(5 * 2 ** (-10 / H) + 15)
+
+
+def test_old_duplicates_send_nothing_again() -> None:
+    """Once a later call applied something, or a transition happened since, a duplicate
+    is only a duplicate: nothing is counted and nothing is sent."""
+    state = new_state()
+    apply(state, [sig(0, 0, 20)], None, CFG)
+    apply(state, [sig(1, 10, 1)], None, CFG)
+    old = apply(state, [sig(0, 0, 20)], None, CFG)
+    assert not old.changed and old.new_ids == []
+    decayed = new_state()
+    apply(decayed, [sig(0, 0, 20)], None, CFG)
+    apply(decayed, [], 30 * DAY, CFG)  # decays out of mid, then low: a transition
+    late = apply(decayed, [sig(0, 0, 20)], None, CFG)
+    assert not late.changed and late.new_ids == [] and late.score < 1
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ The same maths, step for step, as stream/scoring/reference.py `apply` (tested to
 
 KEYS[1]  <app>:{<shopper>}:score    hash (layout below)
 KEYS[2]  <app>:{<shopper>}:applied  sorted set: signal id -> signal time (dedupe)
+KEYS[3]  <app>:{<shopper>}:last     string: "<seq>\n<result JSON>" of the last call that
+         applied something (sent again when that batch is processed again)
 ARGV[1]  JSON {"now": epoch s | null,
                "cfg": {"low","mid","high","hysteresis" (fraction),"cap" (ids kept)},
                "signals": [{"id","t" (epoch s),"p" (points),"h" (half-life s),"rule",
@@ -194,12 +196,16 @@ end
 local signals = args.signals
 table.sort(signals, function(a, b) return a.t < b.t or (a.t == b.t and a.id < b.id) end)
 local previous = tier
-local new_ids, fresh, suppressed = {}, {}, {}
+local seq_before = seq
+local new_ids, fresh, suppressed, added, duplicates = {}, {}, {}, {}, {}
 for _, sig in ipairs(signals) do
   if not redis.call("ZSCORE", KEYS[2], sig.id) then
     redis.call("ZADD", KEYS[2], sig.t, sig.id)
     new_ids[#new_ids + 1] = sig.id
     fresh[#fresh + 1] = sig
+    added[sig.id] = true
+  elseif not added[sig.id] then
+    duplicates[#duplicates + 1] = sig.id  -- applied by an earlier call
   end
 end
 local i = 1
@@ -292,9 +298,45 @@ local ttl_ms = math.floor(ttl * 1000)
 redis.call("PEXPIRE", KEYS[1], ttl_ms)
 redis.call("PEXPIRE", KEYS[2], ttl_ms)
 
-return cjson.encode({
+-- A batch processed again after a crash (its first run applied these signals, then died
+-- before its output was sent): that run's output comes back ahead of this one's, with
+-- the same ids. Only while no transition has happened since; see reference._merged.
+local function concat(a, b)
+  local out = {}
+  for _, v in ipairs(a) do out[#out + 1] = v end
+  for _, v in ipairs(b) do out[#out + 1] = v end
+  return out
+end
+if #duplicates > 0 then
+  local stored = redis.call("GET", KEYS[3])
+  if stored then
+    local nl = string.find(stored, "\n", 1, true)
+    if tonumber(string.sub(stored, 1, nl - 1)) == seq_before then
+      local last = cjson.decode(string.sub(stored, nl + 1))
+      local ids = {}
+      for _, id in ipairs(last.ids) do ids[id] = true end
+      local covered = true
+      for _, id in ipairs(duplicates) do
+        if not ids[id] then covered = false; break end
+      end
+      if covered then
+        previous = last.from
+        changes = concat(last.changes, changes)
+        suppressed = concat(last.sup, suppressed)
+        unsup = concat(last.unsup, unsup)
+        new_ids = concat(last.ids, new_ids)
+      end
+    end
+  end
+end
+
+local out = cjson.encode({
   from = previous, to = tier, score = fmt(score), at = fmt(T), seq = seq,
   deadline = deadline and fmt(deadline) or "", ttl = fmt(ttl), changes = changes,
   applied = #new_ids, top = top_out, sup = suppressed, unsup = unsup, ids = new_ids,
   reset = reset and fmt(reset) or "", active = sorted_keys(x),
 })
+if #new_ids > 0 then
+  redis.call("SET", KEYS[3], seq .. "\n" .. out, "PX", ttl_ms)
+end
+return out
