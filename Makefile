@@ -33,6 +33,9 @@ bench: $(STAMP) ## End-to-end benchmark on the embedded stack (500k events; writ
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+failover: $(STAMP) ## Two workers, one killed with kill -9 mid-stream: events lost, duplicates, takeover time
+	$(BIN)/python -m bench.failover $(FAILOVER_ARGS)
+
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check stream schemas tests bench
 	$(BIN)/ruff format --check stream schemas tests bench
@@ -45,4 +48,4 @@ check: lint typecheck test ## What CI runs
 clean: ## Remove the virtualenv and run folders
 	rm -rf $(VENV) .intent .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install prometheus demo bench test unit lint typecheck check clean
+.PHONY: help install prometheus demo bench failover test unit lint typecheck check clean
