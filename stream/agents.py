@@ -67,6 +67,8 @@ IDLE_GRACE_SECONDS: Final = 1.0  # a partition this long without input is "idle"
 SWEEP_CHUNK: Final = 100  # due shoppers handled under the lock at once (bounds the pause)
 SWEEP_BATCH: Final = 2000  # due shoppers handled per partition per sweep, chunk by chunk
 RETRY_MAX_SECONDS: Final = 30.0
+PAUSE_BACKLOG_BATCHES: Final = 4  # intent.events batches waiting before ingest pauses
+RESUME_BACKLOG_BATCHES: Final = 1  # ... and at most this many before it resumes
 TIER_GAUGE_EVERY: Final = 5  # sweeps between refreshes of intent_shoppers (SCARD x 4)
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -522,6 +524,32 @@ class StreamLoop(Service):
                 if self.should_stop:
                     return  # not committed: the next owner processes it again
                 await self._handle(consumer, batches)
+            await self._balance(consumer)
+
+    async def _balance(self, consumer: AIOKafkaConsumer) -> None:
+        """Back-pressure: while this worker's intent.events partitions hold more than a
+        few batches of unread records, stop reading the clickstream, so detection keeps
+        up and the internal topic stays short. Without it a backlog of input was all
+        re-keyed before the first tier change came out."""
+        settings = self.settings
+        waiting = 0
+        for tp in self.assignment:
+            if tp.topic != settings.topic_normalised:
+                continue
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            try:
+                waiting += max(0, end - await consumer.position(tp))
+            except Exception:  # not assigned any more (a rebalance): nothing to count
+                continue
+        raw = [tp for tp in self.assignment if tp.topic == settings.topic_clickstream]
+        paused = consumer.paused()
+        if waiting > PAUSE_BACKLOG_BATCHES * settings.batch_size:
+            if not paused:
+                consumer.pause(*raw)
+        elif paused and waiting <= RESUME_BACKLOG_BATCHES * settings.batch_size:
+            consumer.resume(*paused)
 
     async def _handle(self, consumer: AIOKafkaConsumer, batches: dict[Any, list[Any]]) -> None:
         records = [
