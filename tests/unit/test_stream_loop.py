@@ -96,3 +96,44 @@ def test_a_batch_whose_sends_failed_is_read_again_not_committed(
     asyncio.run(loop._handle(consumer, batches))  # type: ignore[arg-type]
     assert consumer.commits == []
     assert consumer.seeks == [(tp, ms[0].offset) for tp, ms in batches.items()]
+
+
+class Balancing:
+    """A consumer with set backlogs: intent.events high-water marks and positions."""
+
+    def __init__(self, waiting: int) -> None:
+        self.waiting = waiting
+        self.paused_: set[TopicPartition] = set()
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 1_000_000
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 1_000_000 - self.waiting // 2  # two intent.events partitions share it
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused_ |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused_ -= set(tps)
+
+
+def test_ingest_pauses_while_detection_is_behind_and_resumes_when_it_caught_up() -> None:
+    loop, _ = _loop(None)
+    settings = loop.settings
+    raw = {TopicPartition(settings.topic_clickstream, p) for p in (0, 1)}
+    events = {TopicPartition(settings.topic_normalised, p) for p in (0, 1)}
+    loop.assignment = raw | events
+    batch = settings.batch_size
+    consumer = Balancing(waiting=4 * batch + 2)
+    asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
+    assert consumer.paused_ == raw
+    consumer.waiting = 2 * batch  # catching up, still more than one batch: stays paused
+    asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
+    assert consumer.paused_ == raw
+    consumer.waiting = batch
+    asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
+    assert consumer.paused_ == set()
