@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
+from bench.run import tier_change_reader
 from stream.embedded import EmbeddedStack, free_port, spawn, stop_process
 from stream.settings import Settings
 from stream.topics import ensure_topics
@@ -88,15 +89,7 @@ def main() -> None:
 
 
 def traffic(settings: Settings, args: Any, victim: Any) -> dict[str, Any]:
-    reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    parts = [
-        TopicPartition(settings.topic_tier_changes, p)
-        for p in sorted(reader.partitions_for_topic(settings.topic_tier_changes) or [])
-    ]
-    reader.assign(parts)
-    reader.seek_to_end()
-    for tp in parts:
-        reader.position(tp)
+    reader = tier_change_reader(settings)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=2, acks=1)
     sent: dict[str, float] = {}
     killed: dict[str, float] = {}

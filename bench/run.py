@@ -8,7 +8,8 @@
 3. At a fixed offered rate (5k events/s), p50/p99 latency from producing an event to
    producing the tier change it causes.
 4. Baselines on the same topic: a bare aiokafka consumer (the transport ceiling), a bare
-   Faust agent that only counts (the framework floor); and replay (offline) events/s.
+   Faust agent that only counts (the framework floor), the same workload in Quix Streams
+   (bench/quix_workload.py, the `bench` extra); and replay (offline) events/s.
 Appends one object to bench/results.json and prints the table.
 """
 
@@ -190,7 +191,8 @@ def bench_worker(
     }
 
 
-def bench_latency(settings: Settings, rows: list[Any], rate: int, seconds: int) -> dict[str, float]:
+def tier_change_reader(settings: Settings) -> KafkaConsumer:
+    """A consumer of intent.tier-changes from its current end: what comes from now on."""
     reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     parts = [
         TopicPartition(settings.topic_tier_changes, p)
@@ -199,7 +201,12 @@ def bench_latency(settings: Settings, rows: list[Any], rate: int, seconds: int) 
     reader.assign(parts)
     reader.seek_to_end()
     for tp in parts:
-        reader.position(tp)
+        reader.position(tp)  # resolve the end now, before anything is produced
+    return reader
+
+
+def bench_latency(settings: Settings, rows: list[Any], rate: int, seconds: int) -> dict[str, float]:
+    reader = tier_change_reader(settings)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=2, acks=1)
     sent_at: dict[str, float] = {}
     stop = threading.Event()

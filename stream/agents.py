@@ -14,13 +14,13 @@ a time through tasks and channels, and that capped the pipeline at ~400 events/s
 (FIELD-NOTES: ~4.3k/s when only counting); README.md, "Performance", has the profiles.
 
 Order within a batch, so a crash loses no input and no output (what is sent twice keeps
-its ids): detect (state
-changes kept in memory) -> score in Redis (idempotent by signal id) -> send and wait for
-the broker's acks -> save detection state -> commit offsets. A batch that fails before
-its commit is processed again and gives the same signals and ids; if its first run got
-as far as the score script, the script hands back that run's result (apply.lua, KEYS[3])
-so its output is sent after all, with the same ids.
-Per-batch errors are caught: bad records go to the dead-letter topic with a reason.
+its ids): detect (state changes kept in memory) -> score in Redis (idempotent by signal
+id) -> send and wait for the broker's acks -> save detection state -> commit offsets.
+A batch that fails before its commit is processed again and gives the same signals and
+ids; if its first run got as far as the score script, the script hands back that run's
+result (apply.lua, KEYS[3]) so its output is sent after all, with the same ids.
+Per-batch errors are caught: bad records go to the dead-letter topic with a reason, and
+a bug of ours dead-letters its stage's records as `processing_error` (never lost).
 Redis outages are retried (the batch waits); they never drop input.
 """
 
@@ -38,7 +38,7 @@ from typing import Any, Final, TypeVar
 import faust
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.web import Request, Response, View
 from mode import Service
@@ -52,7 +52,7 @@ from schemas.rules import RuleSet
 from schemas.signals import Signal
 from stream.clock import Clock, utc_now
 from stream.detectors.engine import Engine, State
-from stream.ingest import IngestLimits, IngestResult, RawRecord, Rejection, ingest_batch
+from stream.ingest import IngestLimits, RawRecord, Rejection, ingest_batch
 from stream.metrics import Metrics
 from stream.patterns import PatternStore, Saved
 from stream.scoring.actions import Output, outputs_for, to_score_signal
@@ -124,7 +124,6 @@ class Pipeline:
         """With `app`, the stream loop, views and timer register on it; without one (the
         Quix Streams benchmark), the caller feeds `handle` and `sweep_partitions` and
         `sender` sends."""
-        self.app = app
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
@@ -170,21 +169,34 @@ class Pipeline:
         raw = [r for r in records if r.topic == self.settings.topic_clickstream]
         events = [r for r in records if r.topic == self.settings.topic_normalised]
         if raw:
-            self.ingest(raw, outbox)
+            await self._guarded(self.ingest, raw, outbox)
         if events:
-            await self.process(events, outbox)
+            await self._guarded(self.process, events, outbox)
         await self.flush(outbox)
 
-    def ingest(self, records: list[RawRecord], outbox: Outbox) -> None:
-        self.metrics.batch_size.labels("ingest").observe(len(records))
+    async def _guarded(
+        self,
+        stage: Callable[[list[RawRecord], Outbox], Awaitable[None]],
+        records: list[RawRecord],
+        outbox: Outbox,
+    ) -> None:
+        """Run a stage on its records; if it raises (a bug of ours: bad input never
+        does), what it queued is dropped and every record is dead-lettered as
+        `processing_error`, so the loop goes on and nothing is lost."""
+        part = Outbox()
         try:
-            result = ingest_batch(records, self.clock(), self.limits)
-        except Exception as exc:  # ingest_batch never raises; this guards a regression
-            log.exception("ingest batch failed; dead-lettering all %d records", len(records))
+            await stage(records, part)
+        except Exception as exc:
+            log.exception("%s failed; dead-lettering all %d records", stage.__name__, len(records))
+            part = Outbox()
             detail = f"{type(exc).__name__}: {exc}"
-            result = IngestResult(
-                rejected=[Rejection(r, errors.PROCESSING_ERROR, detail) for r in records]
-            )
+            self.reject([Rejection(r, errors.PROCESSING_ERROR, detail) for r in records], part)
+        outbox.records += part.records
+        outbox.saved.update(part.saved)
+
+    async def ingest(self, records: list[RawRecord], outbox: Outbox) -> None:
+        self.metrics.batch_size.labels("ingest").observe(len(records))
+        result = ingest_batch(records, self.clock(), self.limits)
         now = self.clock().timestamp()
         lag = self.metrics.event_lag.labels("ingest")
         consumed = self.metrics.events_consumed
@@ -471,6 +483,8 @@ class StreamLoop(Service):
         self.producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
         self._partitioner = DefaultPartitioner()
+        # How long to wait for records: at the broker (fetch) and in getmany alike.
+        self._window_ms = max(1, int(self.settings.batch_window_seconds * 1000))
 
     async def on_start(self) -> None:
         settings = self.settings
@@ -490,7 +504,7 @@ class StreamLoop(Service):
             auto_offset_reset="earliest",
             session_timeout_ms=int(settings.session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(settings.heartbeat_interval_seconds * 1000),
-            fetch_max_wait_ms=max(1, int(settings.batch_window_seconds * 1000)),
+            fetch_max_wait_ms=self._window_ms,
             max_partition_fetch_bytes=4 << 20,
         )
         await self.producer.start()
@@ -513,10 +527,9 @@ class StreamLoop(Service):
     async def _run(self) -> None:
         assert self.consumer is not None
         consumer = self.consumer
-        window_ms = max(1, int(self.settings.batch_window_seconds * 1000))
         while not self.should_stop:
             batches = await consumer.getmany(
-                timeout_ms=window_ms, max_records=self.settings.batch_size
+                timeout_ms=self._window_ms, max_records=self.settings.batch_size
             )
             if not batches:
                 continue
@@ -541,7 +554,7 @@ class StreamLoop(Service):
                 continue
             try:
                 waiting += max(0, end - await consumer.position(tp))
-            except Exception:  # not assigned any more (a rebalance): nothing to count
+            except IllegalStateError:  # not assigned any more (a rebalance)
                 continue
         raw = [tp for tp in self.assignment if tp.topic == settings.topic_clickstream]
         paused = consumer.paused()

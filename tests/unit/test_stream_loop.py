@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -137,3 +138,61 @@ def test_ingest_pauses_while_detection_is_behind_and_resumes_when_it_caught_up()
     consumer.waiting = batch
     asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
     assert consumer.paused_ == set()
+
+
+def _pipeline(sent: list[Any]) -> Any:
+    import redis.asyncio as aioredis
+
+    from stream.agents import Pipeline
+    from stream.rulesfile import load_rules
+
+    async def send(records: list[Any]) -> None:
+        sent.extend(records)
+
+    client = aioredis.Redis(host="127.0.0.1", port=1)  # never reached: Redis steps stubbed
+    return Pipeline(
+        None, Settings(), Metrics(CollectorRegistry()), load_rules(), client, sender=send
+    )
+
+
+def _event_record(offset: int) -> RawRecord:
+    body = {
+        "event_id": f"e{offset}",
+        "shopper_id": f"s-{offset}",
+        "type": "product_view",
+        "ts": "2026-11-23T10:00:00Z",
+    }
+    return RawRecord(json.dumps(body).encode(), b"s", Settings().topic_normalised, 0, offset)
+
+
+def test_a_bug_in_a_stage_dead_letters_its_records_and_the_loop_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[Any] = []
+    pipeline = _pipeline(sent)
+
+    async def no_states(shoppers: list[str]) -> dict[str, Any]:
+        return {}
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("detector bug")
+
+    monkeypatch.setattr(pipeline.store, "load", no_states)
+    monkeypatch.setattr(pipeline.engine, "process", broken)
+    monkeypatch.setattr(agents, "ingest_batch", broken)
+    raw = RawRecord(b'{"x": 1}', b"k", Settings().topic_clickstream, 2, 7)
+    records = [raw, _event_record(1), _event_record(2)]
+    asyncio.run(pipeline.handle(records))
+    settings = pipeline.settings
+    assert [topic for topic, *_ in sent] == [settings.topic_dead_letter] * 3
+    letters = [json.loads(value) for _, _, value, _ in sent]
+    assert [(d["reason"], d["source"]["offset"]) for d in letters] == [
+        ("processing_error", 7),
+        ("processing_error", 1),
+        ("processing_error", 2),
+    ]
+    assert all(d["detail"] == "RuntimeError: detector bug" for d in letters)
+    rejected = pipeline.metrics.registry.get_sample_value(
+        "intent_events_rejected_total", {"reason": "processing_error"}
+    )
+    assert rejected == 3
