@@ -314,7 +314,7 @@ class Pipeline:
                         outbox = Outbox()
                         swept = await self._sweep(partition, outbox)
                         decayed = await self._decay(partition, outbox)
-                        await self.flush(outbox)
+                        await self._flush_until_sent(outbox)
                     if swept < SWEEP_CHUNK and decayed < SWEEP_CHUNK:
                         break
             self._sweeps += 1
@@ -458,6 +458,27 @@ class Pipeline:
         if outbox.saved:
             await self._retry("save", self.store.save, outbox.saved)
 
+    async def _flush_until_sent(self, outbox: Outbox) -> None:
+        """The sweep's flush. Its changes are already applied in Redis and its deadlines
+        moved on, so no later sweep would find them again: if the broker refuses the
+        records, send them again (same ids) until it takes them, however long that is.
+        Only a stopping worker gives up, and says what it could not send."""
+        delay = 0.1
+        while True:
+            try:
+                await self.flush(outbox)
+                return
+            except KafkaError as exc:
+                self.metrics.send_errors.labels("sweep").inc()
+                if self.loop.should_stop:
+                    log.error(
+                        "stopping with %d swept records unsent (%s)", len(outbox.records), exc
+                    )
+                    raise
+                log.warning("sending the sweep's output failed (%s); again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+
     async def _retry(self, what: str, step: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run a Redis step until it succeeds: an outage delays input, never drops it.
         A step that takes longer than REDIS_STEP_SECONDS is cancelled (redis-py drops
@@ -597,6 +618,7 @@ class StreamLoop(Service):
             await self.pipeline.handle(records)
         except KafkaError:
             # Not every record reached the broker: go back and process the batch again.
+            self.pipeline.metrics.send_errors.labels("batch").inc()
             log.exception("sending a batch failed; it will be processed again")
             for tp, messages in batches.items():
                 consumer.seek(tp, messages[0].offset)

@@ -115,6 +115,12 @@ class Metrics:
             ["stage"],
             registry=registry,
         )
+        self.send_errors = Counter(
+            "intent_send_errors_total",
+            "Sends the broker refused: a batch is read again, a sweep's output sent again.",
+            ["path"],
+            registry=registry,
+        )
         self.up = Gauge(
             "intent_worker_ready",
             "1 while the worker has joined its group and Redis answers.",

@@ -196,3 +196,41 @@ def test_a_bug_in_a_stage_dead_letters_its_records_and_the_loop_goes_on(
         "intent_events_rejected_total", {"reason": "processing_error"}
     )
     assert rejected == 3
+
+
+def test_a_sweep_whose_sends_fail_sends_the_same_records_again_until_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sweep's changes are already applied in Redis and its deadlines moved on: a
+    refused send must be repeated, or those decays and absences would never go out."""
+    attempts: list[list[Any]] = []
+
+    async def flaky(records: list[Any]) -> None:
+        attempts.append(list(records))
+        if len(attempts) < 3:
+            raise KafkaError("broker away")
+
+    pipeline = _pipeline([])
+    pipeline.send = flaky
+    record = ("intent.tier-changes", b"s-1", b'{"change_id": "c1"}', None)
+
+    async def swept(partition: int, outbox: Any) -> int:
+        outbox.records.append(record)
+        return 1
+
+    async def nothing(partition: int, outbox: Any) -> int:
+        return 0
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(pipeline, "_sweep", swept)
+    monkeypatch.setattr(pipeline, "_decay", nothing)
+    monkeypatch.setattr(agents.asyncio, "sleep", no_sleep)
+    asyncio.run(pipeline.sweep_partitions({0}))
+    assert attempts == [[record]] * 3
+    errors = pipeline.metrics.registry.get_sample_value(
+        "intent_send_errors_total", {"path": "sweep"}
+    )
+    assert errors == 2
+    assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
