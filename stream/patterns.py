@@ -23,6 +23,8 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
+from stream.redisbatch import Command, execute
+
 State = dict[str, Any]
 
 
@@ -56,10 +58,7 @@ class PatternStore:
         """States of the shoppers that have one (one round trip)."""
         if not shoppers:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shopper in shoppers:
-                pipe.get(self.state_key(shopper))
-            raw = await pipe.execute()
+        raw = await execute(self.redis, [("GET", self.state_key(s)) for s in shoppers])
         self._trip("patterns_load")
         return {s: orjson.loads(r) for s, r in zip(shoppers, raw, strict=True) if r is not None}
 
@@ -74,19 +73,23 @@ class PatternStore:
                 undue[item.partition].append(shopper)
             else:
                 due[item.partition][shopper] = item.deadline
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shopper, item in saved.items():
-                pipe.set(
-                    self.state_key(shopper),
-                    orjson.dumps(item.state),
-                    px=max(1000, int(item.ttl_seconds * 1000)),
-                )
-            # one command per partition's deadline index, not per shopper
-            for partition, shoppers in undue.items():
-                pipe.zrem(self.deadline_key(partition), *shoppers)
-            for partition, mapping in due.items():
-                pipe.zadd(self.deadline_key(partition), mapping)
-            await pipe.execute()
+        commands: list[Command] = [
+            (
+                "SET",
+                self.state_key(shopper),
+                orjson.dumps(item.state),
+                "PX",
+                max(1000, int(item.ttl_seconds * 1000)),
+            )
+            for shopper, item in saved.items()
+        ]
+        # one command per partition's deadline index, not per shopper
+        for partition, shoppers in undue.items():
+            commands.append(("ZREM", self.deadline_key(partition), *shoppers))
+        for partition, mapping in due.items():
+            pairs = [x for shopper, at in mapping.items() for x in (at, shopper)]
+            commands.append(("ZADD", self.deadline_key(partition), *pairs))
+        await execute(self.redis, commands)
         self._trip("patterns_save")
 
     async def due(self, partition: int, until: float, limit: int) -> list[str]:

@@ -18,6 +18,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
+from stream.redisbatch import Script
 from stream.scoring import reference
 from stream.scoring.reference import Change, Result, ScoreConfig, ScoreSignal
 
@@ -116,7 +117,7 @@ class ScoreStore:
         self.redis = client
         self.prefix = app_id
         self.cfg = cfg
-        self.script = client.register_script(lua_source())
+        self.script = Script(lua_source())
         self.roundtrips = roundtrips
 
     def _trip(self, op: str) -> None:
@@ -138,13 +139,14 @@ class ScoreStore:
         if self.cfg is None:
             raise ValueError("this ScoreStore was made without a ScoreConfig: it only reads")
         shoppers = list(batch)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shopper in shoppers:
-                signals, now = batch[shopper]
-                await self.script(
-                    keys=self.keys(shopper), args=[script_args(signals, now, self.cfg)], client=pipe
-                )
-            raw = await pipe.execute()
+        cfg, command = self.cfg, self.script.command
+        raw = await self.script.run_all(
+            self.redis,
+            [
+                command(self.keys(shopper), [script_args(*batch[shopper], cfg)])
+                for shopper in shoppers
+            ],
+        )
         self._trip("score")
         return {s: parse_result(r) for s, r in zip(shoppers, raw, strict=True)}
 
