@@ -650,11 +650,20 @@ class StreamLoop(Service):
         producer = self.producer
         open_batches: dict[tuple[str, int], Any] = {}
         futures = []
+        # A shopper's records (event, signals, changes, actions) share a key: hash it once
+        # per partition count (aiokafka's murmur2 is pure Python; partition ids are 0..n-1).
+        placed: dict[tuple[bytes | None, int], int] = {}
         for topic, key, value, headers in records:
             partitions = self._partitions.get(topic)
             if partitions is None:
                 partitions = self._partitions[topic] = sorted(await producer.partitions_for(topic))
-            partition = self._partitioner(key, partitions, partitions)
+            if key is None:
+                partition = self._partitioner(key, partitions, partitions)  # random
+            else:
+                partition = placed.get((key, len(partitions)), -1)
+                if partition < 0:
+                    partition = self._partitioner(key, partitions, partitions)
+                    placed[key, len(partitions)] = partition
             batch = open_batches.get((topic, partition))
             if batch is None:
                 batch = open_batches[(topic, partition)] = producer.create_batch()
