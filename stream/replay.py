@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -114,6 +115,10 @@ def gc_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        # What the run built is alive and acyclic: set it aside before collecting again,
+        # or the first collection walks all of it (1.2 s of a 13 s Taobao run).
+        # Reference counting still frees it once the caller lets go.
+        gc.freeze()
         if was:
             gc.enable()
 
@@ -164,8 +169,9 @@ def _replay(
     return result
 
 
-def _at(output: Output) -> str:
-    return str(getattr(output.value, "at", ""))
+def _at(output: Output) -> datetime:
+    at: datetime = output.value.at  # type: ignore[attr-defined]  # every output has one
+    return at
 
 
 async def _score(
