@@ -281,18 +281,25 @@ class Pipeline:
             self.send_outputs(outputs, outbox)
 
     # --- sweep: deadlines whose time has come, with no further input needed -------------
-    def until(self, partition: int) -> float:
-        """How far event time has certainly advanced on a partition.
+    def until(self, partition: int) -> float | None:
+        """How far event time has certainly advanced on a partition; None: not known yet.
 
         While input flows, the partition's newest event time minus the allowed lateness
         (so a replay of old data fires in event time, not all at once). Once the
         partition is idle, the wall clock: a shopper who sends nothing more still fires.
+        Idle means no input for a moment *and* this worker has read every partition it
+        owns to the end. Right after a start or a takeover nothing has been read yet,
+        and what waits in the topics may cancel a deadline (the purchase that ends a
+        checkout): by the wall clock, every deadline that fell while the worker was
+        down would fire at once, for shoppers who did buy.
         """
-        now = self.clock().timestamp()
         watermark = self.watermark.get(partition)
-        idle = time.monotonic() - self.last_input.get(partition, 0.0) >= IDLE_GRACE_SECONDS
-        if watermark is None or idle:
+        quiet = time.monotonic() - self.last_input.get(partition, 0.0) >= IDLE_GRACE_SECONDS
+        if quiet and self.loop.caught_up:
+            now = self.clock().timestamp()
             return max(now, (watermark or now) - self.engine.lateness)
+        if watermark is None:
+            return None
         return watermark - self.engine.lateness
 
     async def sweep(self) -> None:
@@ -328,6 +335,8 @@ class Pipeline:
     async def _sweep(self, partition: int, outbox: Outbox) -> int:
         """Absence deadlines and visit ends that are due: signals, scored at once."""
         until = self.until(partition)
+        if until is None:
+            return 0
         shoppers = await self._retry("sweep", self.store.due, partition, until, SWEEP_CHUNK)
         if not shoppers:
             return 0
@@ -342,9 +351,10 @@ class Pipeline:
 
     async def _decay(self, partition: int, outbox: Outbox) -> int:
         """Decay demotions and suppression ends that are due, at their computed times."""
-        due = await self._retry(
-            "decay", self.scores.due, partition, self.until(partition), SWEEP_CHUNK
-        )
+        until = self.until(partition)
+        if until is None:
+            return 0
+        due = await self._retry("decay", self.scores.due, partition, until, SWEEP_CHUNK)
         if not due:
             return 0
         results = await self._retry(
@@ -507,8 +517,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Let the batch in flight finish and commit before the partitions move on.
         async with self.loop.pipeline.lock:
             self.loop.assignment = set()
+            self.loop.caught_up = False
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.loop.caught_up = False  # what the new partitions hold is not read yet
         self.loop.assignment = set(assigned)
         log.info("assigned %d partitions", len(assigned))
 
@@ -522,6 +534,8 @@ class StreamLoop(Service):
         self.pipeline = pipeline
         self.settings = pipeline.settings
         self.assignment: set[TopicPartition] = set()
+        self.caught_up = False  # every owned partition read to its end (see Pipeline.until)
+        self.written: dict[TopicPartition, int] = {}  # intent.events: past our last write
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
@@ -576,12 +590,32 @@ class StreamLoop(Service):
                 timeout_ms=self._window_ms, max_records=self.settings.batch_size
             )
             if not batches:
+                await self._track(consumer)
                 continue
             async with self.pipeline.lock:
                 if self.should_stop:
                     return  # not committed: the next owner processes it again
                 await self._handle(consumer, batches)
             await self._balance(consumer)
+            await self._track(consumer)
+
+    async def _track(self, consumer: AIOKafkaConsumer) -> None:
+        """Whether every partition this worker owns has been read to its end (as of the
+        broker's last answer, and past what this worker wrote to intent.events itself):
+        until then the sweep keeps to event time (`until`)."""
+        assignment = self.assignment
+        caught_up = bool(assignment)
+        for tp in assignment:
+            end = consumer.highwater(tp)  # from the last fetch; None before the first
+            try:
+                # Ingest's own records to intent.events count before a fetch has seen them.
+                if end is None or await consumer.position(tp) < max(end, self.written.get(tp, 0)):
+                    caught_up = False
+                    break
+            except IllegalStateError:  # not assigned any more (a rebalance)
+                caught_up = False
+                break
+        self.caught_up = caught_up
 
     async def _balance(self, consumer: AIOKafkaConsumer) -> None:
         """Back-pressure: while this worker's intent.events partitions hold more than a
@@ -650,6 +684,7 @@ class StreamLoop(Service):
         producer = self.producer
         open_batches: dict[tuple[str, int], Any] = {}
         futures = []
+        counts: list[int] = []
         # A shopper's records (event, signals, changes, actions) share a key: hash it once
         # per partition count (aiokafka's murmur2 is pure Python; partition ids are 0..n-1).
         placed: dict[tuple[bytes | None, int], int] = {}
@@ -669,6 +704,7 @@ class StreamLoop(Service):
                 batch = open_batches[(topic, partition)] = producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
                 # full: send it, and start the next one with this record
+                counts.append(batch.record_count())
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = open_batches[(topic, partition)] = producer.create_batch()
                 if (
@@ -677,5 +713,10 @@ class StreamLoop(Service):
                 ):
                     raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
         for (topic, partition), batch in open_batches.items():
+            counts.append(batch.record_count())
             futures.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+        internal = self.settings.topic_normalised
+        for meta, count in zip(await asyncio.gather(*futures), counts, strict=True):
+            if meta.topic == internal:  # see _track: what we wrote there is still to read
+                tp = TopicPartition(meta.topic, meta.partition)
+                self.written[tp] = max(self.written.get(tp, 0), meta.offset + count)

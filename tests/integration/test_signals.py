@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -154,3 +155,55 @@ def test_absence_fires_on_time_with_no_further_input(
     lag = (arrived - deadline).total_seconds()
     print(f"absence fired {lag:.2f} s after its deadline")
     assert 0 <= lag <= 5.0
+
+
+BACKLOG = 20_000
+
+
+def test_a_restarted_worker_reads_what_waited_before_it_fires_by_the_wall_clock(
+    quick_absence: None, env: dict[str, str], settings: Settings, start_worker: Any
+) -> None:
+    """A checkout is pending when the worker dies; the purchase that cancels it comes
+    while no worker runs, and the deadline passes. The next worker must read that
+    purchase before its sweep (here every 50 ms) turns to the wall clock: it owes
+    nobody a cart-recovery nudge. (Before the fix, a partition nothing had been read
+    from yet counted as idle, and the first sweeps fired by the wall clock.)"""
+    env["INTENT_SWEEP_INTERVAL_SECONDS"] = "0.05"
+    ensure_topics(settings)
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    deadlines = [f"{settings.app_id}:deadlines:{{{p}}}" for p in range(settings.partitions)]
+
+    def pending() -> bool:
+        return any(client.zscore(key, "buyer") is not None for key in deadlines)
+
+    def seen() -> int:  # the buyer's events the detector has taken in
+        raw = client.get(f"{settings.app_id}:{{buyer}}:patterns")
+        return len(json.loads(raw)["seen"]) if raw else 0
+
+    first = start_worker()
+    reader = Reader(settings.kafka_bootstrap, settings.topic_normalised, settings.topic_signals)
+    try:
+        _send(settings, [ev("warm", 0, "page_view", page="home", start=datetime.now(UTC))])
+        wait_for(lambda: reader.poll() >= 1, 60, "the worker to start consuming")
+        started = datetime.now(UTC)
+        _send(settings, [ev("buyer", 0, "checkout_started", start=started)])
+        wait_for(pending, 30, "the checkout's deadline to be indexed", step=0.02)
+        first.kill()  # kill -9: before its deadline (3 s), so it fired nothing
+        first.wait()
+        assert datetime.now(UTC) < started + timedelta(seconds=3)
+        # The purchase (1 s after the checkout), then a backlog of other shoppers' views
+        # in the same second: reading it all takes the next worker a few seconds.
+        backlog = [
+            ev(f"browser-{i % 2000}", 1.5 / 60, "page_view", page="home", start=started)
+            for i in range(BACKLOG)
+        ]
+        _send(settings, [ev("buyer", 1 / 60, "purchase", start=started), *backlog])
+        time.sleep(max(0.0, (started + timedelta(seconds=5) - datetime.now(UTC)).total_seconds()))
+
+        start_worker()
+        wait_for(lambda: seen() == 2, 90, "the second worker to take in the purchase")
+        out = reader.settle(3)
+    finally:
+        reader.close()
+    fired = [json.loads(r.value) for r in out[settings.topic_signals]]
+    assert [s for s in fired if s["shopper_id"] == "buyer"] == []

@@ -234,3 +234,76 @@ def test_a_sweep_whose_sends_fail_sends_the_same_records_again_until_taken(
     )
     assert errors == 2
     assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
+
+
+def test_the_sweep_waits_for_event_time_until_everything_owned_was_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a start or takeover the topics may hold the purchase that cancels a due
+    checkout: the wall clock only rules once the worker has read all it owns."""
+    from datetime import UTC, datetime
+
+    pipeline = _pipeline([])
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    pipeline.clock = lambda: now
+    lateness = pipeline.engine.lateness
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(agents.time, "monotonic", lambda: clock["t"])
+
+    assert pipeline.until(0) is None  # nothing read, not caught up: nothing is due
+    pipeline.loop.caught_up = True
+    assert pipeline.until(0) == now.timestamp()  # an empty, quiet partition: wall clock
+
+    pipeline.loop.caught_up = False
+    pipeline._saw(0, now.timestamp() - 7200)  # input from two hours ago
+    assert pipeline.until(0) == now.timestamp() - 7200 - lateness
+    clock["t"] += 60  # a minute with no input on it, but the worker is behind
+    assert pipeline.until(0) == now.timestamp() - 7200 - lateness
+    pipeline.loop.caught_up = True  # ... and now it has read everything
+    assert pipeline.until(0) == now.timestamp()
+
+    async def due(*args: Any) -> Any:
+        raise AssertionError("asked Redis for due shoppers with no event time known")
+
+    monkeypatch.setattr(pipeline.store, "due", due)
+    monkeypatch.setattr(pipeline.scores, "due", due)
+    pipeline.loop.caught_up = False
+    outbox = agents.Outbox()
+    assert asyncio.run(pipeline._sweep(5, outbox)) == 0
+    assert asyncio.run(pipeline._decay(5, outbox)) == 0
+
+
+class Positions:
+    def __init__(self, ends: dict[TopicPartition, int | None], at: dict[TopicPartition, int]):
+        self.ends, self.at = ends, at
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.ends[tp]
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.at[tp]
+
+
+@pytest.mark.parametrize(
+    ("ends", "at", "written", "caught_up"),
+    [
+        ({0: 5, 1: 0}, {0: 5, 1: 0}, {}, True),  # everything read (an empty partition too)
+        ({0: 5, 1: 3}, {0: 5, 1: 2}, {}, False),  # one record left on partition 1
+        ({0: 5, 1: None}, {0: 5, 1: 0}, {}, False),  # partition 1 never fetched yet
+        ({}, {}, {}, False),  # owns nothing
+        # ingest just wrote two records to partition 0 that no fetch has seen yet
+        ({0: 5, 1: 0}, {0: 5, 1: 0}, {0: 7}, False),
+        ({0: 7, 1: 0}, {0: 7, 1: 0}, {0: 7}, True),
+    ],
+)
+def test_caught_up_means_every_owned_partition_read_to_its_end(
+    ends: dict[int, int | None], at: dict[int, int], written: dict[int, int], caught_up: bool
+) -> None:
+    loop, _ = _loop(None)
+    tps = {p: TopicPartition("intent.events", p) for p in ends}
+    loop.assignment = set(tps.values())
+    loop.written = {tps[p]: offset for p, offset in written.items()}
+    loop.caught_up = not caught_up
+    consumer = Positions({tps[p]: e for p, e in ends.items()}, {tps[p]: a for p, a in at.items()})
+    asyncio.run(loop._track(consumer))  # type: ignore[arg-type]
+    assert loop.caught_up is caught_up
