@@ -18,7 +18,9 @@ its ids): detect (state changes kept in memory) -> score in Redis (idempotent by
 id) -> send and wait for the broker's acks -> save detection state -> commit offsets.
 A batch that fails before its commit is processed again and gives the same signals and
 ids; if its first run got as far as the score script, the script hands back that run's
-result (apply.lua, KEYS[3]) so its output is sent after all, with the same ids.
+result (apply.lua, KEYS[3]) so its output is sent after all, with the same ids. After a
+takeover the timer keeps to event time until the new owner has read its backlog (see
+`Pipeline.until`), so that batch is read again before any wall-clock deadline fires.
 Per-batch errors are caught: bad records go to the dead-letter topic with a reason, and
 a bug of ours dead-letters its stage's records as `processing_error` (never lost).
 Redis outages are retried (the batch waits); they never drop input.
