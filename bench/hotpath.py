@@ -6,8 +6,8 @@ Runs the worker's own `Pipeline` (ingest, detection, scoring on a real Redis ser
 outputs) on Taobao events in batches of `INTENT_BATCH_SIZE`, with a sender that keeps
 what would go to Kafka in memory: what ingest writes to intent.events is fed back as
 the next stage's input, partitioned by key as the producer would. So the figure is
-the Python cost of the pipeline alone, the part a faster transport cannot remove, and
-it repeats closely from run to run (no broker sharing the two cores).
+the Python cost of the pipeline alone, the part a faster transport cannot remove; with
+no broker sharing the two cores, runs vary by about ±10 %.
 """
 
 from __future__ import annotations
