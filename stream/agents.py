@@ -15,7 +15,10 @@ a time through tasks and channels, and that capped the pipeline at ~400 events/s
 
 Order within a batch, so a crash loses no input and no output (what is sent twice keeps
 its ids): detect (state changes kept in memory) -> score in Redis (idempotent by signal
-id) -> send and wait for the broker's acks -> save detection state -> commit offsets.
+id) -> send and wait for the broker's acks -> write the score indexes and save detection
+state -> commit offsets. The timer's decays: score -> send -> index, so a decay whose
+output was not sent stays due, and the script hands its transitions back when it is
+made again.
 A batch that fails before its commit is processed again and gives the same signals and
 ids; if its first run got as far as the score script, the script hands back that run's
 result (apply.lua, KEYS[3]) so its output is sent after all, with the same ids. After a
@@ -100,6 +103,9 @@ def _count(metric: Any, counts: Counter[Any]) -> None:
         metric.labels(*labels).inc(n)
 
 
+Deadlines = dict[str, tuple[int, float | None]]  # shopper -> partition, next decay time
+Moves = list[tuple[str, str, str]]  # (op, audience, shopper) or (shopper, from, to)
+IndexWrite = tuple[Deadlines, Moves, Moves]  # ScoreStore.index's arguments
 Headers = list[tuple[str, bytes]]
 OutRecord = tuple[str, bytes | None, bytes, Headers | None]  # topic, key, value, headers
 Sender = Callable[[list[OutRecord]], Awaitable[None]]
@@ -111,6 +117,9 @@ class Outbox:
 
     records: list[OutRecord] = field(default_factory=list)
     saved: dict[str, Saved] = field(default_factory=dict)  # detection state, written after
+    # score indexes (decay deadlines, audiences, tier moves), written after the send: a
+    # decay whose output was not sent stays due, and its call comes back (apply.lua)
+    index: list[IndexWrite] = field(default_factory=list)
 
     def add(
         self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None
@@ -204,6 +213,7 @@ class Pipeline:
             self.reject([Rejection(r, errors.PROCESSING_ERROR, detail) for r in records], part)
         outbox.records += part.records
         outbox.saved.update(part.saved)
+        outbox.index += part.index
 
     async def ingest(self, records: list[RawRecord], outbox: Outbox) -> None:
         self.metrics.batch_size.labels("ingest").observe(len(records))
@@ -278,7 +288,7 @@ class Pipeline:
                 s: ([to_score_signal(x) for x in sigs], None) for s, sigs in by_shopper.items()
             }
             results = await self._retry("score", self.scores.apply_many, batch)
-            outputs = await self._retry("index", self._index, results, by_shopper, partitions)
+            outputs = self._outputs(results, by_shopper, partitions, outbox)
             self.emit(signals, outbox)
             self.send_outputs(outputs, outbox)
 
@@ -362,18 +372,18 @@ class Pipeline:
         results = await self._retry(
             "decay", self.scores.apply_many, {s: ([], t) for s, t in due.items()}
         )
-        outputs = await self._retry(
-            "index", self._index, results, {}, dict.fromkeys(due, partition)
-        )
+        outputs = self._outputs(results, {}, dict.fromkeys(due, partition), outbox)
         self.send_outputs(outputs, outbox)
         return len(due)
 
-    async def _index(
+    def _outputs(
         self,
         results: dict[str, Any],
         by_shopper: dict[str, list[Signal]],
         partitions: dict[str, int],
+        outbox: Outbox,
     ) -> list[Output]:
+        """The outputs of score results; their index writes go to the outbox."""
         outputs: list[Output] = []
         moves: list[tuple[str, str, str]] = []
         for shopper, result in results.items():
@@ -388,7 +398,7 @@ class Pipeline:
             if o.topic == "topic_retargeting"
         ]
         deadlines = {s: (partitions[s], r.deadline) for s, r in results.items()}
-        await self.scores.index(deadlines, audiences, moves)
+        outbox.index.append((deadlines, audiences, moves))
         return outputs
 
     def _count_purchases(self, result: Any, signals: list[Signal]) -> None:
@@ -465,8 +475,11 @@ class Pipeline:
             )
 
     async def flush(self, outbox: Outbox) -> None:
-        """Send the batch's records, wait for every ack, then save detection state."""
+        """Send the batch's records, wait for every ack, then write the score indexes
+        and save detection state."""
         await self.send(outbox.records)
+        for write in outbox.index:
+            await self._retry("index", self.scores.index, *write)
         if outbox.saved:
             await self._retry("save", self.store.save, outbox.saved)
 

@@ -117,7 +117,9 @@ def new_state() -> dict[str, Any]:
         "cats": {},
         "x": {},
         "applied": {},
-        "last": None,  # (seq after it, Result) of the last call that applied something
+        # (seq after it, Result, now) of the last call that applied signals, or of the
+        # last decay call that changed something: handed back when that call comes again
+        "last": None,
     }
 
 
@@ -299,15 +301,16 @@ def apply(
         sorted(state["x"]),
     )
     last = state["last"]
-    if (
-        duplicates
-        and last is not None
-        and last[0] == seq_before
-        and set(duplicates) <= set(last[1].new_ids)
-    ):
-        result = _merged(last[1], result)
-    if result.new_ids:
-        state["last"] = (state["seq"], result)
+    decay = not signals and now is not None
+    if last is not None and last[0] == seq_before:
+        if duplicates and set(duplicates) <= set(last[1].new_ids):
+            result = _merged(last[1], result)
+        elif decay and not changes and not unsuppressed and last[2] == now:
+            # The same decay call again: the sweep's index entry was not moved on (a
+            # crash before its output was sent), so it comes back, with the same ids.
+            result = _merged(last[1], result)
+    if result.new_ids or (decay and (result.changes or result.unsuppressed)):
+        state["last"] = (state["seq"], result, now)
     return result
 
 

@@ -4,7 +4,8 @@ score keys. An in-memory twin on the pure reference serves replay and tests.
 Key layout (one hash tag per shopper, so it all works on Redis Cluster):
     <app>:{<shopper>}:score     hash: tier, seq, T, reset, components (see apply.lua)
     <app>:{<shopper>}:applied   sorted set: applied signal ids (dedupe; newest 1000 kept)
-    <app>:{<shopper>}:last      string: the last result that applied something (apply.lua)
+    <app>:{<shopper>}:last      string: the last result that applied signals or demoted
+                                (apply.lua: handed back when that call comes again)
 All three expire when the score has decayed below 0.01 points (and no suppression runs).
 """
 

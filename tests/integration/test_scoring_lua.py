@@ -44,6 +44,7 @@ step = st.tuples(
     st.lists(signal, max_size=6),
     st.one_of(st.none(), st.floats(min_value=0, max_value=12 * 86400, allow_nan=False)),
     st.booleans(),  # process the previous step's batch again first (a crash before sending)
+    st.booleans(),  # first, the previous call again exactly (a sweep that died unsent)
 )
 
 
@@ -96,12 +97,16 @@ def test_lua_agrees_with_the_reference(client: Any, steps: list[Any]) -> None:
     script = client.register_script(lua_source())
     state = reference.new_state()
     previous: list[Any] = []
-    for signals, now, again in steps:
+    previous_now: float | None = None
+    for signals, now, again, repeat in steps:
+        if repeat:  # the previous call exactly: a decay call's output comes back
+            lua = parse_result(script(keys=keys, args=[script_args(previous, previous_now, CFG)]))
+            _same(lua, reference.apply(state, previous, previous_now, CFG))
         # Re-send some signals of the step: they must change nothing (dedupe by id).
         batch = signals + signals[: len(signals) // 2]
         if again:  # the previous batch, run again (its output comes back), plus this one
             batch = previous + batch
-        previous = batch
+        previous, previous_now = batch, now
         lua = parse_result(script(keys=keys, args=[script_args(batch, now, CFG)]))
         ref = reference.apply(state, batch, now, CFG)
         _same(lua, ref)
@@ -115,3 +120,40 @@ def test_lua_agrees_with_the_reference(client: Any, steps: list[Any]) -> None:
         assert _close(components[h][0], v) and _close(components[h][1], r)
     assert client.zcard(keys[1]) == len(state["applied"]) <= CFG.applied_cap
     assert client.pttl(keys[0]) > 0
+
+
+def test_a_decay_call_run_again_hands_back_its_transitions_in_redis(client: Any) -> None:
+    shopper = f"decay-{next(_ids)}"
+    keys = [f"prop:{{{shopper}}}:{kind}" for kind in ("score", "applied", "last")]
+    script = client.register_script(lua_source())
+
+    def call(signals: list[ScoreSignal], now: float | None) -> Result:
+        return parse_result(script(keys=keys, args=[script_args(signals, now, CFG)]))
+
+    first_signal = ScoreSignal(id="s0", t=0.0, points=20.0, half_life=86400.0, rule="r")
+    assert call([first_signal], None).to_tier == "mid"
+    state = reference.new_state()
+    reference.apply(state, [first_signal], None, CFG)
+    due = reference.next_deadline(state, CFG)
+    assert due is not None
+    first = call([], due)
+    assert [(c.from_tier, c.to_tier, c.seq) for c in first.changes] == [("mid", "low", 2)]
+    again = call([], due)
+    assert [(c.from_tier, c.to_tier, c.seq) for c in again.changes] == [("mid", "low", 2)]
+    assert call([], due + 60).changes == []
+
+
+def test_a_last_result_stored_by_the_previous_version_is_still_handed_back(
+    client: Any,
+) -> None:
+    """Keys written before the call's time was stored ("<seq>\\n<JSON>") still work."""
+    shopper = f"old-{next(_ids)}"
+    keys = [f"prop:{{{shopper}}}:{kind}" for kind in ("score", "applied", "last")]
+    script = client.register_script(lua_source())
+    signal = ScoreSignal(id="s0", t=0.0, points=20.0, half_life=86400.0, rule="r")
+    first = parse_result(script(keys=keys, args=[script_args([signal], None, CFG)]))
+    seq, _now, body = client.get(keys[2]).split(b"\n", 2)
+    client.set(keys[2], seq + b"\n" + body)
+    again = parse_result(script(keys=keys, args=[script_args([signal], None, CFG)]))
+    assert [c.seq for c in again.changes] == [c.seq for c in first.changes] == [1]
+    assert again.new_ids == ["s0"]

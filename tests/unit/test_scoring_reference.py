@@ -80,6 +80,27 @@ def test_old_duplicates_send_nothing_again() -> None:
     assert not late.changed and late.new_ids == [] and late.score < 1
 
 
+def test_a_decay_call_run_again_hands_back_its_transitions() -> None:
+    """The sweep's decay call again at the same due time (its first run died before its
+    output was sent, so the index still holds that time): the demotions come back with
+    the same seqs. A later decay call, or one after a transition since, sends nothing old."""
+    state = new_state()
+    apply(state, [sig(0, 0, 20)], None, CFG)  # none -> mid
+    due = reference.next_deadline(state, CFG)
+    assert due is not None
+    first = apply(state, [], due, CFG)  # mid -> low
+    assert [(c.from_tier, c.to_tier, c.seq) for c in first.changes] == [("mid", "low", 2)]
+    again = apply(state, [], due, CFG)
+    assert again.changes == first.changes and (again.from_tier, again.to_tier) == ("mid", "low")
+    assert again.score == first.score
+    later = apply(state, [], due + 60, CFG)  # no transition: nothing, nothing old
+    assert later.changes == [] and later.from_tier == later.to_tier == "low"
+    assert apply(state, [], due + 60, CFG).changes == []  # it changed nothing: no repeat
+    gone = apply(state, [], 60 * DAY, CFG)  # low -> none
+    assert [c.seq for c in gone.changes] == [3]
+    assert apply(state, [], due, CFG).changes == []  # the old call, after a transition
+
+
 @pytest.mark.parametrize(
     ("score", "previous", "expected"),
     [(0.5, "none", "none"), (1.0, "none", "low"), (15.0, "none", "mid"), (35.0, "low", "high"),

@@ -307,3 +307,47 @@ def test_caught_up_means_every_owned_partition_read_to_its_end(
     consumer = Positions({tps[p]: e for p, e in ends.items()}, {tps[p]: a for p, a in at.items()})
     asyncio.run(loop._track(consumer))  # type: ignore[arg-type]
     assert loop.caught_up is caught_up
+
+
+def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until the broker has the demotion, the decay index keeps the shopper due: a crash
+    in between leaves the call to be made again, and apply.lua hands its output back."""
+    from stream.scoring.reference import Change, Result
+
+    order: list[str] = []
+    pipeline = _pipeline([])
+    pipeline.loop.caught_up = True
+
+    async def send(records: list[Any]) -> None:
+        order.append("send")
+        if order.count("send") == 1:
+            raise KafkaError("broker away")
+
+    async def no_due_states(*args: Any) -> Any:
+        return []
+
+    async def due(partition: int, until: float, limit: int) -> dict[str, float]:
+        return {"s-1": 500.0}
+
+    async def apply_many(batch: dict[str, Any]) -> dict[str, Result]:
+        order.append("apply")
+        change = Change("mid", "low", 13.0, 500.0, 2, "decay", [("r", 13.0)], None)
+        return {"s-1": Result("mid", "low", 13.0, 500.0, 2, 9000.0, 3600.0, 0, [change])}
+
+    async def index(*args: Any) -> None:
+        order.append("index")
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    pipeline.send = send
+    monkeypatch.setattr(pipeline.store, "due", no_due_states)
+    monkeypatch.setattr(pipeline.scores, "due", due)
+    monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
+    monkeypatch.setattr(pipeline.scores, "index", index)
+    monkeypatch.setattr(agents.asyncio, "sleep", no_sleep)
+    monkeypatch.setattr(agents, "SWEEP_BATCH", agents.SWEEP_CHUNK)  # one chunk
+    asyncio.run(pipeline.sweep_partitions({0}))
+    assert order == ["apply", "send", "send", "index"]

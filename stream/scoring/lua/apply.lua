@@ -3,8 +3,9 @@ The same maths, step for step, as stream/scoring/reference.py `apply` (tested to
 
 KEYS[1]  <app>:{<shopper>}:score    hash (layout below)
 KEYS[2]  <app>:{<shopper>}:applied  sorted set: signal id -> signal time (dedupe)
-KEYS[3]  <app>:{<shopper>}:last     string: "<seq>\n<result JSON>" of the last call that
-         applied something (sent again when that batch is processed again)
+KEYS[3]  <app>:{<shopper>}:last     string: "<seq>\n<now>\n<result JSON>" of the last call
+         that applied signals, or of the last decay call that changed something (sent
+         again when that batch, or that decay call, is processed again)
 ARGV[1]  JSON {"now": epoch s | null,
                "cfg": {"low","mid","high","hysteresis" (fraction),"cap" (ids kept)},
                "signals": [{"id","t" (epoch s),"p" (points),"h" (half-life s),"rule",
@@ -307,17 +308,34 @@ local function concat(a, b)
   for _, v in ipairs(b) do out[#out + 1] = v end
   return out
 end
-if #duplicates > 0 then
+local is_decay = #signals == 0 and args.now ~= nil and args.now ~= cjson.null
+local repeat_decay = is_decay and #changes == 0 and #unsup == 0
+if #duplicates > 0 or repeat_decay then
   local stored = redis.call("GET", KEYS[3])
   if stored then
+    -- "<seq>\n<now or empty>\n<JSON>" (before: "<seq>\n<JSON>")
     local nl = string.find(stored, "\n", 1, true)
+    local rest = string.sub(stored, nl + 1)
+    local last_now = nil
+    if string.sub(rest, 1, 1) ~= "{" then
+      local nl2 = string.find(rest, "\n", 1, true)
+      last_now = tonumber(string.sub(rest, 1, nl2 - 1))
+      rest = string.sub(rest, nl2 + 1)
+    end
     if tonumber(string.sub(stored, 1, nl - 1)) == seq_before then
-      local last = cjson.decode(string.sub(stored, nl + 1))
-      local ids = {}
-      for _, id in ipairs(last.ids) do ids[id] = true end
-      local covered = true
-      for _, id in ipairs(duplicates) do
-        if not ids[id] then covered = false; break end
+      local last = cjson.decode(rest)
+      local covered = false
+      if #duplicates > 0 then
+        local ids = {}
+        for _, id in ipairs(last.ids) do ids[id] = true end
+        covered = true
+        for _, id in ipairs(duplicates) do
+          if not ids[id] then covered = false; break end
+        end
+      elseif last_now ~= nil and last_now == args.now then
+        -- The same decay call again: the sweep's index entry was not moved on (a crash
+        -- before its output was sent), so that output comes back, with the same ids.
+        covered = true
       end
       if covered then
         previous = last.from
@@ -336,7 +354,9 @@ local out = cjson.encode({
   applied = #new_ids, top = top_out, sup = suppressed, unsup = unsup, ids = new_ids,
   reset = reset and fmt(reset) or "", active = sorted_keys(x),
 })
-if #new_ids > 0 then
-  redis.call("SET", KEYS[3], seq .. "\n" .. out, "PX", ttl_ms)
+if #new_ids > 0 or (is_decay and (#changes > 0 or #unsup > 0)) then
+  local call_now = ""
+  if args.now ~= nil and args.now ~= cjson.null then call_now = fmt(args.now) end
+  redis.call("SET", KEYS[3], seq .. "\n" .. call_now .. "\n" .. out, "PX", ttl_ms)
 end
 return out
