@@ -74,8 +74,8 @@ SWEEP_CHUNK: Final = 100  # due shoppers handled under the lock at once (bounds 
 SWEEP_BATCH: Final = 2000  # due shoppers handled per partition per sweep, chunk by chunk
 RETRY_MAX_SECONDS: Final = 30.0
 REDIS_STEP_SECONDS: Final = 10.0  # deadline of one Redis step (a round trip); then retried
-PAUSE_BACKLOG_BATCHES: Final = 4  # intent.events batches waiting before ingest pauses
-RESUME_BACKLOG_BATCHES: Final = 1  # ... and at most this many before it resumes
+PAUSE_BACKLOG_BATCHES: Final = 10  # intent.events batches waiting before ingest pauses
+RESUME_BACKLOG_BATCHES: Final = 5  # ... and at most this many before it resumes
 TIER_GAUGE_EVERY: Final = 5  # sweeps between refreshes of intent_shoppers (SCARD x 4)
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -642,8 +642,10 @@ class StreamLoop(Service):
         for tp in self.assignment:
             if tp.topic != settings.topic_normalised:
                 continue
-            end = consumer.highwater(tp)
-            if end is None:
+            # What this worker's ingest just wrote counts before a fetch has seen it:
+            # the high-water mark alone let the backlog run to 2-3 times the limit.
+            end = max(consumer.highwater(tp) or 0, self.written.get(tp, 0))
+            if not end:
                 continue
             try:
                 waiting += max(0, end - await consumer.position(tp))

@@ -129,15 +129,29 @@ def test_ingest_pauses_while_detection_is_behind_and_resumes_when_it_caught_up()
     events = {TopicPartition(settings.topic_normalised, p) for p in (0, 1)}
     loop.assignment = raw | events
     batch = settings.batch_size
-    consumer = Balancing(waiting=4 * batch + 2)
+    pause, resume = agents.PAUSE_BACKLOG_BATCHES, agents.RESUME_BACKLOG_BATCHES
+    consumer = Balancing(waiting=pause * batch + 2)
     asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
     assert consumer.paused_ == raw
-    consumer.waiting = 2 * batch  # catching up, still more than one batch: stays paused
+    consumer.waiting = (resume + 1) * batch  # catching up, not far enough yet: stays paused
     asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
     assert consumer.paused_ == raw
-    consumer.waiting = batch
+    consumer.waiting = resume * batch
     asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
     assert consumer.paused_ == set()
+
+
+def test_ingest_pauses_on_what_it_wrote_itself_before_a_fetch_has_seen_it() -> None:
+    loop, _ = _loop(None)
+    settings = loop.settings
+    raw = {TopicPartition(settings.topic_clickstream, 0)}
+    events = TopicPartition(settings.topic_normalised, 0)
+    loop.assignment = raw | {events}
+    consumer = Balancing(waiting=0)  # the last fetch saw nothing waiting
+    wrote = (agents.PAUSE_BACKLOG_BATCHES + 1) * settings.batch_size
+    loop.written = {events: 1_000_000 + wrote}  # what ingest wrote since
+    asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
+    assert consumer.paused_ == raw
 
 
 def _pipeline(sent: list[Any]) -> Any:
