@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 
 import redis
-import redis.asyncio as aioredis
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry
 
@@ -32,12 +31,12 @@ from stream.ingest import RawRecord
 from stream.metrics import Metrics
 from stream.runtime import tune_gc
 from stream.settings import Settings
-from stream.worker import load_ruleset
+from stream.worker import load_ruleset, redis_client
 
 
 async def run(n: int, redis_url: str, profile: str | None) -> dict[str, float]:
-    settings = Settings(app_id=f"hot-{uuid.uuid4().hex[:6]}")
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=None)  # as the worker's
+    settings = Settings(app_id=f"hot-{uuid.uuid4().hex[:6]}", redis_url=redis_url)
+    client = redis_client(settings)
 
     partitioner = DefaultPartitioner()
     parts = list(range(settings.partitions))

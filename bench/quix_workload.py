@@ -9,7 +9,10 @@ batch window has passed), to the very same `Pipeline` the worker runs: ingest, d
 scoring in Redis, outputs. What the pipeline sends goes out through Quix's producer
 (librdkafka, with Java's murmur2 partitioner so keys land where the worker puts them).
 Due deadlines and decays are swept every `INTENT_SWEEP_INTERVAL_SECONDS`, as the
-worker's timer does. So the work per event is identical; only the framework differs.
+worker's timer does, in event time only (the pipeline's stream loop, which says when
+everything was read, does not run here: if anything, that spares Quix some work). The
+pipeline gets the worker's Redis client and GC tuning. So the work per event is the
+same; only the framework differs.
 
 Writes {"events", "seconds"} (from the first record to the last event detected) to
 RESULT_FILE and stops. Not a production path: Quix commits on its own interval, not
@@ -25,14 +28,14 @@ import sys
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
 from quixstreams import Application, message_context
 
 from stream.agents import OutRecord, Pipeline
 from stream.ingest import RawRecord
 from stream.metrics import default_metrics
+from stream.runtime import tune_gc
 from stream.settings import Settings
-from stream.worker import load_ruleset
+from stream.worker import load_ruleset, redis_client
 
 
 def main() -> None:
@@ -59,10 +62,11 @@ def main() -> None:
             normalised_sent += topic == settings.topic_normalised
         producer.flush()  # every ack before the pipeline saves state, as the worker does
 
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    rules = load_ruleset(settings)
     pipeline = Pipeline(
-        None, settings, default_metrics(), load_ruleset(settings), client, sender=send
+        None, settings, default_metrics(), rules, redis_client(settings), sender=send
     )
+    tune_gc()  # what the worker does once it is up: the same process tuning on both sides
     buffer: list[RawRecord] = []
     counts = {"raw": 0, "events": 0}
     marks = {"first": 0.0, "flushed": time.monotonic(), "swept": time.monotonic()}

@@ -104,8 +104,9 @@ def _count(metric: Any, counts: Counter[Any]) -> None:
 
 
 Deadlines = dict[str, tuple[int, float | None]]  # shopper -> partition, next decay time
-Moves = list[tuple[str, str, str]]  # (op, audience, shopper) or (shopper, from, to)
-IndexWrite = tuple[Deadlines, Moves, Moves]  # ScoreStore.index's arguments
+Audiences = list[tuple[str, str, str]]  # (op, audience, shopper)
+Moves = list[tuple[str, str, str]]  # (shopper, from tier, to tier)
+IndexWrite = tuple[Deadlines, Audiences, Moves]  # ScoreStore.index's arguments
 Headers = list[tuple[str, bytes]]
 OutRecord = tuple[str, bytes | None, bytes, Headers | None]  # topic, key, value, headers
 Sender = Callable[[list[OutRecord]], Awaitable[None]]
@@ -236,11 +237,14 @@ class Pipeline:
         decoded, rejected = _decode(records, Event)
         now = self.clock().timestamp()
         lag = self.metrics.event_lag.labels("detect")
+        newest: dict[int, float] = {}  # partition -> newest event time in this batch
         for event, record in decoded:
             ts = event.ts.timestamp()
             by_shopper[event.shopper_id].append((event, record))
-            self._saw(record.partition, ts)
+            if ts > newest.get(record.partition, float("-inf")):
+                newest[record.partition] = ts
             lag.observe(max(0.0, now - ts))
+        self._saw(newest)
         signals, late = self._detect(
             by_shopper, await self._retry("load", self.store.load, list(by_shopper)), outbox
         )
@@ -272,9 +276,12 @@ class Pipeline:
     def _saved(self, state: State, partition: int) -> Saved:
         return Saved(state, self.engine.ttl(state), self.engine.deadline(state), partition)
 
-    def _saw(self, partition: int, ts: float) -> None:
-        self.watermark[partition] = max(ts, self.watermark.get(partition, ts))
-        self.last_input[partition] = time.monotonic()
+    def _saw(self, newest: dict[int, float]) -> None:
+        """Input arrived on these partitions, the newest event at these times."""
+        arrived = time.monotonic()
+        for partition, ts in newest.items():
+            self.watermark[partition] = max(ts, self.watermark.get(partition, ts))
+            self.last_input[partition] = arrived
 
     async def _score(
         self, signals: list[Signal], partitions: dict[str, int], outbox: Outbox
@@ -385,7 +392,7 @@ class Pipeline:
     ) -> list[Output]:
         """The outputs of score results; their index writes go to the outbox."""
         outputs: list[Output] = []
-        moves: list[tuple[str, str, str]] = []
+        moves: Moves = []
         for shopper, result in results.items():
             signals = by_shopper.get(shopper, [])
             outputs += outputs_for(shopper, result, signals)
@@ -484,10 +491,11 @@ class Pipeline:
             await self._retry("save", self.store.save, outbox.saved)
 
     async def _flush_until_sent(self, outbox: Outbox) -> None:
-        """The sweep's flush. Its changes are already applied in Redis and its deadlines
-        moved on, so no later sweep would find them again: if the broker refuses the
-        records, send them again (same ids) until it takes them, however long that is.
-        Only a stopping worker gives up, and says what it could not send."""
+        """The sweep's flush. Its changes are already applied in Redis: if the broker
+        refuses the records, send them again (same ids) until it takes them, holding the
+        lock, so nothing newer for these shoppers goes out ahead of them. Only a
+        stopping worker gives up, and says what it could not send; its decays stay due
+        (the index is written after the send) and the script hands them back."""
         delay = 0.1
         while True:
             try:
@@ -605,52 +613,48 @@ class StreamLoop(Service):
                 timeout_ms=self._window_ms, max_records=self.settings.batch_size
             )
             if not batches:
-                await self._track(consumer)
+                self._track(await self._unread(consumer))
                 continue
             async with self.pipeline.lock:
                 if self.should_stop:
                     return  # not committed: the next owner processes it again
                 await self._handle(consumer, batches)
-            await self._balance(consumer)
-            await self._track(consumer)
+            unread = await self._unread(consumer)
+            self._balance(consumer, unread)
+            self._track(unread)
 
-    async def _track(self, consumer: AIOKafkaConsumer) -> None:
-        """Whether every partition this worker owns has been read to its end (as of the
-        broker's last answer, and past what this worker wrote to intent.events itself):
-        until then the sweep keeps to event time (`until`)."""
-        assignment = self.assignment
-        caught_up = bool(assignment)
-        for tp in assignment:
-            end = consumer.highwater(tp)  # from the last fetch; None before the first
+    async def _unread(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int | None]:
+        """Records not read yet on each partition this worker owns: up to the broker's
+        high-water mark as of the last fetch, or past what this worker itself wrote to
+        intent.events if that is further (a fetch has not seen it yet: counting on the
+        high-water mark alone let the internal backlog run to 5-7 times its limit).
+        None while unknown: never fetched, or no longer assigned (a rebalance)."""
+        unread: dict[TopicPartition, int | None] = {}
+        for tp in self.assignment:
+            end = consumer.highwater(tp)
+            if end is None:
+                unread[tp] = None
+                continue
             try:
-                # Ingest's own records to intent.events count before a fetch has seen them.
-                if end is None or await consumer.position(tp) < max(end, self.written.get(tp, 0)):
-                    caught_up = False
-                    break
-            except IllegalStateError:  # not assigned any more (a rebalance)
-                caught_up = False
-                break
-        self.caught_up = caught_up
+                unread[tp] = max(0, max(end, self.written.get(tp, 0)) - await consumer.position(tp))
+            except IllegalStateError:
+                unread[tp] = None
+        return unread
 
-    async def _balance(self, consumer: AIOKafkaConsumer) -> None:
+    def _track(self, unread: dict[TopicPartition, int | None]) -> None:
+        """Whether every partition this worker owns has been read to its end: until then
+        the sweep keeps to event time (`Pipeline.until`)."""
+        self.caught_up = bool(unread) and all(n == 0 for n in unread.values())
+
+    def _balance(
+        self, consumer: AIOKafkaConsumer, unread: dict[TopicPartition, int | None]
+    ) -> None:
         """Back-pressure: while this worker's intent.events partitions hold more than a
         few batches of unread records, stop reading the clickstream, so detection keeps
         up and the internal topic stays short. Without it a backlog of input was all
         re-keyed before the first tier change came out."""
         settings = self.settings
-        waiting = 0
-        for tp in self.assignment:
-            if tp.topic != settings.topic_normalised:
-                continue
-            # What this worker's ingest just wrote counts before a fetch has seen it:
-            # the high-water mark alone let the backlog run to 2-3 times the limit.
-            end = max(consumer.highwater(tp) or 0, self.written.get(tp, 0))
-            if not end:
-                continue
-            try:
-                waiting += max(0, end - await consumer.position(tp))
-            except IllegalStateError:  # not assigned any more (a rebalance)
-                continue
+        waiting = sum(n or 0 for tp, n in unread.items() if tp.topic == settings.topic_normalised)
         raw = [tp for tp in self.assignment if tp.topic == settings.topic_clickstream]
         paused = consumer.paused()
         if waiting > PAUSE_BACKLOG_BATCHES * settings.batch_size:
@@ -734,6 +738,6 @@ class StreamLoop(Service):
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         internal = self.settings.topic_normalised
         for meta, count in zip(await asyncio.gather(*futures), counts, strict=True):
-            if meta.topic == internal:  # see _track: what we wrote there is still to read
+            if meta.topic == internal:  # see _unread: what we wrote there is still to read
                 tp = TopicPartition(meta.topic, meta.partition)
                 self.written[tp] = max(self.written.get(tp, 0), meta.offset + count)

@@ -131,13 +131,13 @@ def test_ingest_pauses_while_detection_is_behind_and_resumes_when_it_caught_up()
     batch = settings.batch_size
     pause, resume = agents.PAUSE_BACKLOG_BATCHES, agents.RESUME_BACKLOG_BATCHES
     consumer = Balancing(waiting=pause * batch + 2)
-    asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
+    loop._balance(consumer, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert consumer.paused_ == raw
     consumer.waiting = (resume + 1) * batch  # catching up, not far enough yet: stays paused
-    asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
+    loop._balance(consumer, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert consumer.paused_ == raw
     consumer.waiting = resume * batch
-    asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
+    loop._balance(consumer, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert consumer.paused_ == set()
 
 
@@ -150,7 +150,7 @@ def test_ingest_pauses_on_what_it_wrote_itself_before_a_fetch_has_seen_it() -> N
     consumer = Balancing(waiting=0)  # the last fetch saw nothing waiting
     wrote = (agents.PAUSE_BACKLOG_BATCHES + 1) * settings.batch_size
     loop.written = {events: 1_000_000 + wrote}  # what ingest wrote since
-    asyncio.run(loop._balance(consumer))  # type: ignore[arg-type]
+    loop._balance(consumer, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert consumer.paused_ == raw
 
 
@@ -269,7 +269,7 @@ def test_the_sweep_waits_for_event_time_until_everything_owned_was_read(
     assert pipeline.until(0) == now.timestamp()  # an empty, quiet partition: wall clock
 
     pipeline.loop.caught_up = False
-    pipeline._saw(0, now.timestamp() - 7200)  # input from two hours ago
+    pipeline._saw({0: now.timestamp() - 7200})  # input from two hours ago
     assert pipeline.until(0) == now.timestamp() - 7200 - lateness
     clock["t"] += 60  # a minute with no input on it, but the worker is behind
     assert pipeline.until(0) == now.timestamp() - 7200 - lateness
@@ -319,7 +319,7 @@ def test_caught_up_means_every_owned_partition_read_to_its_end(
     loop.written = {tps[p]: offset for p, offset in written.items()}
     loop.caught_up = not caught_up
     consumer = Positions({tps[p]: e for p, e in ends.items()}, {tps[p]: a for p, a in at.items()})
-    asyncio.run(loop._track(consumer))  # type: ignore[arg-type]
+    loop._track(asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert loop.caught_up is caught_up
 
 
