@@ -24,6 +24,13 @@ def _send(settings: Settings, bodies: list[dict[str, Any]]) -> None:
     produce(settings.kafka_bootstrap, settings.topic_clickstream, records)
 
 
+def _warm_up(settings: Settings, reader: Reader) -> None:
+    """Wait until the worker consumes (a first event reaches intent.events), so group
+    start-up is not part of what a test measures."""
+    _send(settings, [ev("warm", 0, "page_view", page="home", start=datetime.now(UTC))])
+    wait_for(lambda: reader.poll() >= 1, 60, "the worker to start consuming")
+
+
 def _signals_by_shopper(records: list[Any]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for record in records:
@@ -136,9 +143,7 @@ def test_absence_fires_on_time_with_no_further_input(
     start_worker()
     reader = Reader(settings.kafka_bootstrap, settings.topic_normalised, settings.topic_signals)
     try:
-        # Warm up: wait until the worker consumes, so group start-up is not measured.
-        _send(settings, [ev("warm", 0, "page_view", page="home", start=datetime.now(UTC))])
-        wait_for(lambda: reader.poll() >= 1, 60, "the worker to start consuming")
+        _warm_up(settings, reader)
 
         started = datetime.now(UTC)
         _send(settings, [ev("late-buyer", 0, "checkout_started", start=started)])
@@ -183,8 +188,7 @@ def test_a_restarted_worker_reads_what_waited_before_it_fires_by_the_wall_clock(
     first = start_worker()
     reader = Reader(settings.kafka_bootstrap, settings.topic_normalised, settings.topic_signals)
     try:
-        _send(settings, [ev("warm", 0, "page_view", page="home", start=datetime.now(UTC))])
-        wait_for(lambda: reader.poll() >= 1, 60, "the worker to start consuming")
+        _warm_up(settings, reader)
         started = datetime.now(UTC)
         _send(settings, [ev("buyer", 0, "checkout_started", start=started)])
         wait_for(pending, 30, "the checkout's deadline to be indexed", step=0.02)
