@@ -11,6 +11,7 @@ import click
 
 from schemas.readers import FORMATS
 from stream.errors import IntentError
+from stream.files import SHARD_EVENTS
 from stream.settings import Settings, get_settings
 
 
@@ -212,52 +213,74 @@ def _run_redis(settings: Settings, run: Any, coro: Any) -> Any:
 @click.option(
     "--redis", "redis_url", help="Score in this Redis (the Lua script) instead of in process."
 )
+@click.option("--shard-events", type=click.IntRange(min=1), default=SHARD_EVENTS,
+              show_default=True, help="Events held in memory at once (about 10 KB each); a "
+              "bigger file is split by shopper into shards on disk.")  # fmt: skip
 def replay(
     file: Path, fmt: str, rules_path: Path | None, changes: Path | None, actions: Path | None,
-    report_dir: Path | None, redis_url: str | None,
+    report_dir: Path | None, redis_url: str | None, shard_events: int,
 ) -> None:  # fmt: skip
     """Run the rules offline, in event time, over a historical FILE."""
-    import json as _json
+    import tempfile
+    from contextlib import ExitStack
 
-    from stream.replay import action_lines
-    from stream.replay import replay as run_replay
+    from stream.replay import OutputFiles, Replay, gc_paused
+    from stream.report import Tally
     from stream.rulesfile import load_rules
 
     settings = _settings()
     rules = load_rules(rules_path or settings.rules)
     size = max(file.stat().st_size, 1)
-    with click.progressbar(length=size, label=f"reading {file.name}", file=sys.stderr) as bar:
+    tally = Tally()
+    counts = {"signals": 0, "changes": 0, "actions": 0, "late": 0}
+    with tempfile.TemporaryDirectory(prefix="intent-replay-out-") as work, ExitStack() as bars:
+        reading = bars.enter_context(
+            click.progressbar(length=size, label=f"reading {file.name}", file=sys.stderr)
+        )
+        replaying: list[Any] = []
         done = 0
 
         def advance(position: int) -> None:
             nonlocal done
-            bar.update(position - done)
+            reading.update(position - done)
             done = position
 
-        result = _run_redis(settings, lambda f: f(), lambda: run_replay(
-            file, fmt, rules, redis_url=redis_url, progress=advance))  # fmt: skip
-    if changes:
-        changes.parent.mkdir(parents=True, exist_ok=True)
-        with open(changes, "w") as out:
-            for change in result.changes:
-                out.write(change.model_dump_json() + "\n")
-    if actions:
-        actions.parent.mkdir(parents=True, exist_ok=True)
-        with open(actions, "w") as out:
-            for line in action_lines(result.actions, settings.topic_names()):
-                out.write(_json.dumps(line) + "\n")
-    bad = sum(result.line_errors.values())
-    seconds = sum(result.seconds.values())
+        def read(events: int) -> None:
+            bars.close()  # the reading bar ends here, the next one starts
+            replaying.append(bars.enter_context(
+                click.progressbar(length=events, label="replaying", file=sys.stderr)))  # fmt: skip
+
+        run = Replay(file, fmt, rules, redis_url=redis_url, progress=advance,
+                     on_read=read, shard_events=shard_events)  # fmt: skip
+        outputs = OutputFiles(changes, actions, settings.topic_names(), Path(work))
+
+        def go() -> None:
+            with gc_paused():
+                for part in run.results():
+                    tally.add(part)
+                    outputs.add(part, run.shards)
+                    counts["signals"] += len(part.signals)
+                    counts["changes"] += len(part.changes)
+                    counts["actions"] += len(part.actions)
+                    counts["late"] += part.late
+                    replaying[0].update(part.events)
+                outputs.close()
+
+        _run_redis(settings, lambda f: f(), go)
+    bad = sum(run.line_errors.values())
+    seconds = sum(run.seconds.values())
+    rate = tally.events / seconds if seconds else 0.0
+    sharded = f", {run.shards} shards" if run.shards > 1 else ""
     click.echo(
-        f"replayed {result.events:,} events of {result.shoppers:,} shoppers in {seconds:.1f} s "
-        f"({result.events_per_second:,.0f} events/s; {bad:,} unreadable lines, "
-        f"{result.late:,} late): {len(result.signals):,} signals, {len(result.changes):,} tier "
-        f"changes, {len(result.actions):,} actions"
+        f"replayed {tally.events:,} events of {tally.shoppers:,} shoppers in {seconds:.1f} s "
+        f"({rate:,.0f} events/s{sharded}; {bad:,} unreadable lines, {counts['late']:,} late): "
+        f"{counts['signals']:,} signals, {counts['changes']:,} tier changes, "
+        f"{counts['actions']:,} actions"
     )
     if report_dir:
         from stream.report import write
 
-        report = write(result, report_dir, file.name)
+        report = write(tally, report_dir, file.name)
         for tier in report["tiers"]:
             conv = tier["conversion"]
             lift = tier["lift"]

@@ -5,33 +5,51 @@ events by shopper, runs each shopper's events in time order through the same `En
 fires what is due up to the file's last event time, and scores the signals with the same
 maths as the live worker: the pure reference in process, or the Lua script on a real
 Redis (`--redis URL`). The two give identical results (tested on a real sample).
+
+Memory is bounded. A run holds about 10 KB per event it has in hand (the event, its
+signals, changes and actions as models), so a file of more than `shard_events` events is
+split by shopper into shards on disk while it is read, and the shards are replayed one
+after the other. A shopper's events all land in one shard, so the results are the same
+as in one piece (tested); only the order in which shards finish differs, and
+`replay` (and the command's output files) put everything back in time order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import heapq
+import json
+import math
+import tempfile
 import time
 import uuid
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
+
+import orjson
 
 from schemas.events import Event
 from schemas.outputs import TierChange
 from schemas.rules import RuleSet
 from schemas.signals import Signal
 from stream.detectors.engine import Engine
-from stream.files import LineError, read_events
+from stream.files import SHARD_EVENTS, LineError, read_events
 from stream.scoring.actions import Output, outputs_for, to_score_signal
 from stream.scoring.reference import Result, ScoreConfig, ScoreSignal
 from stream.scoring.store import MemoryScoreStore, ScoreStore
 
 SCORE_BATCH: Final = 500  # shoppers per score pipeline when replaying into Redis
+MAX_SHARDS: Final = 512  # spill files open at once while reading
+SHARD_HEADROOM: Final = 1.25  # more shards than the estimate: shards come out uneven
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND: Final = timedelta(microseconds=1)
 
 
 @dataclass
@@ -47,16 +65,45 @@ class ReplayResult:
     first_seen: dict[str, float] = field(default_factory=dict)
     end: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
+    shards: int = 1
 
     @property
     def events_per_second(self) -> float:
         total = sum(self.seconds.values())
         return self.events / total if total else 0.0
 
+    def add(self, part: ReplayResult) -> None:
+        """Take in one shard's results (its shoppers are in no other shard)."""
+        self.events += part.events
+        self.late += part.late
+        self.shoppers += part.shoppers
+        self.signals += part.signals
+        self.changes += part.changes
+        self.actions += part.actions
+        self.purchases.update(part.purchases)
+        self.first_seen.update(part.first_seen)
+
+    def sort(self) -> None:
+        """Signals by shopper (each shopper's in their own order), changes and actions by
+        time: the order of one run in one piece, whatever the sharding."""
+        self.signals.sort(key=lambda s: s.shopper_id)  # stable: keeps a shopper's order
+        self.changes.sort(key=lambda c: (c.at, c.change_id))
+        self.actions.sort(key=action_order)
+
+
+def action_order(output: Output) -> tuple[datetime, str, str]:
+    return _at(output), output.topic, output.key
+
+
+def _at(output: Output) -> datetime:
+    at: datetime = output.value.at  # type: ignore[attr-defined]  # every output has one
+    return at
+
 
 def load(
     path: Path, fmt: str, progress: Callable[[int], None] | None = None
 ) -> tuple[dict[str, list[Event]], dict[str, int]]:
+    """The whole file in memory, grouped by shopper (small files; tests)."""
     by_shopper: dict[str, list[Event]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
     for item in read_events(path, fmt, progress):
@@ -70,9 +117,8 @@ def load(
 def detect(
     engine: Engine, by_shopper: dict[str, list[Event]], result: ReplayResult
 ) -> dict[str, list[Signal]]:
-    """Signals per shopper, with every deadline up to the file's end fired."""
-    end = max((e.ts.timestamp() for events in by_shopper.values() for e in events), default=0.0)
-    result.end = end
+    """Signals per shopper, with every deadline up to `result.end` fired."""
+    end = result.end
     out: dict[str, list[Signal]] = {}
     for shopper in sorted(by_shopper):
         events = sorted(by_shopper[shopper], key=lambda e: (e.ts, e.id))
@@ -123,6 +169,165 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+class Replay:
+    """One replay run, shard by shard: iterate `shards()` for each shard's results.
+
+    `progress(bytes_read)` follows the reading of the file; `on_read(events)` tells how many
+    events it holds once it is read, before the first shard is replayed. After the
+    iteration, `line_errors`, `end`, `shards`, `events` and `seconds` (read, detect,
+    score) describe the whole run.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        rules: RuleSet,
+        *,
+        redis_url: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        on_read: Callable[[int], None] | None = None,
+        shard_events: int = SHARD_EVENTS,
+        spill_dir: Path | None = None,
+    ) -> None:
+        if shard_events < 1:
+            raise ValueError("shard_events must be at least 1")
+        self.path, self.fmt, self.rules = path, fmt, rules
+        self.redis_url = redis_url
+        self.progress, self.on_read = progress, on_read
+        self.shard_events = shard_events
+        self.spill_dir = spill_dir
+        self.line_errors: dict[str, int] = {}
+        self.end = 0.0
+        self.shards = 0
+        self.events = 0
+        self.seconds = {"read": 0.0, "detect": 0.0, "score": 0.0}
+        self._read = (0, 0)  # (bytes, events) read by the last progress report
+        self._events = 0  # events read so far
+
+    def _progress(self, position: int) -> None:
+        self._read = (position, self._events)
+        if self.progress is not None:
+            self.progress(position)
+
+    def results(self) -> Iterator[ReplayResult]:
+        """Each shard's results, its changes and actions in time order."""
+        tiers = self.rules.tiers
+        cfg = ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis)
+        engine = Engine(self.rules)
+        with ExitStack() as stack:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="intent-replay-", dir=self.spill_dir)))  # fmt: skip
+            runner = stack.enter_context(asyncio.Runner())
+            store: MemoryScoreStore | ScoreStore = MemoryScoreStore(cfg)
+            if self.redis_url is not None:
+                store = runner.run(_redis_store(self.redis_url, cfg))
+                stack.callback(runner.run, _drop(store))
+            shards = self._shards(work)
+            for by_shopper in shards:
+                yield self._replay_shard(engine, store, runner, by_shopper)
+
+    def _replay_shard(
+        self,
+        engine: Engine,
+        store: MemoryScoreStore | ScoreStore,
+        runner: asyncio.Runner,
+        by_shopper: dict[str, list[Event]],
+    ) -> ReplayResult:
+        part = ReplayResult(end=self.end)
+        started = time.perf_counter()
+        signals = detect(engine, by_shopper, part)
+        by_shopper.clear()  # the shard's events: not needed past detection
+        part.signals = [s for shopper in sorted(signals) for s in signals[shopper]]
+        self.seconds["detect"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        if isinstance(store, MemoryScoreStore):
+            store.states.clear()  # shoppers are never seen again in a later shard
+        results = runner.run(score(store, signals, self.end))
+        for shopper in sorted(results):
+            for output in outputs_for(shopper, results[shopper], signals[shopper]):
+                if isinstance(output.value, TierChange):
+                    part.changes.append(output.value)
+                else:
+                    part.actions.append(output)
+        part.changes.sort(key=lambda c: (c.at, c.change_id))
+        part.actions.sort(key=action_order)
+        self.seconds["score"] += time.perf_counter() - started
+        return part
+
+    def _shards(self, work: Path) -> Iterator[dict[str, list[Event]]]:
+        """Read the file; if it has at most `shard_events` events, hand it over in one
+        piece, else spill each event to the shard file of its shopper and hand the shards
+        over one by one."""
+        started = time.perf_counter()
+        held: dict[str, list[Event]] = defaultdict(list)
+        count = 0
+        errors: dict[str, int] = defaultdict(int)
+        end = -math.inf
+        total = 0
+        spill: list[IO[str]] = []
+        for item in read_events(self.path, self.fmt, self._progress):
+            if isinstance(item, LineError):
+                errors[item.reason] += 1
+                continue
+            end = max(end, item.ts.timestamp())
+            total += 1
+            self._events = total
+            if spill:
+                spill[_shard(item.shopper_id, len(spill))].write(item.model_dump_json() + "\n")
+                continue
+            held[item.shopper_id].append(item)
+            count += 1
+            if count >= self.shard_events:
+                spill = self._spill(work, count)
+                for shopper, events in held.items():
+                    out = spill[_shard(shopper, len(spill))]
+                    for event in events:
+                        out.write(event.model_dump_json() + "\n")
+                held.clear()
+        for out in spill:
+            out.close()
+        self.line_errors = dict(errors)
+        self.end = end if count else 0.0
+        self.shards = len(spill) or 1
+        self.events = total
+        self.seconds["read"] += time.perf_counter() - started
+        if self.on_read is not None:
+            self.on_read(total)
+        if not spill:
+            yield held
+            return
+        del held
+        for out in spill:
+            started = time.perf_counter()
+            shard = Path(out.name)
+            by_shopper: dict[str, list[Event]] = defaultdict(list)
+            with open(shard, "rb") as lines:
+                for line in lines:
+                    event = Event.model_validate_json(line)
+                    by_shopper[event.shopper_id].append(event)
+            shard.unlink()
+            self.seconds["read"] += time.perf_counter() - started
+            yield by_shopper
+
+    def _spill(self, work: Path, count: int) -> list[IO[str]]:
+        """Shard files for the whole file, as many as its events are expected to fill (from
+        the events per byte read so far), with headroom."""
+        position, events = self._read
+        size = self.path.stat().st_size
+        expected = events * size / position if position and events else count
+        n = math.ceil(SHARD_HEADROOM * expected / self.shard_events)
+        return [
+            open(work / f"shard-{i:03d}.jsonl", "w", encoding="utf-8")
+            for i in range(max(2, min(n, MAX_SHARDS)))
+        ]
+
+
+def _shard(shopper: str, n: int) -> int:
+    return zlib.crc32(shopper.encode()) % n
+
+
 def replay(
     path: Path,
     fmt: str,
@@ -130,65 +335,108 @@ def replay(
     *,
     redis_url: str | None = None,
     progress: Callable[[int], None] | None = None,
+    shard_events: int = SHARD_EVENTS,
 ) -> ReplayResult:
-    with gc_paused():
-        return _replay(path, fmt, rules, redis_url, progress)
-
-
-def _replay(
-    path: Path,
-    fmt: str,
-    rules: RuleSet,
-    redis_url: str | None,
-    progress: Callable[[int], None] | None,
-) -> ReplayResult:
+    """The whole run's results in memory, in time order (tests, small files; the command
+    streams the shards to its output files instead)."""
+    run = Replay(
+        path, fmt, rules, redis_url=redis_url, progress=progress, shard_events=shard_events
+    )
     result = ReplayResult()
-    started = time.perf_counter()
-    by_shopper, result.line_errors = load(path, fmt, progress)
-    result.seconds["read"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    engine = Engine(rules)
-    signals = detect(engine, by_shopper, result)
-    result.signals = [s for shopper in sorted(signals) for s in signals[shopper]]
-    result.seconds["detect"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    tiers = rules.tiers
-    cfg = ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis)
-    results = asyncio.run(_score(cfg, signals, result.end, redis_url))
-    for shopper in sorted(results):
-        for output in outputs_for(shopper, results[shopper], signals[shopper]):
-            if isinstance(output.value, TierChange):
-                result.changes.append(output.value)
-            else:
-                result.actions.append(output)
-    result.changes.sort(key=lambda c: (c.at, c.change_id))
-    result.actions.sort(key=lambda o: (_at(o), o.topic, o.key))
-    result.seconds["score"] = time.perf_counter() - started
+    with gc_paused():
+        for part in run.results():
+            result.add(part)
+        result.sort()
+    result.line_errors, result.end, result.shards = run.line_errors, run.end, run.shards
+    result.seconds = dict(run.seconds)
     return result
 
 
-def _at(output: Output) -> datetime:
-    at: datetime = output.value.at  # type: ignore[attr-defined]  # every output has one
-    return at
-
-
-async def _score(
-    cfg: ScoreConfig, signals: dict[str, list[Signal]], end: float, redis_url: str | None
-) -> dict[str, Result]:
-    if redis_url is None:
-        return await score(MemoryScoreStore(cfg), signals, end)
+async def _redis_store(url: str, cfg: ScoreConfig) -> ScoreStore:
     import redis.asyncio as aioredis
 
-    client = aioredis.Redis.from_url(redis_url)
     prefix = f"replay-{uuid.uuid4().hex[:12]}"  # never touches a live worker's keys
+    return ScoreStore(aioredis.Redis.from_url(url), prefix, cfg)
+
+
+async def _drop(store: ScoreStore) -> None:
+    client = store.redis
     try:
-        return await score(ScoreStore(client, prefix, cfg), signals, end)
-    finally:
-        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        async for key in client.scan_iter(match=f"{store.prefix}:*", count=1000):
             await client.delete(key)
+    finally:
         await client.aclose()
+
+
+class OutputFiles:
+    """`--changes` and `--actions`, written shard by shard in the lines' final form.
+
+    With one shard, lines go straight to the files, in time order. With several, each
+    shard's lines (already in time order) go to a part file after a sort key, and `close`
+    merges the parts, so the files come out in the order of a run in one piece.
+    """
+
+    def __init__(
+        self, changes: Path | None, actions: Path | None, topics: dict[str, str], work: Path
+    ) -> None:
+        self.paths = {"changes": changes, "actions": actions}
+        self.topics = topics
+        self.work = work
+        self.parts: dict[str, list[Path]] = {"changes": [], "actions": []}
+        self.direct: dict[str, IO[str]] = {}
+
+    def add(self, part: ReplayResult, shards: int) -> None:
+        lines: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
+        if self.paths["changes"] is not None:
+            lines["changes"] = [
+                ((_micros(c.at), c.change_id), c.model_dump_json()) for c in part.changes
+            ]
+        if self.paths["actions"] is not None:
+            lines["actions"] = [
+                ((_micros(_at(o)), o.topic, o.key), json.dumps(line))
+                for o, line in zip(
+                    part.actions, action_lines(part.actions, self.topics), strict=True
+                )
+            ]
+        for kind, path in self.paths.items():
+            if path is None:
+                continue
+            if shards == 1:
+                if kind not in self.direct:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self.direct[kind] = open(path, "w", encoding="utf-8")  # noqa: SIM115
+                self.direct[kind].writelines(line + "\n" for _, line in lines[kind])
+                continue
+            part_path = self.work / f"{kind}-{len(self.parts[kind]):04d}.part"
+            self.parts[kind].append(part_path)
+            with open(part_path, "w", encoding="utf-8") as out:
+                out.writelines(
+                    orjson.dumps(key).decode() + "\t" + line + "\n" for key, line in lines[kind]
+                )
+
+    def close(self) -> None:
+        for out in self.direct.values():
+            out.close()
+        for kind, parts in self.parts.items():
+            path = self.paths[kind]
+            if path is None or not parts:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with ExitStack() as stack, open(path, "w", encoding="utf-8") as out:
+                files = [stack.enter_context(open(p, encoding="utf-8")) for p in parts]
+                for line in heapq.merge(*files, key=_sort_key):
+                    out.write(line.split("\t", 1)[1])  # JSON never holds a raw tab
+            for p in parts:
+                p.unlink()
+
+
+def _micros(at: datetime) -> int:
+    return (at - EPOCH) // MICROSECOND
+
+
+def _sort_key(line: str) -> list[Any]:
+    key: list[Any] = orjson.loads(line.split("\t", 1)[0])
+    return key
 
 
 def action_lines(actions: list[Output], topics: dict[str, str]) -> Iterator[dict[str, Any]]:

@@ -13,7 +13,9 @@ Definitions (also in the Markdown output):
 from __future__ import annotations
 
 import json
+import math
 import statistics
+from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -31,78 +33,119 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
-def compute(result: ReplayResult) -> dict[str, Any]:
-    purchases = result.purchases
-    buyers = set(purchases)
-    first_buy = {s: min(times) for s, times in purchases.items()}
-    shoppers = result.shoppers
-    base = _ratio(len(buyers), shoppers)
+class Tally:
+    """The report's counts, taken in shard by shard: a shopper's events, changes, signals
+    and actions are all in the same shard, and everything below is counted per shopper."""
 
-    reached: dict[str, dict[str, float]] = {tier: {} for tier in TIERS}
-    for change in result.changes:
-        at = change.at.timestamp()
+    def __init__(self) -> None:
+        self.events = 0
+        self.shoppers = 0
+        self.buyers = 0
+        self.start = math.inf
+        self.end = 0.0
+        self.reached = {tier: 0 for tier in TIERS}
+        self.bought_after = {tier: 0 for tier in TIERS}
+        self.before_first = {tier: 0 for tier in TIERS}
+        self.leads: dict[str, list[float]] = {tier: [] for tier in TIERS}
+        self.triggers = 0
+        self.recovered = 0
+        self.rule_shoppers: dict[str, int] = defaultdict(int)
+        self.rule_bought_after: dict[str, int] = defaultdict(int)
+
+    def add(self, part: ReplayResult) -> None:
+        purchases = part.purchases
+        self.events += part.events
+        self.shoppers += part.shoppers
+        self.buyers += len(purchases)
+        self.start = min(self.start, min(part.first_seen.values(), default=math.inf))
+        self.end = max(self.end, part.end)
+
+        reached: dict[str, dict[str, float]] = {tier: {} for tier in TIERS}
+        for change in part.changes:
+            at = change.at.timestamp()
+            for tier in TIERS:
+                if RANK[change.to_tier] >= RANK[tier]:
+                    reached[tier].setdefault(change.shopper_id, at)
         for tier in TIERS:
-            if RANK[change.to_tier] >= RANK[tier]:
-                reached[tier].setdefault(change.shopper_id, at)
+            who = reached[tier]
+            self.reached[tier] += len(who)
+            for shopper, t in who.items():
+                times = purchases.get(shopper, ())
+                if any(p > t for p in times):
+                    self.bought_after[tier] += 1
+                if times and t < min(times):
+                    self.before_first[tier] += 1
+                    self.leads[tier].append(min(times) - t)
 
-    tiers = []
-    for tier in TIERS:
-        who = reached[tier]
-        after = [s for s, t in who.items() if any(p > t for p in purchases.get(s, ()))]
-        before_first = [s for s in buyers if s in who and who[s] < first_buy[s]]
-        leads = [first_buy[s] - who[s] for s in before_first]
-        conversion = _ratio(len(after), len(who))
-        tiers.append({
-            "tier": tier,
-            "reached": len(who),
-            "bought_after": len(after),
-            "conversion": conversion,
-            "lift": _ratio(conversion, base) if conversion is not None and base else None,
-            "share_of_buyers": _ratio(len(before_first), len(buyers)),
-            "median_lead_time_seconds": statistics.median(leads) if leads else None,
-        })  # fmt: skip
+        for action in part.actions:
+            trigger = action.value
+            if isinstance(trigger, CartRecovery):
+                self.triggers += 1
+                at = trigger.at.timestamp()
+                if any(p > at for p in purchases.get(trigger.shopper_id, ())):
+                    self.recovered += 1
 
-    triggers = [a.value for a in result.actions if isinstance(a.value, CartRecovery)]
-    recovered = [
-        t for t in triggers
-        if any(p > t.at.timestamp() for p in purchases.get(t.shopper_id, ()))
-    ]  # fmt: skip
+        first_signal: dict[str, dict[str, float]] = {}
+        for signal in part.signals:
+            if signal.points <= 0:
+                continue  # suppression and markers: not intent
+            seen = first_signal.setdefault(signal.rule_id, {})
+            at = signal.at.timestamp()
+            if signal.shopper_id not in seen or at < seen[signal.shopper_id]:
+                seen[signal.shopper_id] = at
+        for rule, who in first_signal.items():
+            self.rule_shoppers[rule] += len(who)
+            self.rule_bought_after[rule] += sum(
+                1 for s, t in who.items() if any(p > t for p in purchases.get(s, ()))
+            )
 
-    first_signal: dict[str, dict[str, float]] = {}
-    for signal in result.signals:
-        if signal.points <= 0:
-            continue  # suppression and markers: not intent
-        seen = first_signal.setdefault(signal.rule_id, {})
-        at = signal.at.timestamp()
-        if signal.shopper_id not in seen or at < seen[signal.shopper_id]:
-            seen[signal.shopper_id] = at
-    signals: list[dict[str, Any]] = []
-    for rule, who in first_signal.items():
-        after = [s for s, t in who.items() if any(p > t for p in purchases.get(s, ()))]
-        conversion = _ratio(len(after), len(who))
-        signals.append({
-            "rule": rule, "shoppers": len(who), "bought_after": len(after),
-            "conversion": conversion,
-            "lift": _ratio(conversion, base) if conversion is not None and base else None,
-        })  # fmt: skip
-    listed = [s for s in signals if s["shoppers"] >= MIN_SUPPORT and s["lift"] is not None]
-    listed.sort(key=lambda s: (-s["lift"], s["rule"]))
+    def report(self) -> dict[str, Any]:
+        base = _ratio(self.buyers, self.shoppers)
+        tiers = []
+        for tier in TIERS:
+            leads = self.leads[tier]
+            conversion = _ratio(self.bought_after[tier], self.reached[tier])
+            tiers.append({
+                "tier": tier,
+                "reached": self.reached[tier],
+                "bought_after": self.bought_after[tier],
+                "conversion": conversion,
+                "lift": _ratio(conversion, base) if conversion is not None and base else None,
+                "share_of_buyers": _ratio(self.before_first[tier], self.buyers),
+                "median_lead_time_seconds": statistics.median(leads) if leads else None,
+            })  # fmt: skip
+        signals: list[dict[str, Any]] = []
+        for rule, shoppers in self.rule_shoppers.items():
+            bought = self.rule_bought_after[rule]
+            conversion = _ratio(bought, shoppers)
+            signals.append({
+                "rule": rule, "shoppers": shoppers, "bought_after": bought,
+                "conversion": conversion,
+                "lift": _ratio(conversion, base) if conversion is not None and base else None,
+            })  # fmt: skip
+        listed = [s for s in signals if s["shoppers"] >= MIN_SUPPORT and s["lift"] is not None]
+        listed.sort(key=lambda s: (-s["lift"], s["rule"]))
+        return {
+            "events": self.events,
+            "shoppers": self.shoppers,
+            "buyers": self.buyers,
+            "base_rate": base,
+            "window": [_iso(self.start if self.start < math.inf else 0.0), _iso(self.end)],
+            "tiers": tiers,
+            "cart_recovery": {
+                "triggers": self.triggers,
+                "followed_by_purchase": self.recovered,
+                "rate": _ratio(self.recovered, self.triggers),
+            },
+            "top_signals": listed[:TOP_SIGNALS],
+            "min_support": MIN_SUPPORT,
+        }
 
-    return {
-        "events": result.events,
-        "shoppers": shoppers,
-        "buyers": len(buyers),
-        "base_rate": base,
-        "window": [_iso(min(result.first_seen.values(), default=0.0)), _iso(result.end)],
-        "tiers": tiers,
-        "cart_recovery": {
-            "triggers": len(triggers),
-            "followed_by_purchase": len(recovered),
-            "rate": _ratio(len(recovered), len(triggers)),
-        },
-        "top_signals": listed[:TOP_SIGNALS],
-        "min_support": MIN_SUPPORT,
-    }
+
+def compute(result: ReplayResult) -> dict[str, Any]:
+    tally = Tally()
+    tally.add(result)
+    return tally.report()
 
 
 def _iso(t: float) -> str:
@@ -217,9 +260,9 @@ def charts(report: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def write(result: ReplayResult, out: Path, source: str) -> dict[str, Any]:
+def write(result: ReplayResult | Tally, out: Path, source: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    report = compute(result)
+    report = result.report() if isinstance(result, Tally) else compute(result)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report, source))
     charts(report, out)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import redis
+
 from stream.replay import action_lines, replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
@@ -16,7 +18,11 @@ def test_memory_and_redis_stores_agree_on_a_real_sample(
     sample = shared_data / "rees46_2019-10-01_head.csv.gz"
     rules = load_rules()
     memory = replay(sample, "rees46", rules)
-    in_redis = replay(sample, "rees46", rules, redis_url=servers.redis_url)
+    # in shards, so the Redis store also serves a run of several (one Redis client, one
+    # key prefix, dropped at the end)
+    in_redis = replay(sample, "rees46", rules, redis_url=servers.redis_url, shard_events=5000)
+    assert (memory.shards, in_redis.shards) == (1, 5)
+    assert redis.Redis.from_url(servers.redis_url).keys("replay-*") == []  # cleaned up
     assert memory.events == in_redis.events == 17_434
     assert len(memory.changes) > 1000  # a real workload, not a trivial one
     assert [c.model_dump() for c in memory.changes] == [c.model_dump() for c in in_redis.changes]

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from schemas.outputs import TierChange
 from stream.cli import main
-from stream.replay import replay
-from stream.report import compute, write
+from stream.replay import Replay, replay
+from stream.report import Tally, compute, write
 from stream.rulesfile import load_rules
 from tests.scenarios import ev
 
@@ -56,8 +56,21 @@ def events_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_report_has_the_known_answers(events_file: Path) -> None:
-    report = compute(replay(events_file, "canonical", load_rules()))
+def tally(path: Path, shard_events: int | None) -> dict[str, Any]:
+    """The report of a run in one piece, or counted shard by shard as the command does."""
+    if shard_events is None:
+        return compute(replay(path, "canonical", load_rules()))
+    run = Replay(path, "canonical", load_rules(), shard_events=shard_events)
+    counts = Tally()
+    for part in run.results():
+        counts.add(part)
+    assert run.shards > 1
+    return counts.report()
+
+
+@pytest.mark.parametrize("shard_events", [None, 2], ids=["one-piece", "shards"])
+def test_report_has_the_known_answers(events_file: Path, shard_events: int | None) -> None:
+    report = tally(events_file, shard_events)
     assert (report["shoppers"], report["buyers"]) == (7, 4)
     assert report["base_rate"] == pytest.approx(4 / 7)
     low, mid, high = report["tiers"]

@@ -1,0 +1,62 @@
+"""Replay split by shopper into shards on disk gives what a run in one piece gives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stream.cli import main
+from stream.replay import action_lines, replay
+from stream.rulesfile import load_rules
+from stream.settings import Settings
+
+SAMPLE = "rees46_2019-10-01_head.csv.gz"
+
+
+def test_shards_give_the_results_of_one_piece(shared_data: Path) -> None:
+    rules = load_rules()
+    whole = replay(shared_data / SAMPLE, "rees46", rules)
+    split = replay(shared_data / SAMPLE, "rees46", rules, shard_events=3000)
+    # 17,434 events / 3,000 = 5.8, estimated from the first 2,000 lines, +25 % headroom
+    assert (whole.shards, split.shards) == (1, 8)
+    assert split.events == whole.events == 17_434
+    assert (split.shoppers, split.late, split.end) == (whole.shoppers, whole.late, whole.end)
+    assert split.line_errors == whole.line_errors == {"malformed_line": 1}
+    assert len(whole.changes) > 1000
+    assert [c.model_dump() for c in split.changes] == [c.model_dump() for c in whole.changes]
+    assert [s.model_dump() for s in split.signals] == [s.model_dump() for s in whole.signals]
+    topics = Settings().topic_names()
+    assert list(action_lines(split.actions, topics)) == list(action_lines(whole.actions, topics))
+    assert (split.purchases, split.first_seen) == (whole.purchases, whole.first_seen)
+
+
+def test_the_command_writes_the_same_files_with_shards(shared_data: Path, tmp_path: Path) -> None:
+    outputs = {}
+    for name, extra in (("whole", []), ("split", ["--shard-events", "3000"])):
+        out = tmp_path / name
+        args = [
+            "replay", str(shared_data / SAMPLE), "--format", "rees46",
+            "--changes", str(out / "changes.jsonl"), "--actions", str(out / "actions.jsonl"),
+            "--report", str(out / "report"), *extra,
+        ]  # fmt: skip
+        done = CliRunner().invoke(main, args)
+        assert done.exit_code == 0, done.output
+        assert ("8 shards" in done.output) == bool(extra)
+        outputs[name] = out
+    whole, split = outputs["whole"], outputs["split"]
+    for name in ("changes.jsonl", "actions.jsonl", "report/report.json", "report/report.md"):
+        assert (split / name).read_bytes() == (whole / name).read_bytes(), name
+    changes = [json.loads(line) for line in (split / "changes.jsonl").read_text().splitlines()]
+    assert len(changes) > 1000
+    assert [c["at"] for c in changes] == sorted(c["at"] for c in changes)  # merged in time order
+    assert not list(tmp_path.glob("**/*.part"))
+
+
+def test_a_shard_size_below_one_is_refused(shared_data: Path) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        replay(shared_data / SAMPLE, "rees46", load_rules(), shard_events=0)
+    done = CliRunner().invoke(main, ["replay", str(shared_data / SAMPLE), "--shard-events", "0"])
+    assert done.exit_code == 2 and "--shard-events" in done.output
