@@ -21,6 +21,7 @@ import gc
 import heapq
 import json
 import math
+import multiprocessing
 import tempfile
 import time
 import uuid
@@ -202,11 +203,11 @@ class Replay:
         self.shards = 0
         self.events = 0
         self.seconds = {"read": 0.0, "detect": 0.0, "score": 0.0}
-        self._read = (0, 0)  # (bytes, events) read by the last progress report
+        self._at_progress = (0, 0)  # (bytes, events) read by the last progress report
         self._events = 0  # events read so far
 
     def _progress(self, position: int) -> None:
-        self._read = (position, self._events)
+        self._at_progress = (position, self._events)
         if self.progress is not None:
             self.progress(position)
 
@@ -258,8 +259,17 @@ class Replay:
 
     def _shards(self, work: Path) -> Iterator[dict[str, list[Event]]]:
         """Read the file; if it has at most `shard_events` events, hand it over in one
-        piece, else spill each event to the shard file of its shopper and hand the shards
-        over one by one."""
+        piece, else hand the shards it was spilled to over one by one."""
+        held, paths = self._read(work)
+        if held is not None:
+            yield held
+            return
+        for path in paths:
+            yield self._load(path)
+
+    def _read(self, work: Path) -> tuple[dict[str, list[Event]] | None, list[Path]]:
+        """The file's events grouped by shopper, or, past `shard_events`, the shard files
+        every event was written to (that of its shopper)."""
         started = time.perf_counter()
         held: dict[str, list[Event]] = defaultdict(list)
         count = 0
@@ -296,25 +306,53 @@ class Replay:
         if self.on_read is not None:
             self.on_read(total)
         if not spill:
-            yield held
-            return
-        del held
-        for out in spill:
-            started = time.perf_counter()
-            shard = Path(out.name)
-            by_shopper: dict[str, list[Event]] = defaultdict(list)
-            with open(shard, "rb") as lines:
-                for line in lines:
-                    event = Event.model_validate_json(line)
-                    by_shopper[event.shopper_id].append(event)
-            shard.unlink()
-            self.seconds["read"] += time.perf_counter() - started
-            yield by_shopper
+            return held, []
+        return None, [Path(out.name) for out in spill]
+
+    def _load(self, shard: Path) -> dict[str, list[Event]]:
+        started = time.perf_counter()
+        by_shopper: dict[str, list[Event]] = defaultdict(list)
+        with open(shard, "rb") as lines:
+            for line in lines:
+                event = Event.model_validate_json(line)
+                by_shopper[event.shopper_id].append(event)
+        shard.unlink()
+        self.seconds["read"] += time.perf_counter() - started
+        return by_shopper
+
+    def in_processes(self, jobs: int, outputs: OutputFiles) -> Iterator[tuple[Any, dict[str, int]]]:
+        """The shards replayed in `jobs` forked processes, each writing its shard's lines to
+        `outputs` as part files (`close` merges them). Yields, per shard, its report counts
+        (a `report.Tally`) and how many signals, changes, actions and late events it had.
+        A file that
+        fits in one shard is split in `jobs` groups of shoppers in memory, which the
+        processes share with this one (fork: copy on write), so it is never written out."""
+        global _FORKED
+        with tempfile.TemporaryDirectory(prefix="intent-replay-", dir=self.spill_dir) as work:
+            held, paths = self._read(Path(work))
+            sources: list[dict[str, list[Event]] | Path] = list(paths)
+            if held is not None:
+                groups: list[dict[str, list[Event]]] = [{} for _ in range(jobs)]
+                for shopper, events in held.items():
+                    groups[_shard(shopper, jobs)][shopper] = events
+                sources = list(groups)
+                del held
+            self.shards = len(sources)
+            _FORKED = (self, sources, outputs)
+            try:
+                context = multiprocessing.get_context("fork")
+                with context.Pool(min(jobs, len(sources))) as pool:
+                    for tally, counts, seconds in pool.imap_unordered(_forked, range(len(sources))):
+                        for stage, spent in seconds.items():
+                            self.seconds[stage] += spent
+                        yield tally, counts
+            finally:
+                _FORKED = None
 
     def _spill(self, work: Path, count: int) -> list[IO[str]]:
         """Shard files for the whole file, as many as its events are expected to fill (from
         the events per byte read so far), with headroom."""
-        position, events = self._read
+        position, events = self._at_progress
         size = self.path.stat().st_size
         expected = events * size / position if position and events else count
         n = math.ceil(SHARD_HEADROOM * expected / self.shard_events)
@@ -322,6 +360,39 @@ class Replay:
             open(work / f"shard-{i:03d}.jsonl", "w", encoding="utf-8")
             for i in range(max(2, min(n, MAX_SHARDS)))
         ]
+
+
+_FORKED: tuple[Replay, list[dict[str, list[Event]] | Path], OutputFiles] | None = None
+
+
+def _forked(index: int) -> tuple[Any, dict[str, int], dict[str, float]]:
+    """One shard, in a process forked by `Replay.in_processes` (its state is inherited)."""
+    from stream.report import Tally
+
+    assert _FORKED is not None
+    run, sources, outputs = _FORKED
+    run.seconds = {stage: 0.0 for stage in run.seconds}
+    source = sources[index]
+    by_shopper = source if isinstance(source, dict) else run._load(source)
+    tiers = run.rules.tiers
+    cfg = ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis)
+    with gc_paused(), asyncio.Runner() as runner:
+        store: MemoryScoreStore | ScoreStore = MemoryScoreStore(cfg)
+        if run.redis_url is not None:
+            store = runner.run(_redis_store(run.redis_url, cfg))
+        try:
+            part = run._replay_shard(Engine(run.rules), store, runner, by_shopper)
+        finally:
+            if isinstance(store, ScoreStore):
+                runner.run(_drop(store))
+    outputs.add(part, len(sources), index)
+    tally = Tally()
+    tally.add(part)
+    counts = {
+        "signals": len(part.signals), "changes": len(part.changes),
+        "actions": len(part.actions), "late": part.late,
+    }  # fmt: skip
+    return tally, counts, run.seconds
 
 
 def _shard(shopper: str, n: int) -> int:
@@ -385,7 +456,7 @@ class OutputFiles:
         self.parts: dict[str, list[Path]] = {"changes": [], "actions": []}
         self.direct: dict[str, IO[str]] = {}
 
-    def add(self, part: ReplayResult, shards: int) -> None:
+    def add(self, part: ReplayResult, shards: int, index: int | None = None) -> None:
         lines: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
         if self.paths["changes"] is not None:
             lines["changes"] = [
@@ -407,7 +478,8 @@ class OutputFiles:
                     self.direct[kind] = open(path, "w", encoding="utf-8")  # noqa: SIM115
                 self.direct[kind].writelines(line + "\n" for _, line in lines[kind])
                 continue
-            part_path = self.work / f"{kind}-{len(self.parts[kind]):04d}.part"
+            number = len(self.parts[kind]) if index is None else index
+            part_path = self.work / f"{kind}-{number:04d}.part"
             self.parts[kind].append(part_path)
             with open(part_path, "w", encoding="utf-8") as out:
                 out.writelines(
@@ -419,7 +491,10 @@ class OutputFiles:
             out.close()
         for kind, parts in self.parts.items():
             path = self.paths[kind]
-            if path is None or not parts:
+            if path is None:
+                continue
+            parts = parts or sorted(self.work.glob(f"{kind}-*.part"))  # written by forks
+            if not parts:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             with ExitStack() as stack, open(path, "w", encoding="utf-8") as out:

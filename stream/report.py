@@ -99,6 +99,25 @@ class Tally:
                 1 for s, t in who.items() if any(p > t for p in purchases.get(s, ()))
             )
 
+    def merge(self, other: Tally) -> None:
+        """Take in the counts of another set of shoppers (a shard replayed elsewhere)."""
+        self.events += other.events
+        self.shoppers += other.shoppers
+        self.buyers += other.buyers
+        self.start = min(self.start, other.start)
+        self.end = max(self.end, other.end)
+        for tier in TIERS:
+            self.reached[tier] += other.reached[tier]
+            self.bought_after[tier] += other.bought_after[tier]
+            self.before_first[tier] += other.before_first[tier]
+            self.leads[tier] += other.leads[tier]
+        self.triggers += other.triggers
+        self.recovered += other.recovered
+        for rule, n in other.rule_shoppers.items():
+            self.rule_shoppers[rule] += n
+        for rule, n in other.rule_bought_after.items():
+            self.rule_bought_after[rule] += n
+
     def report(self) -> dict[str, Any]:
         base = _ratio(self.buyers, self.shoppers)
         tiers = []

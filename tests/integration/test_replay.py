@@ -30,3 +30,20 @@ def test_memory_and_redis_stores_agree_on_a_real_sample(
     assert list(action_lines(memory.actions, topics)) == list(
         action_lines(in_redis.actions, topics)
     )
+
+
+def test_the_command_in_two_processes_scores_in_redis_as_in_process(
+    servers: Servers, shared_data: Path, tmp_path: Path
+) -> None:
+    from tests.unit.test_replay_shards import OUTPUT_FILES, run_command
+
+    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
+    run_command(sample, tmp_path / "memory")
+    output = run_command(
+        sample, tmp_path / "redis", "--redis", servers.redis_url, "--jobs", "2",
+        "--shard-events", "5000",
+    )  # fmt: skip
+    assert "5 shards" in output
+    for name in OUTPUT_FILES:
+        assert (tmp_path / "redis" / name).read_bytes() == (tmp_path / "memory" / name).read_bytes()
+    assert redis.Redis.from_url(servers.redis_url).keys("replay-*") == []  # each fork cleaned up

@@ -33,21 +33,36 @@ def test_shards_give_the_results_of_one_piece(shared_data: Path) -> None:
     assert (split.purchases, split.first_seen) == (whole.purchases, whole.first_seen)
 
 
-def test_the_command_writes_the_same_files_with_shards(shared_data: Path, tmp_path: Path) -> None:
-    outputs = {}
-    for name, extra in (("whole", []), ("split", ["--shard-events", "3000"])):
-        out = tmp_path / name
-        args = [
-            "replay", str(shared_data / SAMPLE), "--format", "rees46",
-            "--changes", str(out / "changes.jsonl"), "--actions", str(out / "actions.jsonl"),
-            "--report", str(out / "report"), *extra,
-        ]  # fmt: skip
-        done = CliRunner().invoke(main, args)
-        assert done.exit_code == 0, done.output
-        assert ("8 shards" in done.output) == bool(extra)
-        outputs[name] = out
-    whole, split = outputs["whole"], outputs["split"]
-    for name in ("changes.jsonl", "actions.jsonl", "report/report.json", "report/report.md"):
+def run_command(sample: Path, out: Path, *extra: str) -> str:
+    args = [
+        "replay", str(sample), "--format", "rees46",
+        "--changes", str(out / "changes.jsonl"), "--actions", str(out / "actions.jsonl"),
+        "--report", str(out / "report"), *extra,
+    ]  # fmt: skip
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    return done.output
+
+
+OUTPUT_FILES = ("changes.jsonl", "actions.jsonl", "report/report.json", "report/report.md")
+
+
+@pytest.mark.parametrize(
+    ("extra", "shards"),
+    [
+        (["--shard-events", "3000"], "8 shards"),  # spilled, replayed one after the other
+        (["--jobs", "2"], "2 shards"),  # in memory, split in two for two processes
+        (["--jobs", "2", "--shard-events", "3000"], "8 shards"),  # spilled, two processes
+    ],
+    ids=["spilled", "forked", "spilled-forked"],
+)
+def test_the_command_writes_the_same_files_in_shards_and_processes(
+    shared_data: Path, tmp_path: Path, extra: list[str], shards: str
+) -> None:
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert "shards" not in run_command(shared_data / SAMPLE, whole)
+    assert shards in run_command(shared_data / SAMPLE, split, *extra)
+    for name in OUTPUT_FILES:
         assert (split / name).read_bytes() == (whole / name).read_bytes(), name
     changes = [json.loads(line) for line in (split / "changes.jsonl").read_text().splitlines()]
     assert len(changes) > 1000
