@@ -11,7 +11,8 @@ signals, changes and actions as models), so a file of more than `shard_events` e
 split by shopper into shards on disk while it is read, and the shards are replayed one
 after the other. A shopper's events all land in one shard, so the results are the same
 as in one piece (tested); only the order in which shards finish differs, and
-`replay` (and the command's output files) put everything back in time order.
+`replay` (and the command's output files) put everything back in time order. The shards
+can also be replayed in several processes (`--jobs`), with the same output.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def gc_paused() -> Iterator[None]:
 
 
 class Replay:
-    """One replay run, shard by shard: iterate `shards()` for each shard's results.
+    """One replay run, shard by shard: `results()` gives each shard's results in this
+    process; `in_processes(jobs, outputs)` replays the shards in forked processes.
 
     `progress(bytes_read)` follows the reading of the file; `on_read(events)` tells how many
     events it holds once it is read, before the first shard is replayed. After the
