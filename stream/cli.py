@@ -227,7 +227,7 @@ def replay(
     import time
     from contextlib import ExitStack
 
-    from stream.replay import OutputFiles, Replay, gc_paused
+    from stream.replay import OutputFiles, Replay
     from stream.report import Tally
     from stream.rulesfile import load_rules
 
@@ -258,24 +258,12 @@ def replay(
         outputs = OutputFiles(changes, actions, settings.topic_names(), Path(work))
 
         def go() -> None:
-            if jobs > 1:
-                for shard_tally, shard_counts in run.in_processes(jobs, outputs):
-                    tally.merge(shard_tally)
-                    for name, n in shard_counts.items():
-                        counts[name] += n
-                    replaying[0].update(shard_tally.events)
-                outputs.close()
-                return
-            with gc_paused():
-                for part in run.results():
-                    tally.add(part)
-                    outputs.add(part, run.shards)
-                    counts["signals"] += len(part.signals)
-                    counts["changes"] += len(part.changes)
-                    counts["actions"] += len(part.actions)
-                    counts["late"] += part.late
-                    replaying[0].update(part.events)
-                outputs.close()
+            for shard_tally, shard_counts in run.summaries(jobs, outputs):
+                tally.merge(shard_tally)
+                for name, n in shard_counts.items():
+                    counts[name] += n
+                replaying[0].update(shard_tally.events)
+            outputs.close()
 
         started = time.perf_counter()
         _run_redis(settings, lambda f: f(), go)

@@ -200,46 +200,63 @@ class Replay:
         self.progress, self.on_read = progress, on_read
         self.shard_events = shard_events
         self.spill_dir = spill_dir
+        tiers = rules.tiers
+        self.cfg = ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis)
+        self.engine = Engine(rules)
         self.line_errors: dict[str, int] = {}
         self.end = 0.0
         self.shards = 0
         self.events = 0
         self.seconds = {"read": 0.0, "detect": 0.0, "score": 0.0}
         self._at_progress = (0, 0)  # (bytes, events) read by the last progress report
-        self._events = 0  # events read so far
 
     def _progress(self, position: int) -> None:
-        self._at_progress = (position, self._events)
+        self._at_progress = (position, self.events)
         if self.progress is not None:
             self.progress(position)
 
     def results(self) -> Iterator[ReplayResult]:
         """Each shard's results, its changes and actions in time order."""
-        tiers = self.rules.tiers
-        cfg = ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis)
-        engine = Engine(self.rules)
-        with ExitStack() as stack:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(
-                prefix="intent-replay-", dir=self.spill_dir)))  # fmt: skip
-            runner = stack.enter_context(asyncio.Runner())
-            store: MemoryScoreStore | ScoreStore = MemoryScoreStore(cfg)
-            if self.redis_url is not None:
-                store = runner.run(_redis_store(self.redis_url, cfg))
-                stack.callback(runner.run, _drop(store))
-            shards = self._shards(work)
-            for by_shopper in shards:
-                yield self._replay_shard(engine, store, runner, by_shopper)
+        with (
+            tempfile.TemporaryDirectory(prefix="intent-replay-", dir=self.spill_dir) as work,
+            self._scoring() as (runner, store),
+        ):
+            for by_shopper in self._shards(Path(work)):
+                yield self._replay_shard(store, runner, by_shopper)
+
+    def summaries(self, jobs: int, outputs: OutputFiles) -> Iterator[tuple[Any, dict[str, int]]]:
+        """Each shard replayed and its lines written to `outputs` (`close` merges them):
+        yields its report counts (a `report.Tally`) and how many signals, changes, actions
+        and late events it had. With `jobs` > 1, in that many processes."""
+        if jobs > 1:
+            yield from self._in_processes(jobs, outputs)
+            return
+        with gc_paused():
+            for index, part in enumerate(self.results()):
+                yield _summary(part, outputs, self.shards, index)
+
+    @contextmanager
+    def _scoring(self) -> Iterator[tuple[asyncio.Runner, MemoryScoreStore | ScoreStore]]:
+        """An event loop and the store to score in; a Redis store's keys go at the end."""
+        with asyncio.Runner() as runner:
+            if self.redis_url is None:
+                yield runner, MemoryScoreStore(self.cfg)
+                return
+            store = runner.run(_redis_store(self.redis_url, self.cfg))
+            try:
+                yield runner, store
+            finally:
+                runner.run(_drop(store))
 
     def _replay_shard(
         self,
-        engine: Engine,
         store: MemoryScoreStore | ScoreStore,
         runner: asyncio.Runner,
         by_shopper: dict[str, list[Event]],
     ) -> ReplayResult:
         part = ReplayResult(end=self.end)
         started = time.perf_counter()
-        signals = detect(engine, by_shopper, part)
+        signals = detect(self.engine, by_shopper, part)
         by_shopper.clear()  # the shard's events: not needed past detection
         part.signals = [s for shopper in sorted(signals) for s in signals[shopper]]
         self.seconds["detect"] += time.perf_counter() - started
@@ -274,25 +291,22 @@ class Replay:
         every event was written to (that of its shopper)."""
         started = time.perf_counter()
         held: dict[str, list[Event]] = defaultdict(list)
-        count = 0
         errors: dict[str, int] = defaultdict(int)
         end = -math.inf
-        total = 0
+        self.events = 0
         spill: list[IO[str]] = []
         for item in read_events(self.path, self.fmt, self._progress):
             if isinstance(item, LineError):
                 errors[item.reason] += 1
                 continue
             end = max(end, item.ts.timestamp())
-            total += 1
-            self._events = total
+            self.events += 1
             if spill:
                 spill[_shard(item.shopper_id, len(spill))].write(item.model_dump_json() + "\n")
                 continue
             held[item.shopper_id].append(item)
-            count += 1
-            if count >= self.shard_events:
-                spill = self._spill(work, count)
+            if self.events >= self.shard_events:  # all held so far: none were spilled
+                spill = self._spill(work)
                 for shopper, events in held.items():
                     out = spill[_shard(shopper, len(spill))]
                     for event in events:
@@ -301,12 +315,11 @@ class Replay:
         for out in spill:
             out.close()
         self.line_errors = dict(errors)
-        self.end = end if count else 0.0
+        self.end = end if self.events else 0.0
         self.shards = len(spill) or 1
-        self.events = total
         self.seconds["read"] += time.perf_counter() - started
         if self.on_read is not None:
-            self.on_read(total)
+            self.on_read(self.events)
         if not spill:
             return held, []
         return None, [Path(out.name) for out in spill]
@@ -322,13 +335,12 @@ class Replay:
         self.seconds["read"] += time.perf_counter() - started
         return by_shopper
 
-    def in_processes(self, jobs: int, outputs: OutputFiles) -> Iterator[tuple[Any, dict[str, int]]]:
-        """The shards replayed in `jobs` forked processes, each writing its shard's lines to
-        `outputs` as part files (`close` merges them). Yields, per shard, its report counts
-        (a `report.Tally`) and how many signals, changes, actions and late events it had.
-        A file that
-        fits in one shard is split in `jobs` groups of shoppers in memory, which the
-        processes share with this one (fork: copy on write), so it is never written out."""
+    def _in_processes(
+        self, jobs: int, outputs: OutputFiles
+    ) -> Iterator[tuple[Any, dict[str, int]]]:
+        """`summaries` in `jobs` forked processes. A file that fits in one shard is split
+        in `jobs` groups of shoppers in memory, which the processes share with this one
+        (fork: copy on write), so it is never written out."""
         global _FORKED
         with tempfile.TemporaryDirectory(prefix="intent-replay-", dir=self.spill_dir) as work:
             held, paths = self._read(Path(work))
@@ -351,12 +363,12 @@ class Replay:
             finally:
                 _FORKED = None
 
-    def _spill(self, work: Path, count: int) -> list[IO[str]]:
+    def _spill(self, work: Path) -> list[IO[str]]:
         """Shard files for the whole file, as many as its events are expected to fill (from
         the events per byte read so far), with headroom."""
         position, events = self._at_progress
         size = self.path.stat().st_size
-        expected = events * size / position if position and events else count
+        expected = events * size / position if position and events else self.events
         n = math.ceil(SHARD_HEADROOM * expected / self.shard_events)
         return [
             open(work / f"shard-{i:03d}.jsonl", "w", encoding="utf-8")
@@ -368,33 +380,31 @@ _FORKED: tuple[Replay, list[dict[str, list[Event]] | Path], OutputFiles] | None 
 
 
 def _forked(index: int) -> tuple[Any, dict[str, int], dict[str, float]]:
-    """One shard, in a process forked by `Replay.in_processes` (its state is inherited)."""
-    from stream.report import Tally
-
+    """One shard, in a process forked by `Replay._in_processes` (its state is inherited)."""
     assert _FORKED is not None
     run, sources, outputs = _FORKED
     run.seconds = {stage: 0.0 for stage in run.seconds}
     source = sources[index]
     by_shopper = source if isinstance(source, dict) else run._load(source)
-    tiers = run.rules.tiers
-    cfg = ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis)
-    with gc_paused(), asyncio.Runner() as runner:
-        store: MemoryScoreStore | ScoreStore = MemoryScoreStore(cfg)
-        if run.redis_url is not None:
-            store = runner.run(_redis_store(run.redis_url, cfg))
-        try:
-            part = run._replay_shard(Engine(run.rules), store, runner, by_shopper)
-        finally:
-            if isinstance(store, ScoreStore):
-                runner.run(_drop(store))
-    outputs.add(part, len(sources), index)
+    with gc_paused(), run._scoring() as (runner, store):
+        part = run._replay_shard(store, runner, by_shopper)
+    return (*_summary(part, outputs, len(sources), index), run.seconds)
+
+
+def _summary(
+    part: ReplayResult, outputs: OutputFiles, shards: int, index: int
+) -> tuple[Any, dict[str, int]]:
+    """A shard's lines written, and what the command keeps of it: the report's counts."""
+    from stream.report import Tally  # report imports this module
+
+    outputs.add(part, shards, index)
     tally = Tally()
     tally.add(part)
     counts = {
         "signals": len(part.signals), "changes": len(part.changes),
         "actions": len(part.actions), "late": part.late,
     }  # fmt: skip
-    return tally, counts, run.seconds
+    return tally, counts
 
 
 def _shard(shopper: str, n: int) -> int:
@@ -445,8 +455,9 @@ class OutputFiles:
     """`--changes` and `--actions`, written shard by shard in the lines' final form.
 
     With one shard, lines go straight to the files, in time order. With several, each
-    shard's lines (already in time order) go to a part file after a sort key, and `close`
-    merges the parts, so the files come out in the order of a run in one piece.
+    shard's lines (already in time order) go to a part file named by the shard's index,
+    after a sort key, in this process or a forked one; `close` merges the parts, so the
+    files come out in the order of a run in one piece.
     """
 
     def __init__(
@@ -455,10 +466,9 @@ class OutputFiles:
         self.paths = {"changes": changes, "actions": actions}
         self.topics = topics
         self.work = work
-        self.parts: dict[str, list[Path]] = {"changes": [], "actions": []}
         self.direct: dict[str, IO[str]] = {}
 
-    def add(self, part: ReplayResult, shards: int, index: int | None = None) -> None:
+    def add(self, part: ReplayResult, shards: int, index: int) -> None:
         lines: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
         if self.paths["changes"] is not None:
             lines["changes"] = [
@@ -480,10 +490,7 @@ class OutputFiles:
                     self.direct[kind] = open(path, "w", encoding="utf-8")  # noqa: SIM115
                 self.direct[kind].writelines(line + "\n" for _, line in lines[kind])
                 continue
-            number = len(self.parts[kind]) if index is None else index
-            part_path = self.work / f"{kind}-{number:04d}.part"
-            self.parts[kind].append(part_path)
-            with open(part_path, "w", encoding="utf-8") as out:
+            with open(self.work / f"{kind}-{index:04d}.part", "w", encoding="utf-8") as out:
                 out.writelines(
                     orjson.dumps(key).decode() + "\t" + line + "\n" for key, line in lines[kind]
                 )
@@ -491,12 +498,9 @@ class OutputFiles:
     def close(self) -> None:
         for out in self.direct.values():
             out.close()
-        for kind, parts in self.parts.items():
-            path = self.paths[kind]
-            if path is None:
-                continue
-            parts = parts or sorted(self.work.glob(f"{kind}-*.part"))  # written by forks
-            if not parts:
+        for kind, path in self.paths.items():
+            parts = sorted(self.work.glob(f"{kind}-*.part"))
+            if path is None or not parts:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             with ExitStack() as stack, open(path, "w", encoding="utf-8") as out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,15 @@ OUTPUT_FILES = ("changes.jsonl", "actions.jsonl", "report/report.json", "report/
     ids=["spilled", "forked", "spilled-forked"],
 )
 def test_the_command_writes_the_same_files_in_shards_and_processes(
-    shared_data: Path, tmp_path: Path, extra: list[str], shards: str
+    shared_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    shards: str,
 ) -> None:
+    temp = tmp_path / "temp"  # the spilled shards and the part files go here, then away
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert "shards" not in run_command(shared_data / SAMPLE, whole)
     assert shards in run_command(shared_data / SAMPLE, split, *extra)
@@ -68,6 +76,7 @@ def test_the_command_writes_the_same_files_in_shards_and_processes(
     assert len(changes) > 1000
     assert [c["at"] for c in changes] == sorted(c["at"] for c in changes)  # merged in time order
     assert not list(tmp_path.glob("**/*.part"))
+    assert list(temp.iterdir()) == []  # no shard, part file or folder left behind
 
 
 def test_a_shard_size_below_one_is_refused(shared_data: Path) -> None:
