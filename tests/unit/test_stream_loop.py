@@ -212,6 +212,50 @@ def test_a_bug_in_a_stage_dead_letters_its_records_and_the_loop_goes_on(
     assert rejected == 3
 
 
+def test_a_bug_in_one_group_stops_the_other_groups_before_they_score(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch's shopper groups run concurrently. When one fails, the others must not
+    go on scoring (and emitting) behind the dead letters, out of the lock."""
+    sent: list[Any] = []
+    pipeline = _pipeline(sent)
+    scored: list[Any] = []
+
+    async def states(shoppers: list[str]) -> dict[str, Any]:
+        if "s-1" in shoppers:
+            await asyncio.sleep(0.05)  # this group is waiting on Redis when the other fails
+        return {}
+
+    detect = pipeline.engine.process
+
+    def process(shopper: str, *args: Any) -> Any:
+        if shopper == "s-2":
+            raise RuntimeError("detector bug")
+        return detect(shopper, *args)
+
+    async def apply_many(*args: Any) -> Any:
+        scored.append(args)
+        return {}
+
+    monkeypatch.setattr(pipeline.store, "load", states)
+    monkeypatch.setattr(pipeline.engine, "process", process)
+    monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
+    monkeypatch.setattr(agents, "PROCESS_GROUPS", 2)
+
+    async def run() -> None:
+        await pipeline.handle([_event_record(1), _event_record(2)])
+        await asyncio.sleep(0.1)  # time enough for a group left running to score
+
+    asyncio.run(run())
+    assert scored == []
+    letters = [json.loads(value) for _, _, value, _ in sent]
+    assert [(d["reason"], d["source"]["offset"]) for d in letters] == [
+        ("processing_error", 1),
+        ("processing_error", 2),
+    ]
+    assert all(d["detail"] == "RuntimeError: detector bug" for d in letters)  # not a group
+
+
 def test_a_sweep_whose_sends_fail_sends_the_same_records_again_until_taken(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
