@@ -4,9 +4,11 @@
    ids (and new shoppers per cycle) up to N.
 2. Start one worker cold; measure events/s through ingest, detection, Redis and tier
    changes (from the worker's /metrics), Redis round trips and server CPU per event (INFO),
-   and Redis memory per active shopper (MEMORY USAGE of a sample).
+   the CPU of the worker and of the broker per event (/proc), and Redis memory per active
+   shopper (MEMORY USAGE of a sample).
 3. At a fixed offered rate (5k events/s), p50/p99 latency from producing an event to
-   producing the tier change it causes.
+   producing the tier change it causes, once the worker has caught up with the jump from
+   the preloaded events' time (2017) to now (`settle`; the catch-up time is reported).
 4. Baselines on the same topic: a bare aiokafka consumer (the transport ceiling), a bare
    Faust agent that only counts (the framework floor), the same workload in Quix Streams
    (bench/quix_workload.py, the `bench` extra); and replay (offline) events/s.
@@ -116,6 +118,12 @@ def total(samples: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in samples.items() if k.startswith(prefix))
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def redis_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
@@ -126,6 +134,8 @@ def bench_worker(
 ) -> dict[str, Any]:
     client = redis.Redis.from_url(stack.redis_url)
     cpu0 = redis_cpu(client)
+    broker = stack.servers[0].proc
+    assert broker is not None
     worker = spawn(
         [sys.executable, "-m", "stream", "worker", "--loglevel", "warning"],
         run_dir / "worker.log",
@@ -135,6 +145,7 @@ def bench_worker(
     first = None
     done_at = None
     last = (-1.0, -1.0, -1.0, -1.0)
+    cpu_at_first = (0.0, 0.0)
     try:
         while time.perf_counter() - started < 3600:
             time.sleep(0.5)
@@ -148,6 +159,7 @@ def bench_worker(
             changes = total(m, "intent_tier_changes_total{")
             if first is None and ingested > 0:
                 first = time.perf_counter()
+                cpu_at_first = (process_cpu(worker.pid), process_cpu(broker.pid))
                 log("worker is consuming")
             progress = (ingested, detected, signals, changes)
             if (
@@ -168,6 +180,8 @@ def bench_worker(
     finally:
         pass
     cpu1 = redis_cpu(client)
+    worker_cpu = process_cpu(worker.pid) - cpu_at_first[0]  # from the first event on
+    broker_cpu = process_cpu(broker.pid) - cpu_at_first[1]
     roundtrips = total(m, "intent_redis_roundtrips_total{")
     scan = client.scan_iter(f"{settings.app_id}:*:score", count=1000)
     sample = [k for k, _ in zip(scan, range(500), strict=False)]  # at most 500 shoppers
@@ -185,6 +199,8 @@ def bench_worker(
         "cold_start_to_done_s": done_at - started,
         "redis_roundtrips_per_event": roundtrips / n,
         "redis_cpu_us_per_event": (cpu1 - cpu0) * 1e6 / n,
+        "worker_cpu_us_per_event": worker_cpu * 1e6 / n,
+        "broker_cpu_us_per_event": broker_cpu * 1e6 / n,
         "redis_bytes_per_shopper": statistics.mean(sizes) if sizes else None,
         "signals": total(m, "intent_signals_total{"),
         "tier_changes": total(m, "intent_tier_changes_total{"),
@@ -203,6 +219,41 @@ def tier_change_reader(settings: Settings) -> KafkaConsumer:
     for tp in parts:
         reader.position(tp)  # resolve the end now, before anything is produced
     return reader
+
+
+def settle(settings: Settings, quiet_seconds: int = 5, timeout: float = 900) -> dict[str, float]:
+    """Bring the worker to the steady state the latency is measured in.
+
+    The preloaded events are from 2017; the first live event moves event time to now,
+    and every decay and absence of the preloaded shoppers falls due at once. That
+    catch-up is real work (a worker back from a long outage does it too), but it is not
+    the latency at a steady offered rate: send one live event, then wait until the
+    worker's output has been still for `quiet_seconds`. Returns how long it took."""
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
+    body = {
+        "event_id": f"settle-{uuid.uuid4().hex}",
+        "shopper_id": f"settle-{uuid.uuid4().hex[:8]}",
+        "type": "product_view",
+        "ts": datetime.now(UTC).isoformat(),
+    }
+    started = time.perf_counter()
+    producer.send(settings.topic_clickstream, key=b"settle", value=json.dumps(body).encode())
+    producer.flush()
+    producer.close()
+    before = scrape(settings.metrics_port)
+    last, still = -1.0, 0
+    while still < quiet_seconds:
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"the worker did not settle within {timeout:.0f} s")
+        time.sleep(1)
+        m = scrape(settings.metrics_port)
+        done = total(m, "intent_tier_changes_total{") + total(m, "intent_signals_total{")
+        still = still + 1 if done == last else 0
+        last = done
+    changes = total(m, "intent_tier_changes_total{") - total(before, "intent_tier_changes_total{")
+    seconds = time.perf_counter() - started - quiet_seconds
+    log(f"caught up with event time in {seconds:.1f} s ({changes:,.0f} tier changes)")
+    return {"catch_up_s": seconds, "catch_up_tier_changes": changes}
 
 
 def bench_latency(settings: Settings, rows: list[Any], rate: int, seconds: int) -> dict[str, float]:
@@ -378,6 +429,7 @@ def main() -> None:
         worker = work.pop("worker")
         result.update(work)
         log(f"worker: {result['events_per_s']:,.0f} events/s")
+        result.update(settle(settings))
         result.update(bench_latency(settings, rows, args.rate, args.latency_seconds))
         log(f"latency at {args.rate}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
         stop_process(worker, grace=20)
@@ -413,6 +465,9 @@ def print_table(result: dict[str, Any]) -> None:
         ("redis_roundtrips_per_event", "Redis round trips per event"),
         ("redis_cpu_us_per_event", "Redis server CPU per event, us"),
         ("redis_bytes_per_shopper", "Redis bytes per active shopper"),
+        ("worker_cpu_us_per_event", "worker process CPU per event, us"),
+        ("broker_cpu_us_per_event", "broker (Tansu) CPU per event, us"),
+        ("catch_up_s", "catch-up after the jump to live time, s"),
         ("aiokafka_events_per_s", "bare aiokafka consumer, events/s"),
         ("faust_floor_events_per_s", "bare Faust counting agent, events/s"),
         ("quix_events_per_s", "Quix Streams, same workload, events/s"),
