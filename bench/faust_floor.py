@@ -13,6 +13,8 @@ import time
 
 import faust
 
+from stream.worker import faust_worker
+
 bootstrap, topic_name, total, app_id, result_file = sys.argv[1:6]
 N = int(total)
 app = faust.App(
@@ -43,5 +45,6 @@ async def count(stream):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    worker = faust.Worker(app, loglevel="warning", redirect_stdouts=False)
-    worker.execute_from_commandline()
+    # As the intent worker runs it (stream.worker.faust_worker): no terminal spinner,
+    # which at warning level sets the root logger to DEBUG.
+    faust_worker(app, "warning").execute_from_commandline()

@@ -70,5 +70,14 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
                 return False
 
         serve(pipeline.metrics, settings.metrics_port, ready)
+    faust_worker(app, loglevel).execute_from_commandline()
+
+
+def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
+    """Faust's worker, without its terminal spinner: at --loglevel warning or above,
+    Faust feeds the spinner by setting the root logger to DEBUG, and every library's
+    debug call then builds a log record (aiokafka logs per request: ~8 % of the worker
+    at 1k events/s, py-spy)."""
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    worker.spinner = None
+    return worker
