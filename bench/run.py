@@ -256,6 +256,22 @@ def settle(settings: Settings, quiet_seconds: int = 5, timeout: float = 900) -> 
     return {"catch_up_s": seconds, "catch_up_tier_changes": changes}
 
 
+def phase_cpu(
+    worker: int, stack: EmbeddedStack, since: dict[str, float] | None = None
+) -> dict[str, float]:
+    """CPU seconds used so far by the worker, the broker, Redis and this process (which
+    offers the load and reads the tier changes), or since an earlier reading."""
+    broker = stack.servers[0].proc
+    assert broker is not None
+    now = {
+        "worker": process_cpu(worker),
+        "broker": process_cpu(broker.pid),
+        "redis": redis_cpu(redis.Redis.from_url(stack.redis_url)),
+        "bench": time.process_time(),
+    }
+    return {k: v - since[k] for k, v in now.items()} if since else now
+
+
 def bench_latency(settings: Settings, rows: list[Any], rate: int, seconds: int) -> dict[str, float]:
     reader = tier_change_reader(settings)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=2, acks=1)
@@ -430,7 +446,13 @@ def main() -> None:
         result.update(work)
         log(f"worker: {result['events_per_s']:,.0f} events/s")
         result.update(settle(settings))
+        cpu = phase_cpu(worker.pid, stack)
         result.update(bench_latency(settings, rows, args.rate, args.latency_seconds))
+        offered = args.rate * args.latency_seconds
+        result["latency_cpu_us_per_event"] = {
+            name: round(seconds * 1e6 / offered, 1)
+            for name, seconds in phase_cpu(worker.pid, stack, since=cpu).items()
+        }
         log(f"latency at {args.rate}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
         stop_process(worker, grace=20)
         for key in ("aiokafka_events_per_s", "faust_floor_events_per_s", "quix_events_per_s"):
@@ -478,6 +500,9 @@ def print_table(result: dict[str, Any]) -> None:
         value = result.get(key)
         text = "-" if value is None else f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
         print(f"  {label:<50} {text:>14}")
+    if result.get("latency_cpu_us_per_event"):
+        split = ", ".join(f"{k} {v:,.0f}" for k, v in result["latency_cpu_us_per_event"].items())
+        print(f"  {'CPU per event at the fixed rate, us':<50} {split}")
     if result.get("aiokafka_events_per_s") and result.get("faust_floor_events_per_s"):
         ceiling = result["events_per_s"] / result["aiokafka_events_per_s"]
         floor = result["events_per_s"] / result["faust_floor_events_per_s"]
