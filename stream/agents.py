@@ -352,7 +352,16 @@ class Pipeline:
         and what waits in the topics may cancel a deadline (the purchase that ends a
         checkout): by the wall clock, every deadline that fell while the worker was
         down would fire at once, for shoppers who did buy.
+
+        Nothing at all is due on a partition this worker was just given until it has
+        read up to that partition's end as of the assignment (`StreamLoop.held`). Its
+        last owner may have crashed between scoring a batch and sending its output; that
+        batch is read again, perhaps in several parts, and a decay fired in between (in
+        event time) would be a transition after the unsent result, so the score script
+        could no longer hand that result back, and those changes would be lost.
         """
+        if self.loop.held(partition):
+            return None
         watermark = self.watermark.get(partition)
         quiet = time.monotonic() - self.last_input.get(partition, 0.0) >= IDLE_GRACE_SECONDS
         if quiet and self.loop.caught_up:
@@ -586,6 +595,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.loop.caught_up = False  # what the new partitions hold is not read yet
         self.loop.assignment = set(assigned)
+        await self.loop.hold(assigned)
         log.info("assigned %d partitions", len(assigned))
 
 
@@ -600,6 +610,10 @@ class StreamLoop(Service):
         self.assignment: set[TopicPartition] = set()
         self.caught_up = False  # every owned partition read to its end (see Pipeline.until)
         self.written: dict[TopicPartition, int] = {}  # intent.events: past our last write
+        # intent.events partitions just assigned -> their end offset at the assignment:
+        # no sweep on them until this worker has read that far (see Pipeline.until)
+        self.holds: dict[int, int] = {}
+        self.positions: dict[TopicPartition, int] = {}  # as of the last _unread
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
@@ -664,6 +678,36 @@ class StreamLoop(Service):
             self._balance(consumer, unread)
             self._track(unread)
 
+    async def hold(self, assigned: set[TopicPartition]) -> None:
+        """Hold the sweep on the intent.events partitions just assigned until what they
+        held at the assignment has been read (`held`). The embedded broker can report an
+        end offset short of the last batch (FIELD-NOTES), so there the hold may end a
+        batch early; Apache Kafka's is exact."""
+        internal = [tp for tp in assigned if tp.topic == self.settings.topic_normalised]
+        self.holds = {}
+        self.positions = {}
+        if not internal or self.consumer is None:
+            return
+        try:
+            ends = await self.consumer.end_offsets(internal)
+        except KafkaError as exc:  # then only the event-time rule applies, as before
+            log.warning("could not read the end offsets of new partitions (%s)", exc)
+            return
+        self.holds = {tp.partition: end for tp, end in ends.items() if end > 0}
+        if self.holds:
+            log.info("no sweep on %d partitions until read to their ends", len(self.holds))
+
+    def held(self, partition: int) -> bool:
+        """Whether the sweep must still wait on this intent.events partition."""
+        end = self.holds.get(partition)
+        if end is None:
+            return False
+        tp = TopicPartition(self.settings.topic_normalised, partition)
+        if self.positions.get(tp, -1) >= end:
+            del self.holds[partition]
+            return False
+        return True
+
     async def _unread(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int | None]:
         """Records not read yet on each partition this worker owns: up to the broker's
         high-water mark as of the last fetch, or past what this worker itself wrote to
@@ -677,9 +721,11 @@ class StreamLoop(Service):
                 unread[tp] = None
                 continue
             try:
-                unread[tp] = max(0, max(end, self.written.get(tp, 0)) - await consumer.position(tp))
+                position = self.positions[tp] = await consumer.position(tp)
             except IllegalStateError:
                 unread[tp] = None
+                continue
+            unread[tp] = max(0, max(end, self.written.get(tp, 0)) - position)
         return unread
 
     def _track(self, unread: dict[TopicPartition, int | None]) -> None:

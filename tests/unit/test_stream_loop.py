@@ -331,6 +331,42 @@ def test_the_sweep_waits_for_event_time_until_everything_owned_was_read(
     assert asyncio.run(pipeline._decay(5, outbox)) == 0
 
 
+def test_a_partition_just_assigned_fires_nothing_until_what_it_held_then_was_read() -> None:
+    """Its last owner may have crashed between scoring a batch and sending the output.
+    That batch is read again, maybe in parts; a decay fired between the parts would be
+    a transition after the unsent result, and the script could not hand it back."""
+    from datetime import UTC, datetime
+
+    pipeline = _pipeline([])
+    loop = pipeline.loop
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
+    events = pipeline.settings.topic_normalised
+    asked: list[Any] = []
+
+    class Ends:
+        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            asked.append(sorted(tps))
+            return {tp: 0 if tp.partition == 2 else 50 for tp in tps}
+
+    loop.consumer = Ends()  # type: ignore[assignment]
+    assigned = {TopicPartition(events, p) for p in (0, 1, 2)}
+    asyncio.run(loop.hold({*assigned, TopicPartition("clickstream.events", 0)}))
+    assert asked == [sorted(assigned)]  # only the internal topic's partitions
+    assert loop.holds == {0: 50, 1: 50}  # partition 2 was empty: nothing to wait for
+    pipeline._saw({0: now - 7200, 1: now - 7200, 2: now - 7200})  # event time is known
+    lateness = pipeline.engine.lateness
+    assert pipeline.until(0) is None and pipeline.until(1) is None
+    assert pipeline.until(2) == now - 7200 - lateness
+
+    # read up to just short of the end as of the assignment: still held
+    loop.positions[TopicPartition(events, 0)] = 49
+    assert pipeline.until(0) is None
+    loop.positions[TopicPartition(events, 0)] = 50  # read to that end
+    assert pipeline.until(0) == now - 7200 - lateness
+    assert pipeline.until(1) is None  # partition 1 has not been read yet
+    assert loop.holds == {1: 50}
+
+
 class Positions:
     def __init__(self, ends: dict[TopicPartition, int | None], at: dict[TopicPartition, int]):
         self.ends, self.at = ends, at
@@ -365,6 +401,8 @@ def test_caught_up_means_every_owned_partition_read_to_its_end(
     consumer = Positions({tps[p]: e for p, e in ends.items()}, {tps[p]: a for p, a in at.items()})
     loop._track(asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert loop.caught_up is caught_up
+    # the positions read on the way are kept for the sweep's hold (Pipeline.until)
+    assert loop.positions == {tps[p]: a for p, a in at.items() if ends[p] is not None}
 
 
 def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
