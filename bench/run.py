@@ -133,9 +133,6 @@ def bench_worker(
     stack: EmbeddedStack, settings: Settings, env: dict[str, str], n: int, run_dir: Path
 ) -> dict[str, Any]:
     client = redis.Redis.from_url(stack.redis_url)
-    cpu0 = redis_cpu(client)
-    broker = stack.servers[0].proc
-    assert broker is not None
     worker = spawn(
         [sys.executable, "-m", "stream", "worker", "--loglevel", "warning"],
         run_dir / "worker.log",
@@ -145,7 +142,7 @@ def bench_worker(
     first = None
     done_at = None
     last = (-1.0, -1.0, -1.0, -1.0)
-    cpu_at_first = (0.0, 0.0)
+    cpu: dict[str, float] = {}
     try:
         while time.perf_counter() - started < 3600:
             time.sleep(0.5)
@@ -159,7 +156,7 @@ def bench_worker(
             changes = total(m, "intent_tier_changes_total{")
             if first is None and ingested > 0:
                 first = time.perf_counter()
-                cpu_at_first = (process_cpu(worker.pid), process_cpu(broker.pid))
+                cpu = phase_cpu(worker.pid, stack)
                 log("worker is consuming")
             progress = (ingested, detected, signals, changes)
             if (
@@ -179,9 +176,7 @@ def bench_worker(
         m = scrape(settings.metrics_port)
     finally:
         pass
-    cpu1 = redis_cpu(client)
-    worker_cpu = process_cpu(worker.pid) - cpu_at_first[0]  # from the first event on
-    broker_cpu = process_cpu(broker.pid) - cpu_at_first[1]
+    cpu = phase_cpu(worker.pid, stack, since=cpu)  # from the first event on
     roundtrips = total(m, "intent_redis_roundtrips_total{")
     scan = client.scan_iter(f"{settings.app_id}:*:score", count=1000)
     sample = [k for k, _ in zip(scan, range(500), strict=False)]  # at most 500 shoppers
@@ -198,9 +193,9 @@ def bench_worker(
         "events_per_s": n / (done_at - first),
         "cold_start_to_done_s": done_at - started,
         "redis_roundtrips_per_event": roundtrips / n,
-        "redis_cpu_us_per_event": (cpu1 - cpu0) * 1e6 / n,
-        "worker_cpu_us_per_event": worker_cpu * 1e6 / n,
-        "broker_cpu_us_per_event": broker_cpu * 1e6 / n,
+        "redis_cpu_us_per_event": cpu["redis"] * 1e6 / n,
+        "worker_cpu_us_per_event": cpu["worker"] * 1e6 / n,
+        "broker_cpu_us_per_event": cpu["broker"] * 1e6 / n,
         "redis_bytes_per_shopper": statistics.mean(sizes) if sizes else None,
         "signals": total(m, "intent_signals_total{"),
         "tier_changes": total(m, "intent_tier_changes_total{"),

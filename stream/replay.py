@@ -102,20 +102,6 @@ def _at(output: Output) -> datetime:
     return at
 
 
-def load(
-    path: Path, fmt: str, progress: Callable[[int], None] | None = None
-) -> tuple[dict[str, list[Event]], dict[str, int]]:
-    """The whole file in memory, grouped by shopper (small files; tests)."""
-    by_shopper: dict[str, list[Event]] = defaultdict(list)
-    errors: dict[str, int] = defaultdict(int)
-    for item in read_events(path, fmt, progress):
-        if isinstance(item, LineError):
-            errors[item.reason] += 1
-        else:
-            by_shopper[item.shopper_id].append(item)
-    return by_shopper, dict(errors)
-
-
 def detect(
     engine: Engine, by_shopper: dict[str, list[Event]], result: ReplayResult
 ) -> dict[str, list[Signal]]:
