@@ -133,9 +133,10 @@ def bench_worker(
     stack: EmbeddedStack, settings: Settings, env: dict[str, str], n: int, run_dir: Path
 ) -> dict[str, Any]:
     client = redis.Redis.from_url(stack.redis_url)
+    log_path = run_dir / "worker.log"
     worker = spawn(
         [sys.executable, "-m", "stream", "worker", "--loglevel", "warning"],
-        run_dir / "worker.log",
+        log_path,
         env={**os.environ, **env},
     )
     started = time.perf_counter()
@@ -143,39 +144,42 @@ def bench_worker(
     done_at = None
     last = (-1.0, -1.0, -1.0, -1.0)
     cpu: dict[str, float] = {}
-    try:
-        while time.perf_counter() - started < 3600:
-            time.sleep(0.5)
-            try:
-                m = scrape(settings.metrics_port)
-            except OSError:
-                continue
-            ingested = total(m, "intent_events_total{") + total(m, "intent_events_rejected_total{")
-            detected = m.get('intent_batch_size_events_sum{stage="detect"}', 0.0)
-            signals = total(m, "intent_signals_total{")  # scored in the same batch
-            changes = total(m, "intent_tier_changes_total{")
-            if first is None and ingested > 0:
-                first = time.perf_counter()
-                cpu = phase_cpu(worker.pid, stack)
-                log("worker is consuming")
-            progress = (ingested, detected, signals, changes)
-            if (
-                ingested >= n
-                and detected >= ingested - total(m, "intent_events_rejected_total{")
-                and progress == last
-            ):
-                done_at = time.perf_counter()
-                break
-            if int(time.perf_counter() - started) % 10 == 0:
-                log(
-                    f"ingested {ingested:,.0f}/{n:,}, detected {detected:,.0f}, "
-                    f"signals {signals:,.0f}, tier changes {changes:,.0f}"
-                )
-            last = progress
-        assert done_at is not None and first is not None, "the worker did not finish"
-        m = scrape(settings.metrics_port)
-    finally:
-        pass
+    while time.perf_counter() - started < 3600:
+        time.sleep(0.5)
+        if worker.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(
+                f"the worker exited with code {worker.returncode}; the end of "
+                f"{log_path}:\n" + "\n".join(tail)
+            )
+        try:
+            m = scrape(settings.metrics_port)
+        except OSError:
+            continue
+        ingested = total(m, "intent_events_total{") + total(m, "intent_events_rejected_total{")
+        detected = m.get('intent_batch_size_events_sum{stage="detect"}', 0.0)
+        signals = total(m, "intent_signals_total{")  # scored in the same batch
+        changes = total(m, "intent_tier_changes_total{")
+        if first is None and ingested > 0:
+            first = time.perf_counter()
+            cpu = phase_cpu(worker.pid, stack)
+            log("worker is consuming")
+        progress = (ingested, detected, signals, changes)
+        if (
+            ingested >= n
+            and detected >= ingested - total(m, "intent_events_rejected_total{")
+            and progress == last
+        ):
+            done_at = time.perf_counter()
+            break
+        if int(time.perf_counter() - started) % 10 == 0:
+            log(
+                f"ingested {ingested:,.0f}/{n:,}, detected {detected:,.0f}, "
+                f"signals {signals:,.0f}, tier changes {changes:,.0f}"
+            )
+        last = progress
+    assert done_at is not None and first is not None, "the worker did not finish"
+    m = scrape(settings.metrics_port)
     cpu = phase_cpu(worker.pid, stack, since=cpu)  # from the first event on
     roundtrips = total(m, "intent_redis_roundtrips_total{")
     scan = client.scan_iter(f"{settings.app_id}:*:score", count=1000)
@@ -216,14 +220,22 @@ def tier_change_reader(settings: Settings) -> KafkaConsumer:
     return reader
 
 
-def settle(settings: Settings, quiet_seconds: int = 5, timeout: float = 900) -> dict[str, float]:
+def settle(
+    settings: Settings,
+    worker: int,
+    stack: EmbeddedStack,
+    quiet_seconds: int = 5,
+    timeout: float = 900,
+) -> dict[str, Any]:
     """Bring the worker to the steady state the latency is measured in.
 
     The preloaded events are from 2017; the first live event moves event time to now,
     and every decay and absence of the preloaded shoppers falls due at once. That
     catch-up is real work (a worker back from a long outage does it too), but it is not
     the latency at a steady offered rate: send one live event, then wait until the
-    worker's output has been still for `quiet_seconds`. Returns how long it took."""
+    worker's output has been still for `quiet_seconds`. Returns how long it took, the
+    tier changes it made, and each process's CPU per tier change (is it bound by CPU, or
+    by waiting?)."""
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
     body = {
         "event_id": f"settle-{uuid.uuid4().hex}",
@@ -232,6 +244,7 @@ def settle(settings: Settings, quiet_seconds: int = 5, timeout: float = 900) -> 
         "ts": datetime.now(UTC).isoformat(),
     }
     started = time.perf_counter()
+    cpu = phase_cpu(worker, stack)
     producer.send(settings.topic_clickstream, key=b"settle", value=json.dumps(body).encode())
     producer.flush()
     producer.close()
@@ -247,8 +260,17 @@ def settle(settings: Settings, quiet_seconds: int = 5, timeout: float = 900) -> 
         last = done
     changes = total(m, "intent_tier_changes_total{") - total(before, "intent_tier_changes_total{")
     seconds = time.perf_counter() - started - quiet_seconds
-    log(f"caught up with event time in {seconds:.1f} s ({changes:,.0f} tier changes)")
-    return {"catch_up_s": seconds, "catch_up_tier_changes": changes}
+    spent = phase_cpu(worker, stack, since=cpu)  # includes the quiet seconds: ~idle
+    per_change = {k: round(v * 1e6 / max(changes, 1), 1) for k, v in spent.items()}
+    log(
+        f"caught up with event time in {seconds:.1f} s ({changes:,.0f} tier changes; "
+        f"worker busy {spent['worker'] / seconds:.0%})"
+    )
+    return {
+        "catch_up_s": seconds,
+        "catch_up_tier_changes": changes,
+        "catch_up_cpu_us_per_change": per_change,
+    }
 
 
 def phase_cpu(
@@ -440,7 +462,7 @@ def main() -> None:
         worker = work.pop("worker")
         result.update(work)
         log(f"worker: {result['events_per_s']:,.0f} events/s")
-        result.update(settle(settings))
+        result.update(settle(settings, worker.pid, stack))
         cpu = phase_cpu(worker.pid, stack)
         result.update(bench_latency(settings, rows, args.rate, args.latency_seconds))
         offered = args.rate * args.latency_seconds
@@ -495,6 +517,9 @@ def print_table(result: dict[str, Any]) -> None:
         value = result.get(key)
         text = "-" if value is None else f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
         print(f"  {label:<50} {text:>14}")
+    if result.get("catch_up_cpu_us_per_change"):
+        split = ", ".join(f"{k} {v:,.0f}" for k, v in result["catch_up_cpu_us_per_change"].items())
+        print(f"  {'CPU per tier change in the catch-up, us':<50} {split}")
     if result.get("latency_cpu_us_per_event"):
         split = ", ".join(f"{k} {v:,.0f}" for k, v in result["latency_cpu_us_per_event"].items())
         print(f"  {'CPU per event at the fixed rate, us':<50} {split}")
