@@ -444,6 +444,78 @@ def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
     monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
     monkeypatch.setattr(pipeline.scores, "index", index)
     monkeypatch.setattr(agents.asyncio, "sleep", no_sleep)
-    monkeypatch.setattr(agents, "SWEEP_BATCH", agents.SWEEP_CHUNK)  # one chunk
     asyncio.run(pipeline.sweep_partitions({0}))
     assert order == ["apply", "send", "send", "index"]
+
+
+def test_the_sweep_fires_everything_due_two_partitions_at_a_time_in_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Partitions hold disjoint shoppers, so their chunks run concurrently (the process
+    computes one while Redis runs the other's scripts) and go out in one send. A sweep
+    goes on until every partition has less than a chunk due (a backlog is not left to
+    the next timer tick), and a partition with a long backlog hands over to the next
+    after SWEEP_TURN shoppers, so the others are not held up behind it."""
+    sent: list[Any] = []
+    pipeline = _pipeline(sent)
+    chunk = agents.SWEEP_CHUNK
+    turn = agents.SWEEP_TURN // chunk
+    # shoppers due at each chunk, in order
+    due = {0: [chunk] * (turn + 5) + [1], 1: [chunk] * (turn + 3) + [0], 2: [4], 3: [chunk, 2]}
+    calls: list[int] = []
+    running = {"now": 0, "most": 0}
+
+    async def swept(partition: int, outbox: Any) -> int:
+        calls.append(partition)
+        running["now"] += 1
+        running["most"] = max(running["most"], running["now"])
+        await asyncio.sleep(0)  # a Redis round trip: the other partition's turn
+        running["now"] -= 1
+        outbox.records.append(("intent.tier-changes", f"{partition}".encode(), b"{}", None))
+        return due[partition].pop(0)
+
+    async def nothing(partition: int, outbox: Any) -> int:
+        return 0
+
+    monkeypatch.setattr(pipeline, "_sweep", swept)
+    monkeypatch.setattr(pipeline, "_decay", nothing)
+    asyncio.run(pipeline.sweep_partitions({0, 1, 2, 3}))
+    assert running["most"] == 2
+    assert due == {0: [], 1: [], 2: [], 3: []}  # all of it in one sweep
+    assert calls[: 2 * turn] == [0, 1] * turn  # two at a time, for a turn each
+    assert calls[2 * turn : 2 * turn + 4] == [2, 3, 3, 0]  # then the two that waited
+    assert len(sent) == len(calls)  # every chunk's output went out
+    assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
+
+
+def test_a_failing_partition_chunk_stops_the_other_before_anything_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in one partition's chunk cancels the chunk running beside it before it
+    scores, nothing of either goes out, and the sweep says it failed (and retries at
+    its next tick)."""
+    sent: list[Any] = []
+    pipeline = _pipeline(sent)
+    scored: list[int] = []
+
+    async def swept(partition: int, outbox: Any) -> int:
+        if partition == 1:
+            raise RuntimeError("detector bug")
+        await asyncio.sleep(0.05)  # partition 0 is still waiting for Redis
+        scored.append(partition)
+        outbox.records.append(("intent.tier-changes", b"0", b"{}", None))
+        return 1
+
+    async def nothing(partition: int, outbox: Any) -> int:
+        return 0
+
+    monkeypatch.setattr(pipeline, "_sweep", swept)
+    monkeypatch.setattr(pipeline, "_decay", nothing)
+
+    async def run() -> None:
+        await pipeline.sweep_partitions({0, 1})
+        await asyncio.sleep(0.1)  # time enough for a chunk left running to score
+
+    asyncio.run(run())
+    assert scored == [] and sent == []
+    assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 0
