@@ -272,15 +272,17 @@ def test_a_sweep_whose_sends_fail_sends_the_same_records_again_until_taken(
     pipeline.send = flaky
     record = ("intent.tier-changes", b"s-1", b'{"change_id": "c1"}', None)
 
-    async def swept(partition: int, outbox: Any) -> int:
+    async def swept(partition: int, until: float, outbox: Any) -> int:
         outbox.records.append(record)
         return 1
 
-    async def nothing(partition: int, outbox: Any) -> int:
+    async def nothing(partition: int, until: float, outbox: Any) -> int:
         return 0
 
     async def no_sleep(seconds: float) -> None:
         return None
+
+    pipeline.loop.caught_up = True  # event time is known: the wall clock rules
 
     monkeypatch.setattr(pipeline, "_sweep", swept)
     monkeypatch.setattr(pipeline, "_decay", nothing)
@@ -320,15 +322,18 @@ def test_the_sweep_waits_for_event_time_until_everything_owned_was_read(
     pipeline.loop.caught_up = True  # ... and now it has read everything
     assert pipeline.until(0) == now.timestamp()
 
+    asked: list[Any] = []
+
     async def due(*args: Any) -> Any:
-        raise AssertionError("asked Redis for due shoppers with no event time known")
+        asked.append(args)
+        return []
 
     monkeypatch.setattr(pipeline.store, "due", due)
     monkeypatch.setattr(pipeline.scores, "due", due)
     pipeline.loop.caught_up = False
-    outbox = agents.Outbox()
-    assert asyncio.run(pipeline._sweep(5, outbox)) == 0
-    assert asyncio.run(pipeline._decay(5, outbox)) == 0
+    asyncio.run(pipeline.sweep_partitions({5}))  # no event time known on partition 5
+    assert asked == []
+    assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
 
 
 def test_a_partition_just_assigned_fires_nothing_until_what_it_held_then_was_read() -> None:
@@ -465,7 +470,7 @@ def test_the_sweep_fires_everything_due_two_partitions_at_a_time_in_turns(
     calls: list[int] = []
     running = {"now": 0, "most": 0}
 
-    async def swept(partition: int, outbox: Any) -> int:
+    async def swept(partition: int, until: float, outbox: Any) -> int:
         calls.append(partition)
         running["now"] += 1
         running["most"] = max(running["most"], running["now"])
@@ -474,11 +479,12 @@ def test_the_sweep_fires_everything_due_two_partitions_at_a_time_in_turns(
         outbox.records.append(("intent.tier-changes", f"{partition}".encode(), b"{}", None))
         return due[partition].pop(0)
 
-    async def nothing(partition: int, outbox: Any) -> int:
+    async def nothing(partition: int, until: float, outbox: Any) -> int:
         return 0
 
     monkeypatch.setattr(pipeline, "_sweep", swept)
     monkeypatch.setattr(pipeline, "_decay", nothing)
+    pipeline.loop.caught_up = True
     asyncio.run(pipeline.sweep_partitions({0, 1, 2, 3}))
     assert running["most"] == 2
     assert due == {0: [], 1: [], 2: [], 3: []}  # all of it in one sweep
@@ -498,7 +504,7 @@ def test_a_failing_partition_chunk_stops_the_other_before_anything_is_sent(
     pipeline = _pipeline(sent)
     scored: list[int] = []
 
-    async def swept(partition: int, outbox: Any) -> int:
+    async def swept(partition: int, until: float, outbox: Any) -> int:
         if partition == 1:
             raise RuntimeError("detector bug")
         await asyncio.sleep(0.05)  # partition 0 is still waiting for Redis
@@ -506,11 +512,12 @@ def test_a_failing_partition_chunk_stops_the_other_before_anything_is_sent(
         outbox.records.append(("intent.tier-changes", b"0", b"{}", None))
         return 1
 
-    async def nothing(partition: int, outbox: Any) -> int:
+    async def nothing(partition: int, until: float, outbox: Any) -> int:
         return 0
 
     monkeypatch.setattr(pipeline, "_sweep", swept)
     monkeypatch.setattr(pipeline, "_decay", nothing)
+    pipeline.loop.caught_up = True
 
     async def run() -> None:
         await pipeline.sweep_partitions({0, 1})
@@ -519,3 +526,39 @@ def test_a_failing_partition_chunk_stops_the_other_before_anything_is_sent(
     asyncio.run(run())
     assert scored == [] and sent == []
     assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 0
+
+
+def test_a_sweep_fires_every_detection_deadline_before_any_decay_up_to_one_until(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A visit end or an absence (a signal at its own time) must be scored before a decay
+    due later: a decay first demoted, then the signal landed at the decay's time and
+    promoted again, and the next decay demoted a second time. The live worker sent
+    23,254 tier changes for replay's 16,378 on 10k Taobao events. And the decays stop at
+    the same `until` as the deadlines, though the clock moves on meanwhile."""
+    from datetime import UTC, datetime, timedelta
+
+    pipeline = _pipeline([])
+    pipeline.loop.caught_up = True
+    clock = {"now": datetime(2026, 11, 24, 12, 0, tzinfo=UTC)}
+    pipeline.clock = lambda: clock["now"]
+    start = clock["now"].timestamp()
+    chunk = agents.SWEEP_CHUNK
+    order: list[tuple[str, float]] = []
+    deadlines, decays = [chunk, chunk, 7], [chunk, 3]
+
+    async def swept(partition: int, until: float, outbox: Any) -> int:
+        order.append(("deadlines", until))
+        clock["now"] += timedelta(seconds=5)  # a chunk takes time
+        return deadlines.pop(0)
+
+    async def decayed(partition: int, until: float, outbox: Any) -> int:
+        order.append(("decays", until))
+        clock["now"] += timedelta(seconds=5)
+        return decays.pop(0)
+
+    monkeypatch.setattr(pipeline, "_sweep", swept)
+    monkeypatch.setattr(pipeline, "_decay", decayed)
+    asyncio.run(pipeline.sweep_partitions({0}))
+    assert [kind for kind, _ in order] == ["deadlines"] * 3 + ["decays"] * 2
+    assert {until for _, until in order} == {start}
