@@ -3,8 +3,16 @@
 A visit is the source's `session_id` when it gives one; otherwise events closer than
 `session_gap` belong together and the visit is named after its first event time. A
 visit ends when an event of another visit arrives, or when `session_gap` has passed
-after its last event (through `advance`, in event time or on the timer). Email, SMS and
-consent events happen off-site and are not part of visits.
+after its last event, whatever its session id (through `advance`, in event time or on
+the timer, or as the next event arrives). Email, SMS and consent events happen off-site
+and are not part of visits.
+
+A session id whose visit has ended stays ended (the last CLOSED_CAP are kept): a later
+event of it leaves the current visit alone and opens none. So what fires does not
+depend on whether the timer ended a visit before the next event arrived, and two
+interleaved visits (two tabs, two session ids) do not end each other over and over:
+that fired a session's rule twice, the same signal id in two batches, which the score
+script took for a batch run again after a crash (it sent that call's output again).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ OFFSITE_TYPES: Final = frozenset(
     {"email_open", "email_click", "email_bounce", "spam_complaint", "opt_out", "consent_update",
      "sms_click"}
 )  # fmt: skip
+CLOSED_CAP: Final = 8  # ended session ids remembered per shopper
 
 
 class Sessions:
@@ -38,16 +47,23 @@ class Sessions:
         cur: dict[str, Any] | None = st.get("cur")
         fired: list[tuple[SessionRule, Fired]] = []
         if cur is not None:
+            # The gap ends a visit whatever its session id, as `advance` does: whether the
+            # timer got there before this event must not change what fires.
+            ends = cur["l"] + self.gap
             if event.session_id is not None:
-                same = event.session_id == cur["k"]
+                same = event.session_id == cur["k"] and ts < ends
             else:
-                same = cur["s"] - self.gap <= ts <= cur["l"] + self.gap
+                same = cur["s"] - self.gap <= ts < ends
             if not same and ts < cur["s"]:
                 # An out-of-order event of an earlier visit: name it, leave the current one.
                 return event.session_id or f"gap-{int(ts)}", []
+            if not same and ts < ends and event.session_id in st.get("done", ()):
+                return event.session_id, []  # of a visit that ended: leave this one alone
             if not same:
-                fired = self._close(cur)
+                fired = self._close(st, cur, min(ts, ends))
                 cur = None
+        if event.session_id is not None and event.session_id in st.get("done", ()):
+            return event.session_id, fired  # of a visit that ended: opens none
         if cur is None:
             cur = {"k": event.session_id or f"gap-{int(ts)}", "s": ts, "l": ts, "n": 0,
                    "r": {r.id: [True, True] for r in self.rules}}  # fmt: skip
@@ -68,21 +84,29 @@ class Sessions:
         if cur is None or cur["l"] + self.gap > until:
             return []
         del st["cur"]
-        return self._close(cur)
+        return self._close(st, cur, float(cur["l"]) + self.gap)
 
     def deadline(self, st: dict[str, Any]) -> float | None:
         cur = st.get("cur")
         return float(cur["l"]) + self.gap if cur else None
 
-    def _close(self, cur: dict[str, Any]) -> list[tuple[SessionRule, Fired]]:
+    def _close(
+        self, st: dict[str, Any], cur: dict[str, Any], at: float
+    ) -> list[tuple[SessionRule, Fired]]:
+        """The session rules a visit fires as it ends `at`: when the gap ran out after its
+        last event, or when an event of another visit came first (then, not at the end
+        of a gap still to run: a signal later than events yet to be scored would be
+        scored ahead of them, and a purchase among them would count after it)."""
         out: list[tuple[SessionRule, Fired]] = []
         count = cur["n"]
+        key = str(cur["k"])
+        if not key.startswith("gap-"):  # a session id: it stays ended
+            st["done"] = [*st.get("done", []), key][-CLOSED_CAP:]
         for rule in self.rules:
             all_ok, none_ok = cur["r"].get(rule.id, [True, True])
             if not (all_ok and none_ok) or count < rule.min_events:
                 continue
             if rule.max_events is not None and count > rule.max_events:
                 continue
-            key = str(cur["k"])
-            out.append((rule, Fired((f"session:{key}",), cur["l"] + self.gap, key)))
+            out.append((rule, Fired((f"session:{key}",), at, key)))
         return out

@@ -313,6 +313,35 @@ def test_session_boundary_by_gap_and_by_session_id() -> None:
     ]
 
 
+def test_an_ended_visit_stays_ended_however_the_events_are_batched() -> None:
+    """Two tabs, two session ids. The first event of b ends a; a later event of a (a
+    visit that ended) leaves b alone and opens nothing, so b is one visit of two pages.
+    Before, a and b ended each other over and over: a one-page rule fired for both, and
+    for a twice, the same signal id in two batches, which the score script took for a
+    batch run again after a crash (REES46 shopper 555461918, through a live worker). And
+    what fires is the same whether the timer ends a visit between two batches or not."""
+    eng = engine({"id": "one_page", "kind": "session", "max_events": 1}, session_gap="30m")
+    minutes = [0, 1, 2, 3, 40]
+    bodies = [
+        ev("s", 0, "product_view", session="a", **CABLE),
+        ev("s", 1, "product_view", session="b", **CABLE),  # ends a (one page)
+        ev("s", 2, "product_view", session="a", **CABLE),  # a has ended: b goes on
+        ev("s", 3, "product_view", session="b", **CABLE),  # b: two pages
+        ev("s", 40, "product_view", session="b", **CABLE),  # b ended at 33 (the gap)
+    ]
+    whole = run(eng, bodies)
+    assert [s.session_id for s in whole] == ["a"]
+    assert whole[0].at == at(1)  # when b's first event ended it, not at the end of a gap
+    for cut in range(1, len(bodies)):
+        for sweep in (minutes[cut - 1] + 0.5, 35):  # a timer tick between the two batches
+            state = eng.new_state()
+            parts = eng.process("s", state, events(*bodies[:cut])).signals
+            parts += eng.advance("s", state, at(min(sweep, minutes[cut])).timestamp())
+            parts += eng.process("s", state, events(*bodies[cut:])).signals
+            parts += eng.advance("s", state, float("inf"))
+            assert [s.signal_id for s in parts] == [s.signal_id for s in whole], cut
+
+
 def test_offsite_events_do_not_break_a_visit() -> None:
     signals = run(engine(BLOG), [ev("s", 0, "page_view", page="blog"), ev("s", 1, "email_open")])
     assert rule_ids(signals) == ["blog_only_visit"]
