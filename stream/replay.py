@@ -109,7 +109,10 @@ def detect(
     end = result.end
     out: dict[str, list[Signal]] = {}
     for shopper in sorted(by_shopper):
-        events = sorted(by_shopper[shopper], key=lambda e: (e.ts, e.id))
+        # In time order; events of the same instant stay in file order, the order a live
+        # worker reads them in (by id, two visits starting in one second ended the other
+        # way round from the live worker's, with other signal ids).
+        events = sorted(by_shopper[shopper], key=lambda e: e.ts)
         result.events += len(events)
         result.first_seen[shopper] = events[0].ts.timestamp()
         buys = [e.ts.timestamp() for e in events if e.type == "purchase"]
