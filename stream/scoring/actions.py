@@ -70,11 +70,77 @@ def outputs_for(shopper: str, result: Result, signals: list[Signal]) -> list[Out
     out: list[Output] = []
     for change in result.changes:
         out += _tier_change(shopper, change, by_id.get(change.cause or ""))
-    out += _suppression(shopper, result, fresh)
-    if result.to_tier != "suppressed":
-        for signal in fresh:
-            out += _signal_actions(shopper, result, signal)
+    periods = Periods(result, fresh)
+    out += _suppression(shopper, result, periods)
+    for signal in fresh:
+        t = signal.at.timestamp()
+        tier = _tier_at(result, t)
+        if tier != "suppressed":
+            out += _signal_actions(shopper, result, signal, tier, periods.active(t))
     return out
+
+
+class Periods:
+    """When each suppression of a score call was in force. A signal's actions are
+    suppressed by what was in force at its time, not by what is at the end of the call:
+    a replay's one call per shopper runs to the end of the file, so a month's suppression
+    set and ended in it suppressed nothing; in the worker, a purchase suppressed the
+    views before it in the same batch. Built from the result alone: the periods this
+    call set (each from the signal that set it, to its `until`), and those in force
+    before it (`was`): throughout the call if still in force at its end; one that ended
+    in it ended at a time the result does not give (the call's time stands in for the
+    record), and is taken as over for the call's signals, as before."""
+
+    def __init__(self, result: Result, fresh: list[Signal]) -> None:
+        started = {
+            (score.suppress, round(score.until, 3)): signal
+            for signal in fresh
+            if signal.suppression is not None
+            for score in (to_score_signal(signal),)
+        }
+        self.causes: dict[tuple[str, float], Signal] = {}  # (key, until) -> its signal
+        self.runs: dict[str, list[list[float]]] = {}  # key -> [start, until] periods
+        for key, until in result.suppressed:
+            cause = started.get((key, round(until, 3)))
+            if cause is not None:
+                self.causes[key, round(until, 3)] = cause
+            start = cause.at.timestamp() if cause is not None else result.at
+            runs = self.runs.setdefault(key, [])
+            if runs and start <= runs[-1][1]:
+                runs[-1][1] = max(runs[-1][1], until)  # extended while in force
+            else:
+                runs.append([start, until])
+        # in force before the call and still at its end: throughout
+        self.earlier = {k for k in result.was if k in result.active}
+        ends: dict[str, list[float]] = {
+            k: [u for _, u in r if u <= result.at] for k, r in self.runs.items()
+        }
+        for key in result.was:
+            if key not in result.active:  # ended in the call, first: its time is not known
+                ends[key] = [result.at, *ends.get(key, [])]
+        self.ended: list[tuple[str, float]] = []  # each end in the call, with its time
+        for key in result.unsuppressed:
+            times = ends.get(key)
+            self.ended.append((key, times.pop(0) if times else result.at))
+
+    def active(self, t: float) -> set[str]:
+        """The suppression keys in force at `t`."""
+        keys = set(self.earlier)
+        keys.update(k for k, runs in self.runs.items() if any(a <= t < b for a, b in runs))
+        return keys
+
+
+def _tier_at(result: Result, t: float) -> str:
+    """The tier just after the signals of time `t` were scored: a signal's actions carry
+    the tier of their moment, not that of the end of the call (which, in a replay, is
+    after every decay up to the file's end, and in the worker depends on what else the
+    batch held)."""
+    tier = result.from_tier
+    for change in result.changes:  # in time order
+        if change.at > t:
+            break
+        tier = change.to_tier
+    return tier
 
 
 def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Output]:
@@ -122,12 +188,11 @@ def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Out
     return out
 
 
-def _suppression(shopper: str, result: Result, fresh: list[Signal]) -> list[Output]:
+def _suppression(shopper: str, result: Result, periods: Periods) -> list[Output]:
     out: list[Output] = []
-    by_key = {to_score_signal(s).suppress: s for s in fresh if s.suppression is not None}
     for key, until in result.suppressed:
         scope, _, value = key.partition(":")
-        cause = by_key.get(key)
+        cause = periods.causes.get((key, round(until, 3)))
         out.append(
             Output(
                 "topic_suppression",
@@ -147,30 +212,31 @@ def _suppression(shopper: str, result: Result, fresh: list[Signal]) -> list[Outp
                 ),
             )
         )
-    for key in result.unsuppressed:
+    for key, ended in periods.ended:
         scope, _, value = key.partition(":")
         out.append(
             Output(
                 "topic_suppression",
                 shopper,
                 SuppressionRecord(
-                    record_id=f"{shopper}:unsuppress:{key}:{result.at:.3f}",
+                    record_id=f"{shopper}:unsuppress:{key}:{ended:.3f}",
                     shopper_id=shopper,
                     op="unsuppress",
                     scope=scope,
                     value=value or None,
-                    at=_at(result.at),
+                    at=_at(ended),
                 ),
             )
         )
     return out
 
 
-def _signal_actions(shopper: str, result: Result, signal: Signal) -> list[Output]:
-    if signal.category and f"category:{signal.category}" in result.active:
+def _signal_actions(
+    shopper: str, result: Result, signal: Signal, tier: str, active: set[str]
+) -> list[Output]:
+    if signal.category and f"category:{signal.category}" in active:
         return []  # outreach for this category is suppressed (a recent purchase)
     out: list[Output] = []
-    tier = result.to_tier
     for action in signal.actions:
         if action.startswith(AUDIENCE_PREFIX):
             name = action.removeprefix(AUDIENCE_PREFIX)
@@ -183,7 +249,7 @@ def _signal_actions(shopper: str, result: Result, signal: Signal) -> list[Output
                 _audience(shopper, signal.signal_id, "add", name, tier, signal.at, signal.rule_id)
             )
         elif action == CART_RECOVERY:
-            out += _cart_recovery(shopper, result, signal)
+            out += _cart_recovery(shopper, result, signal, tier, active)
         elif action not in NOT_CONTENT and tier in POINT_TIERS:
             out.append(
                 Output(
@@ -226,7 +292,9 @@ def _audience(
     )
 
 
-def _cart_recovery(shopper: str, result: Result, signal: Signal) -> list[Output]:
+def _cart_recovery(
+    shopper: str, result: Result, signal: Signal, tier: str, active: set[str]
+) -> list[Output]:
     anchor_at = signal.properties.get("anchor_at")
     checkout_at = datetime.fromisoformat(anchor_at) if anchor_at else None
     if (
@@ -235,7 +303,7 @@ def _cart_recovery(shopper: str, result: Result, signal: Signal) -> list[Output]
         and checkout_at.timestamp() <= result.reset <= signal.at.timestamp()
     ):
         return []  # bought between starting this checkout and the trigger: never nag
-    channels = sorted(k.split(":", 1)[1] for k in result.active if k.startswith("channel:"))
+    channels = sorted(k.split(":", 1)[1] for k in active if k.startswith("channel:"))
     return [
         Output(
             "topic_cart_recovery",
@@ -246,7 +314,7 @@ def _cart_recovery(shopper: str, result: Result, signal: Signal) -> list[Output]
                 checkout_event_id=signal.anchors[0],
                 checkout_at=checkout_at,
                 cart=signal.properties.get("cart", {"items": [], "value": 0.0}),
-                tier=result.to_tier,
+                tier=tier,
                 at=signal.at,
                 suppressed_channels=channels,
             ),

@@ -87,6 +87,7 @@ class Result:
     new_ids: list[str] = field(default_factory=list)  # signals applied now (not duplicates)
     reset: float | None = None  # time of the last purchase
     active: list[str] = field(default_factory=list)  # suppression scope keys in force
+    was: list[str] = field(default_factory=list)  # ... and those in force before the call
 
     @property
     def changed(self) -> bool:
@@ -220,6 +221,7 @@ def apply(
     The transitions depend on event times only, never on how signals were batched."""
     previous = state["tier"]
     seq_before = state["seq"]
+    was = sorted(state["x"])
     duplicates: list[str] = []  # applied by an earlier call
     new_ids: list[str] = []
     suppressed: list[tuple[str, float]] = []
@@ -299,6 +301,7 @@ def apply(
         new_ids,
         state["reset"],
         sorted(state["x"]),
+        was,
     )
     last = state["last"]
     decay = not signals and now is not None
@@ -325,6 +328,7 @@ def _merged(last: Result, current: Result) -> Result:
     merged.suppressed = [*last.suppressed, *current.suppressed]
     merged.unsuppressed = [*last.unsuppressed, *current.unsuppressed]
     merged.new_ids = [*last.new_ids, *current.new_ids]
+    merged.was = last.was
     merged.applied = len(merged.new_ids)
     return merged
 

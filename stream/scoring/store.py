@@ -93,6 +93,7 @@ def parse_result(raw: bytes | str) -> Result:
         new_ids=list(_list(data.get("ids"))),
         reset=float(data["reset"]) if data.get("reset") else None,
         active=list(_list(data.get("active"))),
+        was=list(_list(data.get("was"))),
     )
 
 

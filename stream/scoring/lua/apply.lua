@@ -14,7 +14,8 @@ RETURNS  JSON {"from","to","score","at","seq","deadline" ("" = none),"ttl" (s),"
                "changes": [{"from","to","score","at","seq","reason","top","cause"}],
                "top": [[rule, points]], "sup": [[scope, until]], "unsup": [scope],
                "ids": [newly applied signal ids], "reset": last purchase time ("" = none),
-               "active": [active suppression scope keys, sorted]}
+               "active": [active suppression scope keys, sorted],
+               "was": [the keys active before the call, sorted]}
          numbers as "%.17g" strings, so nothing is rounded on the way out.
 Hash fields: tier, seq, T (last evaluation, epoch s), reset (epoch s of the last purchase),
   s|<h> = "v r"  one component per half-life class h (v points at time r)
@@ -77,6 +78,7 @@ local function sorted_keys(tbl)
   table.sort(keys)
   return keys
 end
+local was = sorted_keys(x)  -- the suppressions in force before this call
 local function score_with(hs, t)  -- hs: the half-lives, sorted (the summation order)
   local total = 0.0
   for _, h in ipairs(hs) do total = total + decay(s[h][1], s[h][2], h, t) end
@@ -343,6 +345,7 @@ if #duplicates > 0 or repeat_decay then
         suppressed = concat(last.sup, suppressed)
         unsup = concat(last.unsup, unsup)
         new_ids = concat(last.ids, new_ids)
+        was = last.was or was
       end
     end
   end
@@ -352,7 +355,7 @@ local out = cjson.encode({
   from = previous, to = tier, score = fmt(score), at = fmt(T), seq = seq,
   deadline = deadline and fmt(deadline) or "", ttl = fmt(ttl), changes = changes,
   applied = #new_ids, top = top_out, sup = suppressed, unsup = unsup, ids = new_ids,
-  reset = reset and fmt(reset) or "", active = sorted_keys(x),
+  reset = reset and fmt(reset) or "", active = sorted_keys(x), was = was,
 })
 if #new_ids > 0 or (is_decay and (#changes > 0 or #unsup > 0)) then
   local call_now = ""
