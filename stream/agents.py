@@ -75,6 +75,10 @@ log = logging.getLogger(__name__)
 IDLE_GRACE_SECONDS: Final = 1.0  # a partition this long without input is "idle": wall clock rules
 SWEEP_CHUNK: Final = 100  # due shoppers handled under the lock at once (bounds the pause)
 SWEEP_TURN: Final = 2000  # due shoppers of a partition in a row before the next one's turn
+# Most due shoppers of a partition in one sweep: a backlog larger than this (a long
+# outage) goes on at the next tick; and shoppers that stayed due after being handled (a
+# fault) cannot keep one sweep going for ever.
+SWEEP_MAX: Final = 50_000
 RETRY_MAX_SECONDS: Final = 30.0
 # How long the broker may hold a fetch while it has no new record (it answers as soon as
 # one arrives). Not the batch window: on the embedded broker, fetches of a few ms made
@@ -423,8 +427,8 @@ class Pipeline:
                     handled = await self._sweep_chunks(active)
                 for sweep, n in zip(active, handled, strict=True):
                     sweep.chunks += 1
-                    if n < SWEEP_CHUNK:  # nothing more due here
-                        waiting.remove(sweep)
+                    if n < SWEEP_CHUNK or sweep.chunks >= SWEEP_MAX // SWEEP_CHUNK:
+                        waiting.remove(sweep)  # nothing more due here, or its most
                     elif sweep.chunks % (SWEEP_TURN // SWEEP_CHUNK) == 0:
                         waiting.remove(sweep)  # its turn is over: to the back
                         waiting.append(sweep)

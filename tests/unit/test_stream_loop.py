@@ -562,3 +562,21 @@ def test_a_sweep_fires_every_detection_deadline_before_any_decay_up_to_one_until
     asyncio.run(pipeline.sweep_partitions({0}))
     assert [kind for kind, _ in order] == ["deadlines"] * 3 + ["decays"] * 2
     assert {until for _, until in order} == {start}
+
+
+def test_a_partition_that_stays_due_stops_at_sweep_max(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shoppers that stay due after being handled (a fault) cannot keep one sweep going
+    for ever: each partition stops at SWEEP_MAX shoppers, and the next tick goes on."""
+    pipeline = _pipeline([])
+    pipeline.loop.caught_up = True
+    calls: list[int] = []
+
+    async def always(partition: int, until: float, outbox: Any) -> int:
+        calls.append(partition)
+        return agents.SWEEP_CHUNK
+
+    monkeypatch.setattr(pipeline, "_sweep", always)
+    monkeypatch.setattr(agents, "SWEEP_MAX", 5 * agents.SWEEP_CHUNK)
+    asyncio.run(pipeline.sweep_partitions({0, 1, 2}))
+    assert sorted(calls) == [0] * 5 + [1] * 5 + [2] * 5
+    assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
