@@ -261,7 +261,6 @@ def settle(
     changes = total(m, "intent_tier_changes_total{") - total(before, "intent_tier_changes_total{")
     seconds = time.perf_counter() - started - quiet_seconds
     spent = phase_cpu(worker, stack, since=cpu)  # includes the quiet seconds: ~idle
-    per_change = {k: round(v * 1e6 / max(changes, 1), 1) for k, v in spent.items()}
     log(
         f"caught up with event time in {seconds:.1f} s ({changes:,.0f} tier changes; "
         f"worker busy {spent['worker'] / seconds:.0%})"
@@ -269,8 +268,13 @@ def settle(
     return {
         "catch_up_s": seconds,
         "catch_up_tier_changes": changes,
-        "catch_up_cpu_us_per_change": per_change,
+        "catch_up_cpu_us_per_change": micros_per(spent, changes),
     }
+
+
+def micros_per(spent: dict[str, float], n: float) -> dict[str, float]:
+    """Each process's CPU seconds as µs per unit of work (event, tier change)."""
+    return {name: round(seconds * 1e6 / max(n, 1), 1) for name, seconds in spent.items()}
 
 
 def phase_cpu(
@@ -465,11 +469,9 @@ def main() -> None:
         result.update(settle(settings, worker.pid, stack))
         cpu = phase_cpu(worker.pid, stack)
         result.update(bench_latency(settings, rows, args.rate, args.latency_seconds))
-        offered = args.rate * args.latency_seconds
-        result["latency_cpu_us_per_event"] = {
-            name: round(seconds * 1e6 / offered, 1)
-            for name, seconds in phase_cpu(worker.pid, stack, since=cpu).items()
-        }
+        result["latency_cpu_us_per_event"] = micros_per(
+            phase_cpu(worker.pid, stack, since=cpu), args.rate * args.latency_seconds
+        )
         log(f"latency at {args.rate}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
         stop_process(worker, grace=20)
         for key in ("aiokafka_events_per_s", "faust_floor_events_per_s", "quix_events_per_s"):
@@ -517,12 +519,13 @@ def print_table(result: dict[str, Any]) -> None:
         value = result.get(key)
         text = "-" if value is None else f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
         print(f"  {label:<50} {text:>14}")
-    if result.get("catch_up_cpu_us_per_change"):
-        split = ", ".join(f"{k} {v:,.0f}" for k, v in result["catch_up_cpu_us_per_change"].items())
-        print(f"  {'CPU per tier change in the catch-up, us':<50} {split}")
-    if result.get("latency_cpu_us_per_event"):
-        split = ", ".join(f"{k} {v:,.0f}" for k, v in result["latency_cpu_us_per_event"].items())
-        print(f"  {'CPU per event at the fixed rate, us':<50} {split}")
+    for key, label in (
+        ("catch_up_cpu_us_per_change", "CPU per tier change in the catch-up, us"),
+        ("latency_cpu_us_per_event", "CPU per event at the fixed rate, us"),
+    ):
+        if result.get(key):
+            split = ", ".join(f"{k} {v:,.0f}" for k, v in result[key].items())
+            print(f"  {label:<50} {split}")
     if result.get("aiokafka_events_per_s") and result.get("faust_floor_events_per_s"):
         ceiling = result["events_per_s"] / result["aiokafka_events_per_s"]
         floor = result["events_per_s"] / result["faust_floor_events_per_s"]

@@ -38,9 +38,10 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import faust
@@ -156,6 +157,24 @@ class Outbox:
         self.records += other.records
         self.saved.update(other.saved)
         self.index += other.index
+
+
+async def concurrently(
+    jobs: list[Callable[[Outbox], Coroutine[Any, Any, T]]], outbox: Outbox
+) -> list[T]:
+    """Run the jobs as concurrent tasks, each queuing into an outbox of its own, and merge
+    those into `outbox` in job order, so what goes out does not depend on which finished
+    first; the jobs' results, in the same order. One that fails cancels the others
+    before they go further, and its own exception is raised, not the task group's."""
+    parts = [Outbox() for _ in jobs]
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            running = [tasks.create_task(job(part)) for job, part in zip(jobs, parts, strict=True)]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    for part in parts:
+        outbox.merge(part)
+    return [task.result() for task in running]
 
 
 class Pipeline:
@@ -285,18 +304,9 @@ class Pipeline:
         ]
         for i, (shopper, items) in enumerate(by_shopper.items()):
             groups[i % len(groups)][shopper] = items
-        parts = [Outbox() for _ in groups]
-        try:
-            async with asyncio.TaskGroup() as tasks:  # one failing cancels the others
-                lates = [
-                    tasks.create_task(self._process_group(group, part))
-                    for group, part in zip(groups, parts, strict=True)
-                ]
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None  # as one group would have raised it
-        for part, late in zip(parts, lates, strict=True):
-            outbox.merge(part)
-            rejected += [Rejection(r, errors.LATE, LATE_DETAIL) for r in late.result()]
+        lates = await concurrently([partial(self._process_group, g) for g in groups], outbox)
+        for late in lates:
+            rejected += [Rejection(r, errors.LATE, LATE_DETAIL) for r in late]
         self.reject(rejected, outbox)
 
     async def _process_group(
@@ -443,20 +453,10 @@ class Pipeline:
     async def _sweep_chunks(self, sweeps: list[SweepPass]) -> list[int]:
         """One chunk of each partition, concurrently, sent as one; how many shoppers each
         had due."""
-        parts = [Outbox() for _ in sweeps]
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                counts = [
-                    tasks.create_task(self._sweep_chunk(sweep, part))
-                    for sweep, part in zip(sweeps, parts, strict=True)
-                ]
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None
         outbox = Outbox()
-        for part in parts:
-            outbox.merge(part)
+        counts = await concurrently([partial(self._sweep_chunk, s) for s in sweeps], outbox)
         await self._flush_until_sent(outbox)
-        return [count.result() for count in counts]
+        return counts
 
     async def _sweep_chunk(self, sweep: SweepPass, outbox: Outbox) -> int:
         """A chunk of the partition's detection deadlines; once they are all fired, of its

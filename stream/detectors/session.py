@@ -62,6 +62,7 @@ class Sessions:
             if not same:
                 fired = self._close(st, cur, min(ts, ends))
                 cur = None
+        # asked again: the close just above may have ended this very session id (the gap)
         if event.session_id is not None and event.session_id in st.get("done", ()):
             return event.session_id, fired  # of a visit that ended: opens none
         if cur is None:

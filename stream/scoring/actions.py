@@ -92,18 +92,18 @@ class Periods:
     record), and is taken as over for the call's signals, as before."""
 
     def __init__(self, result: Result, fresh: list[Signal]) -> None:
+        scored = [(to_score_signal(s), s) for s in fresh if s.suppression is not None]
         started = {
-            (score.suppress, round(score.until, 3)): signal
-            for signal in fresh
-            if signal.suppression is not None
-            for score in (to_score_signal(signal),)
+            period(score.suppress, score.until): s
+            for score, s in scored
+            if score.suppress is not None
         }
-        self.causes: dict[tuple[str, float], Signal] = {}  # (key, until) -> its signal
+        self.causes: dict[str, Signal] = {}  # period -> the signal that set it
         self.runs: dict[str, list[list[float]]] = {}  # key -> [start, until] periods
         for key, until in result.suppressed:
-            cause = started.get((key, round(until, 3)))
+            cause = started.get(period(key, until))
             if cause is not None:
-                self.causes[key, round(until, 3)] = cause
+                self.causes[period(key, until)] = cause
             start = cause.at.timestamp() if cause is not None else result.at
             runs = self.runs.setdefault(key, [])
             if runs and start <= runs[-1][1]:
@@ -128,6 +128,11 @@ class Periods:
         keys = set(self.earlier)
         keys.update(k for k, runs in self.runs.items() if any(a <= t < b for a, b in runs))
         return keys
+
+
+def period(key: str, until: float) -> str:
+    """A suppression period: its scope key and its end, to the millisecond."""
+    return f"{key}:{until:.3f}"
 
 
 def _tier_at(result: Result, t: float) -> str:
@@ -192,13 +197,13 @@ def _suppression(shopper: str, result: Result, periods: Periods) -> list[Output]
     out: list[Output] = []
     for key, until in result.suppressed:
         scope, _, value = key.partition(":")
-        cause = periods.causes.get((key, round(until, 3)))
+        cause = periods.causes.get(period(key, until))
         out.append(
             Output(
                 "topic_suppression",
                 shopper,
                 SuppressionRecord(
-                    record_id=f"{shopper}:suppress:{key}:{until:.3f}",
+                    record_id=f"{shopper}:suppress:{period(key, until)}",
                     shopper_id=shopper,
                     op="suppress",
                     scope=scope,
@@ -219,7 +224,7 @@ def _suppression(shopper: str, result: Result, periods: Periods) -> list[Output]
                 "topic_suppression",
                 shopper,
                 SuppressionRecord(
-                    record_id=f"{shopper}:unsuppress:{key}:{ended:.3f}",
+                    record_id=f"{shopper}:unsuppress:{period(key, ended)}",
                     shopper_id=shopper,
                     op="unsuppress",
                     scope=scope,

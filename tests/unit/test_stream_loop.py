@@ -573,6 +573,8 @@ def test_a_partition_that_stays_due_stops_at_sweep_max(monkeypatch: pytest.Monke
 
     async def always(partition: int, until: float, outbox: Any) -> int:
         calls.append(partition)
+        if len(calls) > 100:  # fail, rather than hang, if nothing stops it
+            raise AssertionError("the sweep did not stop")
         return agents.SWEEP_CHUNK
 
     monkeypatch.setattr(pipeline, "_sweep", always)
