@@ -5,7 +5,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY stream ./stream
 COPY schemas ./schemas
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . && mkdir -p /var/lib/intent && chown nobody /var/lib/intent
+# The worker's local Faust directory must be writable by the user it runs as.
+ENV INTENT_DATA_DIR=/var/lib/intent
 USER nobody
 ENTRYPOINT ["intent"]
 CMD ["worker"]

@@ -13,6 +13,7 @@ import time
 
 import faust
 
+from stream.settings import Settings
 from stream.worker import faust_worker
 
 bootstrap, topic_name, total, app_id, result_file = sys.argv[1:6]
@@ -26,6 +27,7 @@ app = faust.App(
     broker_heartbeat_interval=1,
     consumer_auto_offset_reset="earliest",
     topic_disable_leader=True,
+    datadir=str(Settings().data_dir / app_id),
 )
 topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
 state = {"n": 0, "first": 0.0}

@@ -49,6 +49,7 @@ def main() -> None:
         auto_offset_reset="earliest",
         loglevel="WARNING",
         use_changelog_topics=False,
+        state_dir=settings.data_dir / f"{settings.app_id}-quix",
         auto_create_topics=False,
         producer_extra_config={"partitioner": "murmur2_random", "linger.ms": 2},
     )

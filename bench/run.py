@@ -455,6 +455,7 @@ def main() -> None:
             "INTENT_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
             "INTENT_METRICS_PORT": str(free_port()),
             "INTENT_WEB_PORT": "0",
+            "INTENT_DATA_DIR": str(run_dir / "data"),
         }
         os.environ.update(env)
         settings = Settings()

@@ -26,6 +26,8 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
     config: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in settings.bootstrap_servers],
         "store": "memory://",
+        # Faust's default is "<app id>-data" in the working directory.
+        "datadir": str(settings.data_dir / settings.app_id),
         "topic_partitions": settings.partitions,
         # FIELD-NOTES: Faust's 60 s session means a 30 s start and ~90 s failover on the
         # embedded broker; 6 s / 1 s gives ~5 s and ~10 s and stays stable.

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     run_dir: Path = Field(
         Path(".intent/run"), description="Where `intent dev` keeps server logs and data."
     )
+    data_dir: Path = Field(
+        Path(".intent/data"),
+        description="The worker's local Faust directory; one subdirectory per app id.",
+    )
 
     def topic_names(self) -> dict[str, str]:
         """Every topic the processor uses, by setting name."""

@@ -77,7 +77,16 @@ def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
     """Faust's worker, without its terminal spinner: at --loglevel warning or above,
     Faust feeds the spinner by setting the root logger to DEBUG, and every library's
     debug call then builds a log record (aiokafka logs per request: ~6 % of the worker's
-    py-spy samples at 1k events/s)."""
+    py-spy samples at 1k events/s).
+
+    Faust creates its data directory without parents, so they are made here."""
+    parent = app.conf.datadir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(
+            f"cannot create the data directory {parent} (INTENT_DATA_DIR): {exc}"
+        ) from exc
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
     worker.spinner = None
     return worker

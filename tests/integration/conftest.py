@@ -41,6 +41,7 @@ def env(servers: Servers, request: pytest.FixtureRequest, tmp_path: Path) -> dic
         "INTENT_METRICS_PORT": str(free_port()),
         "INTENT_WEB_PORT": str(free_port()),
         "INTENT_RUN_DIR": str(tmp_path / "run"),
+        "INTENT_DATA_DIR": str(tmp_path / "data"),
     }
     values.update({f"INTENT_{name.upper()}": topic for name, topic in names.items()})
     return values

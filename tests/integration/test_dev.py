@@ -26,6 +26,7 @@ def _port_open(hostport: str) -> bool:
 def test_dev_runs_the_stack_and_stops_everything(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTENT_")}
     env["INTENT_RUN_DIR"] = str(tmp_path / "run")
+    env["INTENT_DATA_DIR"] = str(tmp_path / "data")
     env["INTENT_METRICS_PORT"] = "0"
     env["INTENT_WEB_PORT"] = "0"
     proc = subprocess.Popen(

@@ -37,3 +37,12 @@ def test_bad_setting_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INTENT_PARTITIONS", "0")
     with pytest.raises(Exception, match=r"INTENT_PARTITIONS|partitions"):
         Settings()
+
+
+def test_the_worker_keeps_its_local_data_under_the_data_dir(tmp_path: Path) -> None:
+    from stream.app import create_app
+
+    settings = Settings(app_id="shop-a", data_dir=tmp_path / "data")
+    app = create_app(settings)
+    assert Path(app.conf.datadir) == tmp_path / "data" / "shop-a"
+    assert Path(app.conf.appdir).is_relative_to(tmp_path / "data" / "shop-a")
