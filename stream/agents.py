@@ -3,6 +3,8 @@ send. Nothing else happens here.
 
     clickstream.events --ingest--> intent.events --detect+score--> tier changes, actions
                           \\--> intent.dead-letter <--/ (late)  \\--> intent.signals (audit)
+    (an event whose intent.events partition this worker owns and has read to its end
+    skips that topic: ingest hands it to detection in the same batch, `StreamLoop.direct`)
     timer (sweep): due absence deadlines, visit ends, decay demotions and suppression
                    ends --> signals, tier changes, actions
 
@@ -123,6 +125,7 @@ Moves = list[tuple[str, str, str]]  # (shopper, from tier, to tier)
 IndexWrite = tuple[Deadlines, Audiences, Moves]  # ScoreStore.index's arguments
 Headers = list[tuple[str, bytes]]
 OutRecord = tuple[str, bytes | None, bytes, Headers | None]  # topic, key, value, headers
+Item = tuple[Event, RawRecord, int]  # an event to detect, its record, its intent.events partition
 Sender = Callable[[list[OutRecord]], Awaitable[None]]
 Stage = Callable[[list[RawRecord], "Outbox"], Awaitable[None]]
 
@@ -136,6 +139,16 @@ class SweepPass:
     until: float
     decays: bool = False
     chunks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """A validated clickstream event that skips intent.events: this worker owns its
+    partition there (`StreamLoop.direct`), so it is detected in the same batch."""
+
+    event: Event
+    record: RawRecord  # the clickstream record (dead letters name it)
+    partition: int  # its intent.events partition
 
 
 @dataclass
@@ -236,14 +249,28 @@ class Pipeline:
         """Ingest what came from the clickstream, detect and score what came from
         intent.events, send it all, and only then save the detection state. The two
         stages run concurrently (ingest is CPU work, done while Redis serves the other's
-        steps); their records go out in a fixed order, ingest's first."""
+        steps); their records go out in a fixed order, ingest's first.
+
+        When this worker owns intent.events partitions that it has read to their end
+        (`StreamLoop.direct`), the clickstream events of those partitions skip the hop:
+        ingest runs first and hands them to detection, after what this batch fetched
+        from intent.events. Nothing of theirs is left unread there, so each shopper's
+        order is the one the hop would give; a crash before the commit reads them again
+        from the clickstream, and detection and scoring drop what they already had."""
         ingested, processed = Outbox(), Outbox()
         raw = [r for r in records if r.topic == self.settings.topic_clickstream]
         events = [r for r in records if r.topic == self.settings.topic_normalised]
-        stages = [self._guarded(self.process, events, processed)] if events else []
-        if raw:
-            stages.append(self._guarded(self.ingest, raw, ingested))
-        await asyncio.gather(*stages)  # process first: it reaches its first Redis wait
+        if raw and self.loop.direct:
+            direct: list[Direct] = []
+            await self._guarded(partial(self.ingest, direct=direct), raw, ingested)
+            taken = events + [item.record for item in direct]
+            if taken:
+                await self._guarded(partial(self.process, direct=direct), taken, processed)
+        else:
+            stages = [self._guarded(self.process, events, processed)] if events else []
+            if raw:
+                stages.append(self._guarded(self.ingest, raw, ingested))
+            await asyncio.gather(*stages)  # process first: it reaches its first Redis wait
         outbox = Outbox()
         outbox.merge(ingested)
         outbox.merge(processed)
@@ -257,13 +284,18 @@ class Pipeline:
         try:
             await stage(records, part)
         except Exception as exc:
-            log.exception("%s failed; dead-lettering all %d records", stage.__name__, len(records))
+            name = getattr(stage, "func", stage).__name__  # a partial names its function
+            log.exception("%s failed; dead-lettering all %d records", name, len(records))
             part = Outbox()
             detail = f"{type(exc).__name__}: {exc}"
             self.reject([Rejection(r, errors.PROCESSING_ERROR, detail) for r in records], part)
         outbox.merge(part)
 
-    async def ingest(self, records: list[RawRecord], outbox: Outbox) -> None:
+    async def ingest(
+        self, records: list[RawRecord], outbox: Outbox, direct: list[Direct] | None = None
+    ) -> None:
+        """Validate clickstream records; valid events go to intent.events, or, with
+        `direct`, into it when their partition there is one of `StreamLoop.direct`."""
         self.metrics.batch_size.labels("ingest").observe(len(records))
         result = ingest_batch(records, self.clock(), self.limits)
         now = self.clock().timestamp()
@@ -271,35 +303,55 @@ class Pipeline:
         consumed: Counter[tuple[str, str]] = Counter()
         topic = self.settings.topic_normalised
         add = outbox.add
-        for event in result.events:
+        place = self.loop.place if direct is not None else None
+        taken: list[Direct] = []
+        for event, record in zip(result.events, result.sources, strict=True):
             consumed[event.type, event.source] += 1
             lag.observe(max(0.0, now - event.ts.timestamp()))
-            add(topic, event.shopper_id.encode(), event.to_json())
+            key = event.shopper_id.encode()
+            partition = place(key) if place is not None else None
+            if partition is None:
+                add(topic, key, event.to_json())
+            else:
+                taken.append(Direct(event, record, partition))
         _count(self.metrics.events_consumed, consumed)
+        if taken:
+            self.metrics.events_direct.inc(len(taken))
         self.reject(result.rejected, outbox)
+        if direct is not None:
+            direct += taken  # only once nothing here can fail: no record both ways
 
-    async def process(self, records: list[RawRecord], outbox: Outbox) -> None:
+    async def process(
+        self, records: list[RawRecord], outbox: Outbox, direct: list[Direct] | None = None
+    ) -> None:
         """Detect and score a batch of intent.events. Its shoppers are dealt into
         PROCESS_GROUPS groups that go through load, detection and scoring concurrently:
         while Redis runs one group's score script, this process detects the next group's
         events (one group after the other, this process waited for Redis ~60 µs per
         event, a quarter of its time; ~10 µs now, `make hotpath`). A shopper's events
         are all in one group, so each shopper's order holds; the groups' records go out
-        in group order, so a batch's output is the same from run to run."""
+        in group order, so a batch's output is the same from run to run.
+
+        `direct`: events ingest took straight from the clickstream; their records are
+        the last of `records` (dead-lettered with the rest if this stage fails)."""
         self.metrics.batch_size.labels("detect").observe(len(records))
-        by_shopper: dict[str, list[tuple[Event, RawRecord]]] = defaultdict(list)
-        decoded, rejected = _decode(records, Event)
+        by_shopper: dict[str, list[Item]] = defaultdict(list)
+        fetched = records[: len(records) - len(direct)] if direct else records
+        decoded, rejected = _decode(fetched, Event)
+        items = [(event, record, record.partition) for event, record in decoded]
+        items += [(d.event, d.record, d.partition) for d in direct or ()]
         now = self.clock().timestamp()
         lag = self.metrics.event_lag.labels("detect")
         newest: dict[int, float] = {}  # partition -> newest event time in this batch
-        for event, record in decoded:
+        for item in items:
+            event, _, partition = item
             ts = event.ts.timestamp()
-            by_shopper[event.shopper_id].append((event, record))
-            if ts > newest.get(record.partition, float("-inf")):
-                newest[record.partition] = ts
+            by_shopper[event.shopper_id].append(item)
+            if ts > newest.get(partition, float("-inf")):
+                newest[partition] = ts
             lag.observe(max(0.0, now - ts))
         self._saw(newest)
-        groups: list[dict[str, list[tuple[Event, RawRecord]]]] = [
+        groups: list[dict[str, list[Item]]] = [
             {} for _ in range(min(PROCESS_GROUPS, len(by_shopper)))
         ]
         for i, (shopper, items) in enumerate(by_shopper.items()):
@@ -310,18 +362,18 @@ class Pipeline:
         self.reject(rejected, outbox)
 
     async def _process_group(
-        self, by_shopper: dict[str, list[tuple[Event, RawRecord]]], outbox: Outbox
+        self, by_shopper: dict[str, list[Item]], outbox: Outbox
     ) -> list[RawRecord]:
         """Load, detect and score one group of shoppers; returns the late records."""
         states = await self._retry("load", self.store.load, list(by_shopper))
         signals, late = self._detect(by_shopper, states, outbox)
-        partitions = {shopper: items[0][1].partition for shopper, items in by_shopper.items()}
+        partitions = {shopper: items[0][2] for shopper, items in by_shopper.items()}
         await self._score(signals, partitions, outbox)
         return late
 
     def _detect(
         self,
-        by_shopper: dict[str, list[tuple[Event, RawRecord]]],
+        by_shopper: dict[str, list[Item]],
         states: dict[str, State],
         outbox: Outbox,
     ) -> tuple[list[Signal], list[RawRecord]]:
@@ -329,14 +381,14 @@ class Pipeline:
         late: list[RawRecord] = []
         for shopper, items in by_shopper.items():
             state = states.get(shopper) or self.engine.new_state()
-            outcome = self.engine.process(shopper, state, [event for event, _ in items])
+            outcome = self.engine.process(shopper, state, [item[0] for item in items])
             signals += outcome.signals
             if outcome.late:
                 late_ids = {event.id for event in outcome.late}
-                late += [record for event, record in items if event.id in late_ids]
+                late += [record for event, record, _ in items if event.id in late_ids]
             if outcome.duplicates:
                 self.metrics.events_duplicate.inc(outcome.duplicates)
-            outbox.saved[shopper] = self._saved(state, items[0][1].partition)
+            outbox.saved[shopper] = self._saved(state, items[0][2])
         return signals, late
 
     def _saved(self, state: State, partition: int) -> Saved:
@@ -657,9 +709,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.loop.pipeline.lock:
             self.loop.assignment = set()
             self.loop.caught_up = False
+            self.loop.direct = set()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.loop.caught_up = False  # what the new partitions hold is not read yet
+        self.loop.direct = set()
         self.loop.assignment = set(assigned)
         await self.loop.hold(assigned)
         log.info("assigned %d partitions", len(assigned))
@@ -680,6 +734,10 @@ class StreamLoop(Service):
         # no sweep on them until this worker has read that far (see Pipeline.until)
         self.holds: dict[int, int] = {}
         self.positions: dict[TopicPartition, int] = {}  # as of the last _unread
+        # intent.events partitions this worker owns and has read to their end (as of the
+        # last _unread): their clickstream events skip the hop (Pipeline.handle)
+        self.direct: set[int] = set()
+        self._internal: list[int] = []  # intent.events partition ids, as the producer sees
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
@@ -796,8 +854,31 @@ class StreamLoop(Service):
 
     def _track(self, unread: dict[TopicPartition, int | None]) -> None:
         """Whether every partition this worker owns has been read to its end: until then
-        the sweep keeps to event time (`Pipeline.until`)."""
+        the sweep keeps to event time (`Pipeline.until`). And which intent.events
+        partitions take clickstream events directly: owned, nothing left to read there
+        (not even what this worker wrote itself), and not held after a takeover. One that
+        is not sends its events through the topic, and becomes direct again only once
+        those have been read back, so a shopper's events never overtake each other."""
         self.caught_up = bool(unread) and all(n == 0 for n in unread.values())
+        internal = self.settings.topic_normalised
+        if self.settings.always_repartition or self.consumer is None:
+            return
+        known = self.consumer.partitions_for_topic(internal)
+        if not known:
+            self.direct = set()
+            return
+        self._internal = sorted(known)
+        self.direct = {
+            tp.partition
+            for tp, n in unread.items()
+            if tp.topic == internal and n == 0 and not self.held(tp.partition)
+        }
+
+    def place(self, key: bytes) -> int | None:
+        """The intent.events partition of a shopper key, if it is one of `direct`."""
+        partitions = self._internal
+        partition: int = self._partitioner(key, partitions, partitions)
+        return partition if partition in self.direct else None
 
     def _balance(
         self, consumer: AIOKafkaConsumer, unread: dict[TopicPartition, int | None]

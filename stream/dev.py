@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Final, TextIO
@@ -24,7 +24,9 @@ from typing import Final, TextIO
 import click
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from schemas.errors import InvalidEvent
 from stream.embedded import EmbeddedStack, spawn, stop_process
+from stream.ingest import IngestLimits, RawRecord, ingest_one
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
@@ -136,7 +138,7 @@ def _demo_loop(settings: Settings, rate: float, stop: threading.Event) -> None:
 def _watch(settings: Settings, worker: subprocess.Popen[bytes] | None, out: TextIO) -> None:
     """Print what the worker emits until interrupted (or the worker dies)."""
     topics = [
-        settings.topic_normalised,
+        settings.topic_clickstream,
         settings.topic_signals,
         settings.topic_tier_changes,
         settings.topic_cart_recovery,
@@ -159,12 +161,27 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes] | None, out: Text
                 )
             for batch in consumer.poll(timeout_ms=500).values():
                 for record in batch:
-                    click.echo(_describe(settings, record.topic, record.value, counts))
+                    line = _describe(settings, record.topic, record.value, counts)
+                    if line is not None:
+                        click.echo(line)
     finally:
         consumer.close()
 
 
-def _describe(settings: Settings, topic: str, value: bytes, counts: dict[str, int]) -> str:
+def _describe(settings: Settings, topic: str, value: bytes, counts: dict[str, int]) -> str | None:
+    """One line per record; input as the worker normalises it (None if it rejects it:
+    its dead letter gets the line). The worker detects most events without passing them
+    through intent.events, so the input is read from the clickstream."""
+    if topic == settings.topic_clickstream:
+        limits = IngestLimits(
+            max_bytes=settings.max_event_bytes,
+            max_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+        )
+        try:
+            event = ingest_one(RawRecord(value), datetime.now(UTC), limits)
+        except InvalidEvent:
+            return None
+        value = event.to_json()
     data = json.loads(value)
     if topic == settings.topic_dead_letter:
         counts["rejected"] += 1

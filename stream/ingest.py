@@ -71,6 +71,7 @@ class Rejection:
 @dataclass(slots=True)
 class IngestResult:
     events: list[Event] = field(default_factory=list)
+    sources: list[RawRecord] = field(default_factory=list)  # the record of each event
     rejected: list[Rejection] = field(default_factory=list)
 
 
@@ -102,6 +103,7 @@ def ingest_batch(records: Sequence[RawRecord], now: datetime, limits: IngestLimi
     for record in records:
         try:
             result.events.append(ingest_one(record, now, limits))
+            result.sources.append(record)
         except InvalidEvent as exc:
             result.rejected.append(Rejection(record, exc.reason, exc.detail))
         except Exception as exc:  # a bug of ours must not stop the worker or lose the record

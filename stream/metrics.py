@@ -41,6 +41,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.events_direct = Counter(
+            "intent_events_direct_total",
+            "Valid events detected without the intent.events hop (their partition there "
+            "is this worker's and read to its end).",
+            registry=registry,
+        )
         self.events_duplicate = Counter(
             "intent_events_duplicate_total",
             "Re-delivered events recognised by id and skipped (at-least-once delivery).",

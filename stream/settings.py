@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     batch_window_seconds: float = Field(
         0.005, gt=0, description="Longest wait to fill a batch before it is processed."
     )
+    always_repartition: bool = Field(
+        False,
+        description="Send every event through intent.events; off: an event whose "
+        "intent.events partition this worker owns, read to its end, is detected at once.",
+    )
     producer_linger_ms: int = Field(
         2, ge=0, description="How long the producer waits to fill a request (latency vs. size)."
     )

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,3 +83,23 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, step: float =
             return
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """A worker's /metrics, sample name (with labels) -> value."""
+    samples: dict[str, float] = {}
+
+    def fetch() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return False
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return True
+
+    wait_for(fetch, 10, "the worker's /metrics")
+    return samples

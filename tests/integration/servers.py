@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+
 from stream.embedded import EmbeddedStack
 
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"  # Apache Kafka (community build) with KRaft
@@ -64,3 +66,13 @@ def test_servers(run_dir: Path) -> Iterator[Servers]:
     else:
         with EmbeddedStack(run_dir) as stack:
             yield Servers(stack.kafka_bootstrap, stack.redis_url, "embedded")
+
+
+def drop_keys(redis_url: str, app_id: str) -> None:
+    """Delete every key of one app id (a test's own prefix)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(f"{app_id}:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()

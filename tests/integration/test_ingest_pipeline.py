@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from schemas.adapters import decode_json
 from stream.settings import Settings
 from stream.topics import ensure_topics
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import scrape_metrics
 from tests.integration.kafka_io import Reader, produce
 
 TOTAL = 1000
@@ -77,11 +76,16 @@ def mixed_records(
     return records, expected
 
 
-def test_mixed_input_is_normalised_or_dead_lettered(settings: Settings, start_worker: Any) -> None:
+def test_mixed_input_is_normalised_or_dead_lettered(
+    settings: Settings, env: dict[str, str], start_worker: Any
+) -> None:
     now = datetime.now(UTC)
     records, expected = mixed_records(now)
     ensure_topics(settings)
     produce(settings.kafka_bootstrap, settings.topic_clickstream, records)
+    # Every valid event through intent.events, to read what ingest made of it (by
+    # default, most would be detected at once by this worker, which owns that topic).
+    env["INTENT_ALWAYS_REPARTITION"] = "true"
     worker = start_worker()
 
     reader = Reader(settings.kafka_bootstrap, settings.topic_normalised, settings.topic_dead_letter)
@@ -124,7 +128,7 @@ def test_mixed_input_is_normalised_or_dead_lettered(settings: Settings, start_wo
         assert dict(record.headers)["intent-reason"] == letter["reason"].encode()
 
     # And they are counted.
-    metrics = _scrape(settings.metrics_port)
+    metrics = scrape_metrics(settings.metrics_port)
     for reason, count in reasons.items():
         assert metrics[f'intent_events_rejected_total{{reason="{reason}"}}'] == count
     consumed = sum(v for k, v in metrics.items() if k.startswith("intent_events_total{"))
@@ -135,22 +139,3 @@ def _is_valid(raw: bytes, now: datetime) -> bool:
     from stream.ingest import IngestLimits, RawRecord, ingest_batch
 
     return bool(ingest_batch([RawRecord(raw)], now, IngestLimits()).events)
-
-
-def _scrape(port: int) -> dict[str, float]:
-    samples: dict[str, float] = {}
-
-    def fetch() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return False
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return True
-
-    wait_for(fetch, 10, "the worker's /metrics")
-    return samples

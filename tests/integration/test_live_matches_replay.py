@@ -10,20 +10,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from schemas.events import Event
 from stream.files import read_events
 from stream.replay import action_lines, replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from stream.topics import ensure_topics
+from tests.integration.conftest import scrape_metrics
 from tests.integration.kafka_io import Reader, produce
 
 ACTION_TOPICS = ("topic_retargeting", "topic_cart_recovery", "topic_nurture", "topic_suppression")
 SPLIT = "554907878"  # see the docstring
 
 
+@pytest.mark.parametrize("repartition", [False, True], ids=["direct", "through-intent-events"])
 def test_the_live_worker_emits_exactly_what_replay_computes(
-    settings: Settings, start_worker: Any, shared_data: Path, tmp_path: Path
+    settings: Settings,
+    env: dict[str, str],
+    start_worker: Any,
+    shared_data: Path,
+    tmp_path: Path,
+    repartition: bool,
 ) -> None:
     """The REES46 sample (17k events, the first minutes of a day, carts and purchases
     among them), then one event of now: every decay and absence of the sample falls due
@@ -43,7 +52,10 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     One shopper is left out: two of its events in the same second fire two signals that
     together cross two tiers. In one score call that is one change (none to mid); if a
     batch boundary falls between them, the worker cannot wait for the second and sends
-    two (none to low, low to mid). A limit of scoring as events arrive, not a fault."""
+    two (none to low, low to mid). A limit of scoring as events arrive, not a fault.
+
+    Run both ways: events detected directly by the owner of their intent.events
+    partition (the default), and every event through that topic."""
     sample = shared_data / "rees46_2019-10-01_head.csv.gz"
     events = [
         e for e in read_events(sample, "rees46") if isinstance(e, Event) and e.shopper_id != SPLIT
@@ -70,6 +82,7 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
         settings.topic_clickstream,
         [(json.loads(line)["shopper_id"].encode(), line) for line in lines],
     )
+    env["INTENT_ALWAYS_REPARTITION"] = str(repartition).lower()
     start_worker()
     reader = Reader(
         settings.kafka_bootstrap,
@@ -95,3 +108,8 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
         for r in got[topics[name]]
     )
     assert got_actions == want_actions
+    direct = scrape_metrics(settings.metrics_port)["intent_events_direct_total"]
+    if repartition:
+        assert direct == 0
+    else:
+        assert direct > len(lines) / 2  # most skipped the hop (the first fetches cannot)

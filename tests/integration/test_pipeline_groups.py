@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client import CollectorRegistry
 
 from schemas.events import Event
@@ -25,7 +24,7 @@ from stream.metrics import Metrics
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from stream.worker import redis_client
-from tests.integration.servers import Servers
+from tests.integration.servers import Servers, drop_keys
 
 EVENTS = 6000
 BATCH = 1000  # the worker's default batch size is larger; several batches test the state
@@ -67,9 +66,7 @@ def _run(redis_url: str, sample: Path, groups: int, monkeypatch: pytest.MonkeyPa
             await client.aclose()
 
     asyncio.run(run())
-    sync = redis.Redis.from_url(redis_url)
-    for key in sync.scan_iter(f"{settings.app_id}:*", count=1000):
-        sync.delete(key)
+    drop_keys(redis_url, settings.app_id)
     return sent
 
 

@@ -582,3 +582,45 @@ def test_a_partition_that_stays_due_stops_at_sweep_max(monkeypatch: pytest.Monke
     asyncio.run(pipeline.sweep_partitions({0, 1, 2}))
     assert sorted(calls) == [0] * 5 + [1] * 5 + [2] * 5
     assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
+
+
+class Owned(Positions):
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3}
+
+
+def test_only_owned_partitions_read_to_their_end_take_clickstream_events_directly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An event skips intent.events only where nothing of that partition is left to read,
+    so it cannot overtake an earlier event of its shopper still in the topic."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    loop, _ = _loop(None)
+    tps = {p: TopicPartition("intent.events", p) for p in (0, 1, 2, 3)}
+    raw = TopicPartition("clickstream.events", 0)
+    loop.assignment = {*tps.values(), raw}
+    loop.written = {tps[2]: 7}  # ingest just wrote to partition 2; no fetch has seen it
+    loop.holds = {3: 9}  # taken over with 9 records; the last fetch saw only 4
+    consumer = Owned(
+        {tps[0]: 5, tps[1]: 3, tps[2]: 5, tps[3]: 4, raw: 8},
+        {tps[0]: 5, tps[1]: 2, tps[2]: 5, tps[3]: 4, raw: 8},
+    )
+    loop.consumer = consumer  # type: ignore[assignment]
+    loop._track(asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
+    assert loop.direct == {0}  # 1: one record unread; 2: its own write unread; 3: held
+
+    partitioner = DefaultPartitioner()
+    keys = [f"s-{i}".encode() for i in range(40)]
+    placed = {key: loop.place(key) for key in keys}
+    assert {p for p in placed.values() if p is not None} == {0}
+    for key, partition in placed.items():
+        expected = partitioner(key, [0, 1, 2, 3], [0, 1, 2, 3])  # as the producer places it
+        assert partition == (0 if expected == 0 else None)
+
+    monkeypatch.setenv("INTENT_ALWAYS_REPARTITION", "true")
+    loop, _ = _loop(None)
+    loop.assignment = {*tps.values(), raw}
+    loop.consumer = consumer  # type: ignore[assignment]
+    loop._track(asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
+    assert loop.direct == set()

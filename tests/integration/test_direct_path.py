@@ -1,0 +1,99 @@
+"""Clickstream events whose intent.events partition the worker owns (read to its end)
+skip that topic (`StreamLoop.direct`). On a real Redis and a real sample, the output must
+be what the hop gives: the same records per shopper, in the same order."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner
+from prometheus_client import CollectorRegistry
+
+from schemas.events import Event
+from stream import agents
+from stream.files import read_events
+from stream.ingest import RawRecord
+from stream.metrics import Metrics
+from stream.rulesfile import load_rules
+from stream.settings import Settings
+from stream.worker import redis_client
+from tests.integration.servers import Servers, drop_keys
+
+EVENTS = 6000
+BATCH = 1000
+
+
+def _run(redis_url: str, sample: Path, direct: bool) -> tuple[list[agents.OutRecord], float]:
+    settings = Settings(app_id=f"direct-{uuid.uuid4().hex[:8]}", redis_url=redis_url)
+    events = [e for e in islice(read_events(sample, "rees46"), EVENTS) if isinstance(e, Event)]
+    raw = [
+        RawRecord(e.to_json(), e.shopper_id.encode(), settings.topic_clickstream, i % 4, i)
+        for i, e in enumerate(events)
+    ]
+    partitions = list(range(settings.partitions))
+    partitioner = DefaultPartitioner()
+    sent: list[agents.OutRecord] = []
+    hop: list[RawRecord] = []  # what went to intent.events, read back by the next batch
+
+    async def send(batch: list[agents.OutRecord]) -> None:
+        for record in batch:
+            topic, key, value, _ = record
+            if topic == settings.topic_normalised:
+                partition = partitioner(key, partitions, partitions)
+                hop.append(RawRecord(value, key, topic, partition, len(hop)))
+            else:
+                sent.append(record)
+
+    metrics = Metrics(CollectorRegistry())
+
+    async def run() -> None:
+        client = redis_client(settings)
+        pipeline = agents.Pipeline(None, settings, metrics, load_rules(), client, sender=send)
+        if direct:  # as StreamLoop._track leaves it when it owns every partition
+            pipeline.loop.direct = set(partitions)
+            pipeline.loop._internal = partitions
+        try:
+            for i in range(0, len(raw), BATCH):
+                await pipeline.handle(raw[i : i + BATCH])
+                fetched = sorted(hop, key=lambda r: r.partition)  # as one fetch hands them over
+                hop.clear()
+                if fetched:
+                    await pipeline.handle(fetched)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    drop_keys(redis_url, settings.app_id)
+    return sent, metrics.events_direct._value.get()
+
+
+def _per_key(sent: list[agents.OutRecord], skip: str) -> dict[bytes | None, list[Any]]:
+    out: dict[bytes | None, list[Any]] = defaultdict(list)
+    for topic, key, value, _ in sent:
+        if topic != skip:
+            out[key].append((topic, value))
+    return dict(out)
+
+
+def test_events_that_skip_intent_events_give_what_the_hop_gives(
+    servers: Servers, shared_data: Path
+) -> None:
+    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
+    hop, hop_direct = _run(servers.redis_url, sample, direct=False)
+    direct, direct_count = _run(servers.redis_url, sample, direct=True)
+    settings = Settings()
+    assert hop_direct == 0
+    assert direct_count == EVENTS  # every event skipped the topic
+    topics = {record[0] for record in hop}
+    assert {settings.topic_signals, settings.topic_tier_changes} <= topics  # a real workload
+    dead = settings.topic_dead_letter
+    per_key = _per_key(hop, dead)
+    assert len(per_key) > 500
+    assert _per_key(direct, dead) == per_key
+    # dead letters (late events) name the record they came from, so only their number
+    assert sum(r[0] == dead for r in direct) == sum(r[0] == dead for r in hop)
