@@ -49,6 +49,8 @@ from typing import Any, Final, TypeVar
 import faust
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.web import Request, Response, View
@@ -765,6 +767,13 @@ class StreamLoop(Service):
             heartbeat_interval_ms=int(settings.heartbeat_interval_seconds * 1000),
             fetch_max_wait_ms=FETCH_WAIT_MS,
             max_partition_fetch_bytes=4 << 20,
+            # Range deals each topic's partitions alike, so the worker that reads
+            # clickstream partition n also owns intent.events partition n, and events
+            # keyed by shopper skip the hop (`direct`) with any number of workers;
+            # round robin (aiokafka's default) pairs them only when the count divides
+            # the partitions. Listed second, it is what a group still running older
+            # workers agrees on during a rolling upgrade.
+            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
         )
         await self.producer.start()
         await self.consumer.start()

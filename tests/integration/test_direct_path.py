@@ -5,6 +5,8 @@ be what the hop gives: the same records per shopper, in the same order."""
 from __future__ import annotations
 
 import asyncio
+import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from itertools import islice
@@ -16,12 +18,16 @@ from prometheus_client import CollectorRegistry
 
 from schemas.events import Event
 from stream import agents
+from stream.embedded import free_port
 from stream.files import read_events
 from stream.ingest import RawRecord
 from stream.metrics import Metrics
 from stream.rulesfile import load_rules
 from stream.settings import Settings
+from stream.topics import ensure_topics
 from stream.worker import redis_client
+from tests.integration.conftest import scrape_metrics, wait_for
+from tests.integration.kafka_io import produce
 from tests.integration.servers import Servers, drop_keys
 
 EVENTS = 6000
@@ -97,3 +103,55 @@ def test_events_that_skip_intent_events_give_what_the_hop_gives(
     assert _per_key(direct, dead) == per_key
     # dead letters (late events) name the record they came from, so only their number
     assert sum(r[0] == dead for r in direct) == sum(r[0] == dead for r in hop)
+
+
+def test_three_workers_each_detect_their_own_input_directly(
+    settings: Settings, env: dict[str, str], start_worker: Any, shared_data: Path
+) -> None:
+    """The range assignor gives each worker clickstream partition n together with
+    intent.events partition n, so input keyed by shopper skips the hop on every worker.
+    (With aiokafka's round robin, three workers on 8 + 8 partitions pair none.)"""
+    ports = []
+    for _ in range(3):
+        env["INTENT_METRICS_PORT"] = str(free_port())
+        env["INTENT_WEB_PORT"] = str(free_port())
+        ports.append(int(env["INTENT_METRICS_PORT"]))
+        start_worker()
+
+    def ready(port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    ensure_topics(settings)
+    wait_for(lambda: all(ready(port) for port in ports), 90, "three workers in the group")
+    time.sleep(2 * settings.heartbeat_interval_seconds)  # the last rebalance settles
+    events = [
+        e for e in islice(read_events(shared_data / "rees46_2019-10-01_head.csv.gz", "rees46"),
+                          EVENTS)
+        if isinstance(e, Event)
+    ]  # fmt: skip
+    produce(
+        settings.kafka_bootstrap,
+        settings.topic_clickstream,
+        [(e.shopper_id.encode(), e.to_json()) for e in events],
+    )
+
+    def counted(port: int, name: str) -> float:
+        samples = scrape_metrics(port)
+        return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
+
+    wait_for(
+        lambda: sum(counted(port, "intent_events_total") for port in ports) >= len(events),
+        90,
+        "every event consumed",
+    )
+    direct = [counted(port, "intent_events_direct_total") for port in ports]
+    consumed = [counted(port, "intent_events_total") for port in ports]
+    assert all(n > 0 for n in consumed), consumed  # the input was shared out
+    # Every worker took its own directly (all of it, unless a late rebalance made one
+    # send a batch through intent.events while it had not read that partition yet).
+    assert all(n > 0 for n in direct), (direct, consumed)
+    assert sum(direct) >= 0.9 * sum(consumed), (direct, consumed)
