@@ -1,11 +1,13 @@
 """The hot path without the broker: µs of this process per event, stage by stage.
 
-    python -m bench.hotpath [--events N] [--profile FILE]
+    python -m bench.hotpath [--events N] [--profile FILE] [--hop]
 
 Runs the worker's own `Pipeline` (ingest, detection, scoring on a real Redis server,
 outputs) on Taobao events in batches of `INTENT_BATCH_SIZE`, with a sender that keeps
 what would go to Kafka in memory: what ingest writes to intent.events is fed back as
-the next stage's input, partitioned by key as the producer would. So the figure is
+the next stage's input, partitioned by key as the producer would (with `--hop`; by
+default the pipeline owns every partition, as one worker does, and events skip
+intent.events, `StreamLoop.direct`). So the figure is
 the Python cost of the pipeline alone, the part a faster transport cannot remove; with
 no broker sharing the two cores, runs vary by about ±10 %.
 """
@@ -34,7 +36,7 @@ from stream.settings import Settings
 from stream.worker import load_ruleset, redis_client
 
 
-async def run(n: int, redis_url: str, profile: str | None) -> dict[str, float]:
+async def run(n: int, redis_url: str, profile: str | None, hop: bool = False) -> dict[str, float]:
     settings = Settings(app_id=f"hot-{uuid.uuid4().hex[:6]}", redis_url=redis_url)
     client = redis_client(settings)
 
@@ -53,6 +55,9 @@ async def run(n: int, redis_url: str, profile: str | None) -> dict[str, float]:
     pipeline = Pipeline(
         None, settings, Metrics(CollectorRegistry()), load_ruleset(settings), client, sender=send
     )
+    if not hop:  # as StreamLoop._track leaves it in a worker that owns every partition
+        pipeline.loop.direct = set(parts)
+        pipeline.loop._internal = parts
     raw = [
         RawRecord(v, k, settings.topic_clickstream, i % settings.partitions, i)
         for i, (k, v) in enumerate(events(taobao_rows(), n))
@@ -72,9 +77,10 @@ async def run(n: int, redis_url: str, profile: str | None) -> dict[str, float]:
         seconds["ingest"] += time.perf_counter() - started
         batch = sorted(queued, key=lambda r: r.partition)  # as one fetch hands them over
         queued.clear()
-        started = time.perf_counter()
-        await pipeline.handle(batch)
-        seconds["process"] += time.perf_counter() - started
+        if batch:
+            started = time.perf_counter()
+            await pipeline.handle(batch)
+            seconds["process"] += time.perf_counter() - started
     if profiler:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -97,11 +103,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--profile", help="write a cProfile of the run to this file")
+    parser.add_argument(
+        "--hop", action="store_true", help="every event through intent.events (fed back)"
+    )
     args = parser.parse_args()
     server = redis_server(free_port(), Path(tempfile.mkdtemp(prefix="intent-hotpath-")))
     server.start()
     try:
-        figures = asyncio.run(run(args.events, f"redis://127.0.0.1:{server.port}/0", args.profile))
+        figures = asyncio.run(
+            run(args.events, f"redis://127.0.0.1:{server.port}/0", args.profile, args.hop)
+        )
     finally:
         server.stop()
     for key, value in figures.items():
