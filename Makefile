@@ -43,7 +43,7 @@ lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check stream schemas tests bench
 	$(BIN)/ruff format --check stream schemas tests bench
 
-typecheck: $(STAMP) ## mypy --strict on stream/ and schemas/
+typecheck: $(STAMP) ## mypy --strict on stream/, schemas/ and bench/
 	$(BIN)/mypy
 
 check: lint typecheck test ## What CI runs

@@ -81,7 +81,7 @@ async def run(n: int, redis_url: str, profile: str | None, hop: bool = False) ->
             started = time.perf_counter()
             await pipeline.handle(batch)
             seconds["process"] += time.perf_counter() - started
-    if profiler:
+    if profiler and profile:
         profiler.disable()
         profiler.dump_stats(profile)
     own = time.process_time() - own0

@@ -293,7 +293,9 @@ def phase_cpu(
     return {k: v - since[k] for k, v in now.items()} if since else now
 
 
-def bench_latency(settings: Settings, rows: list[Any], rate: int, seconds: int) -> dict[str, float]:
+def bench_latency(
+    settings: Settings, rows: list[Any], rate: int, seconds: int
+) -> dict[str, float | None]:
     reader = tier_change_reader(settings)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=2, acks=1)
     sent_at: dict[str, float] = {}
