@@ -203,6 +203,9 @@ def bench_worker(
         "redis_bytes_per_shopper": statistics.mean(sizes) if sizes else None,
         "signals": total(m, "intent_signals_total{"),
         "tier_changes": total(m, "intent_tier_changes_total{"),
+        # events detected without the intent.events hop (StreamLoop.direct)
+        "direct_share": m.get("intent_events_direct_total", 0.0)
+        / max(1.0, total(m, "intent_events_total{")),
     }
 
 
@@ -468,7 +471,8 @@ def main() -> None:
         work = bench_worker(stack, settings, env, args.events, run_dir)
         worker = work.pop("worker")
         result.update(work)
-        log(f"worker: {result['events_per_s']:,.0f} events/s")
+        direct = f"{result['direct_share']:.0%} without the intent.events hop"
+        log(f"worker: {result['events_per_s']:,.0f} events/s, {direct}")
         result.update(settle(settings, worker.pid, stack))
         cpu = phase_cpu(worker.pid, stack)
         result.update(bench_latency(settings, rows, args.rate, args.latency_seconds))
