@@ -55,9 +55,8 @@ async def run(n: int, redis_url: str, profile: str | None, hop: bool = False) ->
     pipeline = Pipeline(
         None, settings, Metrics(CollectorRegistry()), load_ruleset(settings), client, sender=send
     )
-    if not hop:  # as StreamLoop._track leaves it in a worker that owns every partition
-        pipeline.loop.direct = set(parts)
-        pipeline.loop._internal = parts
+    if not hop:
+        pipeline.loop.own_all(parts)
     raw = [
         RawRecord(v, k, settings.topic_clickstream, i % settings.partitions, i)
         for i, (k, v) in enumerate(events(taobao_rows(), n))

@@ -6,7 +6,8 @@ A Quix Streams application consumes clickstream.events and intent.events with Qu
 consumer and delivers one message at a time to a StreamingDataFrame callback. The
 callback buffers the records and hands them, `INTENT_BATCH_SIZE` at a time (or when the
 batch window has passed), to the very same `Pipeline` the worker runs: ingest, detection,
-scoring in Redis, outputs. What the pipeline sends goes out through Quix's producer
+scoring in Redis, outputs; events skip intent.events as in a worker that owns every
+partition (`StreamLoop.own_all`). What the pipeline sends goes out through Quix's producer
 (librdkafka, with Java's murmur2 partitioner so keys land where the worker puts them).
 Due deadlines and decays are swept every `INTENT_SWEEP_INTERVAL_SECONDS`, as the
 worker's timer does, in event time only (the pipeline's stream loop, which says when
@@ -67,6 +68,8 @@ def main() -> None:
     pipeline = Pipeline(
         None, settings, default_metrics(), rules, redis_client(settings), sender=send
     )
+    # One consumer owns every partition: events skip intent.events, as in the worker.
+    pipeline.loop.own_all(list(range(settings.partitions)))
     tune_gc()  # what the worker does once it is up: the same process tuning on both sides
     buffer: list[RawRecord] = []
     counts = {"raw": 0, "events": 0}

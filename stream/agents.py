@@ -883,6 +883,14 @@ class StreamLoop(Service):
             if tp.topic == internal and n == 0 and not self.held(tp.partition)
         }
 
+    def own_all(self, partitions: list[int]) -> None:
+        """For a pipeline driven without this loop (the benchmarks, tests): one process
+        that owns every intent.events partition and writes nothing there, so every
+        event skips the hop, as in a worker that owns them all."""
+        if not self.settings.always_repartition:
+            self._internal = sorted(partitions)
+            self.direct = set(partitions)
+
     def place(self, key: bytes) -> int | None:
         """The intent.events partition of a shopper key, if it is one of `direct`."""
         partitions = self._internal

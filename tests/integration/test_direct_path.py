@@ -60,9 +60,8 @@ def _run(redis_url: str, sample: Path, direct: bool) -> tuple[list[agents.OutRec
     async def run() -> None:
         client = redis_client(settings)
         pipeline = agents.Pipeline(None, settings, metrics, load_rules(), client, sender=send)
-        if direct:  # as StreamLoop._track leaves it when it owns every partition
-            pipeline.loop.direct = set(partitions)
-            pipeline.loop._internal = partitions
+        if direct:
+            pipeline.loop.own_all(partitions)
         try:
             for i in range(0, len(raw), BATCH):
                 await pipeline.handle(raw[i : i + BATCH])
