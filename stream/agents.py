@@ -296,8 +296,9 @@ class Pipeline:
     async def ingest(
         self, records: list[RawRecord], outbox: Outbox, direct: list[Direct] | None = None
     ) -> None:
-        """Validate clickstream records; valid events go to intent.events, or, with
-        `direct`, into it when their partition there is one of `StreamLoop.direct`."""
+        """Validate clickstream records. A valid event goes to intent.events; with a
+        `direct` list, one whose partition there is in `StreamLoop.direct` goes into
+        that list instead, for detection in this batch."""
         self.metrics.batch_size.labels("ingest").observe(len(records))
         result = ingest_batch(records, self.clock(), self.limits)
         now = self.clock().timestamp()
@@ -306,12 +307,15 @@ class Pipeline:
         topic = self.settings.topic_normalised
         add = outbox.add
         place = self.loop.place if direct is not None else None
+        placed: dict[bytes, int | None] = {}  # a shopper's key hashed once per batch
         taken: list[Direct] = []
         for event, record in zip(result.events, result.sources, strict=True):
             consumed[event.type, event.source] += 1
             lag.observe(max(0.0, now - event.ts.timestamp()))
             key = event.shopper_id.encode()
-            partition = place(key) if place is not None else None
+            partition = None
+            if place is not None:
+                partition = placed[key] if key in placed else placed.setdefault(key, place(key))
             if partition is None:
                 add(topic, key, event.to_json())
             else:
