@@ -127,7 +127,9 @@ Moves = list[tuple[str, str, str]]  # (shopper, from tier, to tier)
 IndexWrite = tuple[Deadlines, Audiences, Moves]  # ScoreStore.index's arguments
 Headers = list[tuple[str, bytes]]
 OutRecord = tuple[str, bytes | None, bytes, Headers | None]  # topic, key, value, headers
-Item = tuple[Event, RawRecord, int]  # an event to detect, its record, its intent.events partition
+# An event to detect, its record, its intent.events partition. From ingest directly
+# (`StreamLoop.direct`), the record is the clickstream's: dead letters name it.
+Item = tuple[Event, RawRecord, int]
 Sender = Callable[[list[OutRecord]], Awaitable[None]]
 Stage = Callable[[list[RawRecord], "Outbox"], Awaitable[None]]
 
@@ -141,16 +143,6 @@ class SweepPass:
     until: float
     decays: bool = False
     chunks: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Direct:
-    """A validated clickstream event that skips intent.events: this worker owns its
-    partition there (`StreamLoop.direct`), so it is detected in the same batch."""
-
-    event: Event
-    record: RawRecord  # the clickstream record (dead letters name it)
-    partition: int  # its intent.events partition
 
 
 @dataclass
@@ -263,9 +255,9 @@ class Pipeline:
         raw = [r for r in records if r.topic == self.settings.topic_clickstream]
         events = [r for r in records if r.topic == self.settings.topic_normalised]
         if raw and self.loop.direct:
-            direct: list[Direct] = []
+            direct: list[Item] = []
             await self._guarded(partial(self.ingest, direct=direct), raw, ingested)
-            taken = events + [item.record for item in direct]
+            taken = events + [record for _, record, _ in direct]
             if taken:
                 await self._guarded(partial(self.process, direct=direct), taken, processed)
         else:
@@ -294,7 +286,7 @@ class Pipeline:
         outbox.merge(part)
 
     async def ingest(
-        self, records: list[RawRecord], outbox: Outbox, direct: list[Direct] | None = None
+        self, records: list[RawRecord], outbox: Outbox, direct: list[Item] | None = None
     ) -> None:
         """Validate clickstream records. A valid event goes to intent.events; with a
         `direct` list, one whose partition there is in `StreamLoop.direct` goes into
@@ -308,7 +300,7 @@ class Pipeline:
         add = outbox.add
         place = self.loop.place if direct is not None else None
         placed: dict[bytes, int | None] = {}  # a shopper's key hashed once per batch
-        taken: list[Direct] = []
+        taken: list[Item] = []
         for event, record in zip(result.events, result.sources, strict=True):
             consumed[event.type, event.source] += 1
             lag.observe(max(0.0, now - event.ts.timestamp()))
@@ -319,7 +311,7 @@ class Pipeline:
             if partition is None:
                 add(topic, key, event.to_json())
             else:
-                taken.append(Direct(event, record, partition))
+                taken.append((event, record, partition))
         _count(self.metrics.events_consumed, consumed)
         if taken:
             self.metrics.events_direct.inc(len(taken))
@@ -328,7 +320,7 @@ class Pipeline:
             direct += taken  # only once nothing here can fail: no record both ways
 
     async def process(
-        self, records: list[RawRecord], outbox: Outbox, direct: list[Direct] | None = None
+        self, records: list[RawRecord], outbox: Outbox, direct: list[Item] | None = None
     ) -> None:
         """Detect and score a batch of intent.events. Its shoppers are dealt into
         PROCESS_GROUPS groups that go through load, detection and scoring concurrently:
@@ -345,7 +337,7 @@ class Pipeline:
         fetched = records[: len(records) - len(direct)] if direct else records
         decoded, rejected = _decode(fetched, Event)
         items = [(event, record, record.partition) for event, record in decoded]
-        items += [(d.event, d.record, d.partition) for d in direct or ()]
+        items += direct or ()
         now = self.clock().timestamp()
         lag = self.metrics.event_lag.labels("detect")
         newest: dict[int, float] = {}  # partition -> newest event time in this batch
