@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from itertools import islice
@@ -16,6 +15,7 @@ from typing import Any
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry
 
+from bench.failover import ready
 from schemas.events import Event
 from stream import agents
 from stream.embedded import free_port
@@ -116,13 +116,6 @@ def test_three_workers_each_detect_their_own_input_directly(
         env["INTENT_WEB_PORT"] = str(free_port())
         ports.append(int(env["INTENT_METRICS_PORT"]))
         start_worker()
-
-    def ready(port: int) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
 
     ensure_topics(settings)
     wait_for(lambda: all(ready(port) for port in ports), 90, "three workers in the group")
