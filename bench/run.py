@@ -60,26 +60,19 @@ def taobao_rows() -> list[tuple[str, str, str, str, int]]:
     return rows
 
 
-def events(
-    rows: list[Any], n: int, *, live: bool = False, tag: str = ""
-) -> list[tuple[bytes, bytes]]:
+def events(rows: list[Any], n: int) -> list[tuple[bytes, bytes]]:
     """n canonical events; cycle k gets new shoppers (`<user>-k`) and shifted times."""
     span = rows[-1][4] - rows[0][4] + 1
     out = []
     for i in range(n):
         k, row = divmod(i, len(rows))
         user, item, category, kind, ts = rows[row]
-        shopper = f"{user}-{tag}{k}"
-        when = (
-            datetime.now(UTC).isoformat()
-            if live
-            else datetime.fromtimestamp(ts + k * span, tz=UTC).isoformat()
-        )
+        shopper = f"{user}-{k}"
         body = {
-            "event_id": f"{tag}{k}-{row}",
+            "event_id": f"{k}-{row}",
             "shopper_id": shopper,
             "type": TYPES[kind],
-            "ts": when,
+            "ts": datetime.fromtimestamp(ts + k * span, tz=UTC).isoformat(),
             "product": {"sku": item, "category": category},
         }
         out.append((shopper.encode(), json.dumps(body, separators=(",", ":")).encode()))
@@ -295,28 +288,25 @@ def phase_cpu(
     return {k: v - since[k] for k, v in now.items()} if since else now
 
 
-def bench_latency(
-    settings: Settings, rows: list[Any], rate: int, seconds: int
-) -> dict[str, float | None]:
+def bench_latency(settings: Settings, rate: int, seconds: int) -> dict[str, float | None]:
     """Offer `rate` live checkouts a second for `seconds` (each a new shopper's, so each
     gives one tier change) and time each from its send to its tier change's record.
 
     The load comes from this process, through aiokafka, in bursts of what is due each
     millisecond, with the bodies made before the clock starts (only the timestamp is
     set at send). With kafka-python and a body built per send, the load generator cost
-    127-131 us of CPU per event: at 5k/s, two thirds of a core of this 2-core machine
+    127-137 us of CPU per event: at 5k/s, two thirds of a core of this 2-core machine
     taken from the worker it measures."""
-    return asyncio.run(_latency(settings, str(rows[0][0]), rate, seconds))
+    return asyncio.run(_latency(settings, rate, seconds))
 
 
-async def _latency(
-    settings: Settings, user: str, rate: int, seconds: int
-) -> dict[str, float | None]:
+async def _latency(settings: Settings, rate: int, seconds: int) -> dict[str, float | None]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka import TopicPartition as AioPartition
 
     n = rate * seconds
-    shoppers = [f"{user}-lat{i}" for i in range(n)]
+    run = uuid.uuid4().hex[:6]
+    shoppers = [f"lat-{run}-{i}" for i in range(n)]
     keys = [shopper.encode() for shopper in shoppers]
     body = {"type": "checkout_started", "product": {"sku": "X", "category": "c"}}
     heads = [  # the JSON up to the time: `{..., "ts":"`; the time and `"}` come at send
@@ -506,7 +496,7 @@ def main() -> None:
         log(f"worker: {result['events_per_s']:,.0f} events/s, {direct}")
         result.update(settle(settings, worker.pid, stack))
         cpu = phase_cpu(worker.pid, stack)
-        result.update(bench_latency(settings, rows, args.rate, args.latency_seconds))
+        result.update(bench_latency(settings, args.rate, args.latency_seconds))
         result["latency_cpu_us_per_event"] = micros_per(
             phase_cpu(worker.pid, stack, since=cpu), args.rate * args.latency_seconds
         )

@@ -42,7 +42,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import partial
 from typing import Any, Final, TypeVar
 
@@ -65,7 +64,7 @@ from schemas.rules import RuleSet
 from schemas.signals import Signal
 from stream.clock import Clock, utc_now
 from stream.detectors.engine import Engine, State
-from stream.ingest import IngestLimits, RawRecord, Rejection, ingest_batch
+from stream.ingest import RawRecord, Rejection, ingest_batch, ingest_limits
 from stream.metrics import Metrics
 from stream.patterns import PatternStore, Saved
 from stream.runtime import tune_gc
@@ -213,10 +212,7 @@ class Pipeline:
             ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis),
             metrics.redis_roundtrips,
         )
-        self.limits = IngestLimits(
-            max_bytes=settings.max_event_bytes,
-            max_skew=timedelta(seconds=settings.max_clock_skew_seconds),
-        )
+        self.limits = ingest_limits(settings)
         self.topics: dict[str, str] = {
             name: str(getattr(settings, name))
             for name in ("topic_tier_changes", "topic_retargeting", "topic_cart_recovery",
@@ -307,7 +303,9 @@ class Pipeline:
             key = event.shopper_id.encode()
             partition = None
             if place is not None:
-                partition = placed[key] if key in placed else placed.setdefault(key, place(key))
+                if key not in placed:
+                    placed[key] = place(key)
+                partition = placed[key]
             if partition is None:
                 add(topic, key, event.to_json())
             else:
@@ -735,10 +733,9 @@ class StreamLoop(Service):
         # intent.events partitions this worker owns and has read to their end (as of the
         # last _unread): their clickstream events skip the hop (Pipeline.handle)
         self.direct: set[int] = set()
-        self._internal: list[int] = []  # intent.events partition ids, as the producer sees
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
-        self._partitions: dict[str, list[int]] = {}
+        self._partitions: dict[str, list[int]] = {}  # topic -> its partition ids (send_all)
         self._partitioner = DefaultPartitioner()
         # How long getmany waits for records when none are buffered.
         self._window_ms = max(1, int(self.settings.batch_window_seconds * 1000))
@@ -872,7 +869,7 @@ class StreamLoop(Service):
         if not known:
             self.direct = set()
             return
-        self._internal = sorted(known)
+        self._partitions.setdefault(internal, sorted(known))  # as send_all would find them
         self.direct = {
             tp.partition
             for tp, n in unread.items()
@@ -884,12 +881,12 @@ class StreamLoop(Service):
         that owns every intent.events partition and writes nothing there, so every
         event skips the hop, as in a worker that owns them all."""
         if not self.settings.always_repartition:
-            self._internal = sorted(partitions)
+            self._partitions[self.settings.topic_normalised] = sorted(partitions)
             self.direct = set(partitions)
 
     def place(self, key: bytes) -> int | None:
         """The intent.events partition of a shopper key, if it is one of `direct`."""
-        partitions = self._internal
+        partitions = self._partitions[self.settings.topic_normalised]
         partition: int = self._partitioner(key, partitions, partitions)
         return partition if partition in self.direct else None
 

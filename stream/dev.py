@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Final, TextIO
@@ -25,7 +25,7 @@ import click
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream.embedded import EmbeddedStack, spawn, stop_process
-from stream.ingest import IngestLimits, RawRecord, ingest_one
+from stream.ingest import IngestLimits, RawRecord, ingest_limits, ingest_one
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
@@ -152,6 +152,7 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes] | None, out: Text
     consumer.assign(partitions)
     consumer.seek_to_beginning()
     counts = {"valid": 0, "rejected": 0}
+    limits = ingest_limits(settings)
     try:
         while True:
             if worker is not None and worker.poll() is not None:
@@ -160,22 +161,20 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes] | None, out: Text
                 )
             for batch in consumer.poll(timeout_ms=500).values():
                 for record in batch:
-                    line = _describe(settings, record.topic, record.value, counts)
+                    line = _describe(settings, limits, record.topic, record.value, counts)
                     if line is not None:
                         click.echo(line)
     finally:
         consumer.close()
 
 
-def _describe(settings: Settings, topic: str, value: bytes, counts: dict[str, int]) -> str | None:
+def _describe(
+    settings: Settings, limits: IngestLimits, topic: str, value: bytes, counts: dict[str, int]
+) -> str | None:
     """One line per record; input as the worker normalises it (None if it rejects it:
     its dead letter gets the line). The worker detects most events without passing them
     through intent.events, so the input is read from the clickstream."""
     if topic == settings.topic_clickstream:
-        limits = IngestLimits(
-            max_bytes=settings.max_event_bytes,
-            max_skew=timedelta(seconds=settings.max_clock_skew_seconds),
-        )
         try:
             event = ingest_one(RawRecord(value), datetime.now(UTC), limits)
         except Exception:  # InvalidEvent, or a bug of ours: the worker dead-letters it

@@ -13,12 +13,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from schemas import errors
 from schemas.adapters import decode_json
 from schemas.errors import InvalidEvent
 from schemas.events import Event
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 PREVIEW_CHARS: Final = 200  # how much of a rejected payload is shown as text in the dead letter
 
@@ -38,6 +41,14 @@ class RawRecord:
 class IngestLimits:
     max_bytes: int = 64 * 1024
     max_skew: timedelta = timedelta(minutes=5)
+
+
+def ingest_limits(settings: Settings) -> IngestLimits:
+    """The limits the worker applies (INTENT_MAX_EVENT_BYTES, INTENT_MAX_CLOCK_SKEW_SECONDS)."""
+    return IngestLimits(
+        max_bytes=settings.max_event_bytes,
+        max_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,7 @@ def _run(redis_url: str, sample: Path, direct: bool) -> tuple[list[agents.OutRec
 
     asyncio.run(run())
     drop_keys(redis_url, settings.app_id)
-    return sent, metrics.events_direct._value.get()
+    return sent, metrics.registry.get_sample_value("intent_events_direct_total") or 0.0
 
 
 def _per_key(sent: list[agents.OutRecord], skip: str) -> dict[bytes | None, list[Any]]:
