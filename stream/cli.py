@@ -214,7 +214,7 @@ def _run_redis(settings: Settings, run: Any, coro: Any) -> Any:
     "--redis", "redis_url", help="Score in this Redis (the Lua script) instead of in process."
 )
 @click.option("--shard-events", type=click.IntRange(min=1), default=SHARD_EVENTS,
-              show_default=True, help="Events held in memory at once (about 10 KB each); a "
+              show_default=True, help="Events held in memory at once (about 6 KB each); a "
               "bigger file is split by shopper into shards on disk.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Replay the shards in this many processes (same output).")  # fmt: skip

@@ -20,7 +20,7 @@ from stream.errors import ConfigError
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 PROGRESS_EVERY_LINES: Final = 2000
-# Replay: events in hand at once, ~10 KB each with their outputs (~2 GB); a bigger file
+# Replay: events in hand at once, ~6 KB each with their outputs (~1.3 GB); a bigger file
 # is split by shopper into shards on disk (stream/replay.py, README "Replay").
 SHARD_EVENTS: Final = 200_000
 

@@ -6,7 +6,7 @@ fires what is due up to the file's last event time, and scores the signals with 
 maths as the live worker: the pure reference in process, or the Lua script on a real
 Redis (`--redis URL`). The two give identical results (tested on a real sample).
 
-Memory is bounded. A run holds about 10 KB per event it has in hand (the event, its
+Memory is bounded. A run holds about 6 KB per event it has in hand (the event, its
 signals, changes and actions as models), so a file of more than `shard_events` events is
 split by shopper into shards on disk while it is read, and the shards are replayed one
 after the other. A shopper's events all land in one shard, so the results are the same

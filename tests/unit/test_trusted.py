@@ -67,3 +67,30 @@ def test_outputs_built_without_validation_equal_validated_ones() -> None:
         again = type(value).model_validate(value.model_dump())
         assert again == value
         assert again.to_json() == value.to_json()
+
+
+def test_instances_share_one_fields_set_that_copies_leave_alone() -> None:
+    """One set of field names per class (a set per instance was a third of replay's
+    memory); a copy with updates gets its own, and the shared one keeps every field."""
+    first, second = construct(Signal, _values()), construct(Signal, _values())
+    assert first.model_fields_set is second.model_fields_set
+    assert first.model_fields_set == set(Signal.model_fields)
+    copied = first.model_copy(update={"points": 2.0})
+    assert copied.points == 2.0 and first.points == 5.0
+    assert copied.model_fields_set is not first.model_fields_set
+    assert first.model_fields_set == set(Signal.model_fields)
+    assert second == construct(Signal, _values())
+
+
+def test_construct_refuses_a_model_that_is_not_frozen() -> None:
+    """A mutable model would add to the shared fields set on assignment."""
+
+    class Loose(BaseModel):
+        name: str
+
+    try:
+        construct(Loose, {"name": "x"})
+    except TypeError as exc:
+        assert "frozen" in str(exc)
+    else:
+        raise AssertionError("construct must refuse a model that is not frozen")
