@@ -84,9 +84,11 @@ SWEEP_TURN: Final = 2000  # due shoppers of a partition in a row before the next
 # fault) cannot keep one sweep going for ever.
 SWEEP_MAX: Final = 50_000
 RETRY_MAX_SECONDS: Final = 30.0
-# How long the broker may hold a fetch while it has no new record (it answers as soon as
-# one arrives). Not the batch window: on the embedded broker, fetches of a few ms made
-# the tail worse (one hop at 5k/s, 8 partitions: p99 67-128 ms at 5 ms, 33-36 ms at 20).
+# How long the broker may hold a fetch while it has no new record. Apache Kafka answers as
+# soon as one arrives; the embedded broker does not, and a record waited up to about half
+# of this there (README, step 11). Not the batch window: on the embedded broker, fetches
+# of a few ms made the tail worse (one hop at 5k/s, 8 partitions: p99 67-128 ms at 5 ms,
+# 33-36 ms at 20): each fetch costs it CPU.
 FETCH_WAIT_MS: Final = 20
 REDIS_STEP_SECONDS: Final = 10.0  # deadline of one Redis step (a round trip); then retried
 PAUSE_BACKLOG_BATCHES: Final = 10  # intent.events batches waiting before ingest pauses
