@@ -19,7 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
-from stream.redisbatch import Script
+from stream.redisbatch import Command, Script, execute
 from stream.scoring import reference
 from stream.scoring.reference import Change, Result, ScoreConfig, ScoreSignal
 
@@ -171,7 +171,8 @@ class ScoreStore:
         (op, audience, shopper) and tier moves (shopper, from, to), in one round trip."""
         if not deadlines and not audiences and not moves:
             return
-        # One command per key, not per shopper: redis-py's cost is per command.
+        # One command per key, not per shopper, packed by hiredis (`redisbatch`): redis-py
+        # packed these arguments in Python, ~5 us per event in `make hotpath`.
         tier_moves: dict[tuple[str, str], list[str]] = defaultdict(list)  # (op, tier)
         for shopper, old, new in moves or []:
             if old != "none":
@@ -191,23 +192,23 @@ class ScoreStore:
         members: dict[tuple[str, str], list[str]] = defaultdict(list)  # (op, audience)
         for (audience, shopper), op in final.items():
             members[(op, audience)].append(shopper)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (op, tier), shoppers in tier_moves.items():
-                if op == "rem":
-                    pipe.srem(self.tier_key(tier), *shoppers)
-            for (op, tier), shoppers in tier_moves.items():
-                if op == "add":
-                    pipe.sadd(self.tier_key(tier), *shoppers)
-            for partition, shoppers in undue.items():
-                pipe.zrem(self.decay_key(partition), *shoppers)
-            for partition, mapping in due.items():
-                pipe.zadd(self.decay_key(partition), mapping)
-            for (op, audience), shoppers in members.items():
-                if op == "add":
-                    pipe.sadd(self.audience_key(audience), *shoppers)
-                else:
-                    pipe.srem(self.audience_key(audience), *shoppers)
-            await pipe.execute()
+        commands: list[Command] = []
+        for (op, tier), shoppers in tier_moves.items():
+            if op == "rem":
+                commands.append(("SREM", self.tier_key(tier), *shoppers))
+        for (op, tier), shoppers in tier_moves.items():
+            if op == "add":
+                commands.append(("SADD", self.tier_key(tier), *shoppers))
+        for partition, shoppers in undue.items():
+            commands.append(("ZREM", self.decay_key(partition), *shoppers))
+        for partition, mapping in due.items():
+            scored = [part for shopper, at in mapping.items() for part in (at, shopper)]
+            commands.append(("ZADD", self.decay_key(partition), *scored))
+        for (op, audience), shoppers in members.items():
+            commands.append(
+                ("SADD" if op == "add" else "SREM", self.audience_key(audience), *shoppers)
+            )
+        await execute(self.redis, commands)
         self._trip("score_index")
 
     async def tier_counts(self, tiers: tuple[str, ...]) -> dict[str, int]:
