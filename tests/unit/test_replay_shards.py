@@ -84,3 +84,29 @@ def test_a_shard_size_below_one_is_refused(shared_data: Path) -> None:
         replay(shared_data / SAMPLE, "rees46", load_rules(), shard_events=0)
     done = CliRunner().invoke(main, ["replay", str(shared_data / SAMPLE), "--shard-events", "0"])
     assert done.exit_code == 2 and "--shard-events" in done.output
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_file_is_read_without_cyclic_gc_with_or_without_jobs(
+    shared_data: Path, tmp_path: Path, jobs: int
+) -> None:
+    """The whole run holds every event it read: each collection would re-scan them all
+    (with --jobs, reading Taobao took 3.4 s instead of 2.0 while the collector ran)."""
+    import gc
+
+    from stream.replay import OutputFiles, Replay
+
+    enabled: list[bool] = []
+    run = Replay(
+        shared_data / SAMPLE,
+        "rees46",
+        load_rules(),
+        progress=lambda _: enabled.append(gc.isenabled()),
+    )
+    outputs = OutputFiles(None, None, Settings().topic_names(), tmp_path)
+    was = gc.isenabled()
+    parts = list(run.summaries(jobs, outputs))
+    outputs.close()
+    assert len(parts) == jobs and run.events == 17_434
+    assert len(enabled) > 5 and not any(enabled)
+    assert gc.isenabled() == was  # switched back on afterwards
