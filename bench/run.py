@@ -11,7 +11,8 @@
    the preloaded events' time (2017) to now (`settle`; the catch-up time is reported).
 4. Baselines on the same topic: a bare aiokafka consumer (the transport ceiling), a bare
    Faust agent that only counts (the framework floor), the same workload in Quix Streams
-   (bench/quix_workload.py, the `bench` extra); and replay (offline) events/s.
+   (bench/quix_workload.py, the `bench` extra); and replay (offline) events/s, in one
+   process and in one per core (`intent replay --jobs N`, reading included).
 Appends one object to bench/results.json and prints the table.
 """
 
@@ -462,6 +463,21 @@ def bench_replay() -> float:
     return result.events_per_second
 
 
+def bench_replay_jobs(jobs: int) -> float:
+    """`intent replay --jobs N` without output files: events over the wall clock, reading
+    the file included (it is read in one process, then replayed in N forks)."""
+    from stream.replay import OutputFiles, Replay
+    from stream.rulesfile import load_rules
+
+    run = Replay(TAOBAO, "taobao", load_rules())
+    with tempfile.TemporaryDirectory(prefix="intent-bench-replay-") as work:
+        outputs = OutputFiles(None, None, Settings().topic_names(), Path(work))
+        started = time.perf_counter()
+        events: int = sum(tally.events for tally, _ in run.summaries(jobs, outputs))
+        outputs.close()
+        return events / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=500_000)
@@ -517,6 +533,10 @@ def main() -> None:
             if result["quix_events_per_s"]:
                 log(f"Quix Streams, same workload: {result['quix_events_per_s']:,.0f} events/s")
     result["replay_events_per_s"] = bench_replay()
+    result["replay_jobs"] = os.cpu_count() or 1
+    result["replay_jobs_events_per_s"] = (
+        bench_replay_jobs(result["replay_jobs"]) if result["replay_jobs"] > 1 else None
+    )
     result["machine"] = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
@@ -541,6 +561,7 @@ def print_table(result: dict[str, Any]) -> None:
         ("faust_floor_events_per_s", "bare Faust counting agent, events/s"),
         ("quix_events_per_s", "Quix Streams, same workload, events/s"),
         ("replay_events_per_s", "replay (offline), events/s (target >= 200,000)"),
+        ("replay_jobs_events_per_s", f"replay, {result.get('replay_jobs')} processes, events/s"),
     ]
     print()
     for key, label in rows:
