@@ -11,7 +11,7 @@ import click
 
 from schemas.readers import FORMATS
 from stream.errors import IntentError
-from stream.files import SHARD_EVENTS
+from stream.files import SHARD_EVENTS, unreadable_file
 from stream.settings import Settings, get_settings
 
 
@@ -81,6 +81,8 @@ def produce(file: Path, fmt: str, topic: str | None) -> None:
     )
     if report.failed:
         sys.exit(1)
+    if bad and not report.sent:
+        raise click.ClickException(unreadable_file(file, fmt, bad))
 
 
 @main.group()
@@ -269,13 +271,20 @@ def replay(
         _run_redis(settings, lambda f: f(), go)
         seconds = time.perf_counter() - started  # wall clock: reading, replaying, writing
     bad = sum(run.line_errors.values())
+    for error in run.first_errors:
+        click.echo(f"line {error.line_no}: {error.reason}: {error.detail}", err=True)
+    if bad > len(run.first_errors):
+        click.echo(f"... and {bad - len(run.first_errors):,} more unreadable lines", err=True)
+    if bad and not tally.events:
+        raise click.ClickException(unreadable_file(file, fmt, bad))
     rate = tally.events / seconds if seconds else 0.0
     sharded = f", {run.shards} shards" if run.shards > 1 else ""
+    reasons = f" ({', '.join(f'{k}: {v:,}' for k, v in run.line_errors.items())})" if bad else ""
     click.echo(
         f"replayed {tally.events:,} events of {tally.shoppers:,} shoppers in {seconds:.1f} s "
-        f"({rate:,.0f} events/s{sharded}; {bad:,} unreadable lines, {counts['late']:,} late): "
-        f"{counts['signals']:,} signals, {counts['changes']:,} tier changes, "
-        f"{counts['actions']:,} actions"
+        f"({rate:,.0f} events/s{sharded}; {bad:,} unreadable lines{reasons}, "
+        f"{counts['late']:,} late): {counts['signals']:,} signals, "
+        f"{counts['changes']:,} tier changes, {counts['actions']:,} actions"
     )
     if report_dir:
         from stream.report import write

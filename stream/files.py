@@ -20,6 +20,8 @@ from stream.errors import ConfigError
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 PROGRESS_EVERY_LINES: Final = 2000
+SHOW_LINE_ERRORS: Final = 10  # the commands print the first few bad lines in full
+GUESS_LINES: Final = 20  # lines read in each format to guess a file's
 # Replay: events in hand at once, ~6 KB each with their outputs (~1.3 GB); a bigger file
 # is split by shopper into shards on disk (stream/replay.py, README "Replay").
 SHARD_EVENTS: Final = 200_000
@@ -86,3 +88,33 @@ def _lines(
                 yield LineError(line_no, exc.reason, exc.detail, line.rstrip("\r\n")[:200])
         if progress is not None:
             progress(raw.tell())
+
+
+def guess_formats(path: Path, lines: int = GUESS_LINES) -> list[str]:
+    """The formats that read most of the first `lines` lines of the file as events, best
+    first: the hint when a file gave no event at all in the format asked for."""
+    shares: list[tuple[float, str]] = []
+    for name in sorted(FORMATS):
+        read = bad = 0
+        try:
+            for item in read_events(path, name):
+                if isinstance(item, LineError):
+                    bad += 1
+                else:
+                    read += 1
+                if read + bad >= lines:
+                    break
+        except (ConfigError, UnicodeError, OSError):
+            continue
+        if read and read >= bad:
+            shares.append((read / (read + bad), name))
+    return [name for _, name in sorted(shares, key=lambda s: (-s[0], s[1]))]
+
+
+def unreadable_file(path: Path, fmt: str, bad: int) -> str:
+    """What the commands say when not one line of a file could be read."""
+    guess = [name for name in guess_formats(path) if name != fmt]
+    hint = f"; its first lines read as: {', '.join(guess)}" if guess else ""
+    if bad == 1:
+        return f"the one line of {path.name} could not be read as --format {fmt}{hint}"
+    return f"none of the {bad:,} lines of {path.name} could be read as --format {fmt}{hint}"

@@ -14,11 +14,10 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from stream.errors import BrokerUnavailable
-from stream.files import LineError, read_events
+from stream.files import SHOW_LINE_ERRORS, LineError, read_events
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
-SHOW_LINE_ERRORS: Final = 10  # print the first few bad lines in full, count the rest
 LINGER_MS: Final = 20
 BATCH_BYTES: Final = 256 * 1024
 

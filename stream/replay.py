@@ -42,7 +42,7 @@ from schemas.outputs import TierChange
 from schemas.rules import RuleSet
 from schemas.signals import Signal
 from stream.detectors.engine import Engine
-from stream.files import SHARD_EVENTS, LineError, read_events
+from stream.files import SHARD_EVENTS, SHOW_LINE_ERRORS, LineError, read_events
 from stream.scoring.actions import Output, outputs_for, to_score_signal
 from stream.scoring.reference import Result, ScoreConfig, ScoreSignal
 from stream.scoring.store import MemoryScoreStore, ScoreStore
@@ -193,6 +193,7 @@ class Replay:
         self.cfg = ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis)
         self.engine = Engine(rules)
         self.line_errors: dict[str, int] = {}
+        self.first_errors: list[LineError] = []  # the first few bad lines, in full
         self.end = 0.0
         self.shards = 0
         self.events = 0
@@ -286,10 +287,13 @@ class Replay:
         errors: dict[str, int] = defaultdict(int)
         end = -math.inf
         self.events = 0
+        self.first_errors = []
         spill: list[IO[str]] = []
         for item in read_events(self.path, self.fmt, self._progress):
             if isinstance(item, LineError):
                 errors[item.reason] += 1
+                if len(self.first_errors) < SHOW_LINE_ERRORS:
+                    self.first_errors.append(item)
                 continue
             end = max(end, item.ts.timestamp())
             self.events += 1

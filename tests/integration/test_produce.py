@@ -15,16 +15,20 @@ from tests.integration.kafka_io import Reader
 REES46_EVENTS = 17_434  # PROVENANCE.md: view 17,055, cart 165, purchase 214
 
 
-def test_produce_rees46_sample(settings: Settings, env: dict[str, str], shared_data: Path) -> None:
-    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
-    done = subprocess.run(
-        [sys.executable, "-m", "stream", "produce", str(sample), "--format", "rees46"],
+def produce(path: Path, fmt: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stream", "produce", str(path), "--format", fmt],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=300,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_produce_rees46_sample(settings: Settings, env: dict[str, str], shared_data: Path) -> None:
+    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
+    done = produce(sample, "rees46", env)
     assert done.returncode == 0, done.stderr
     assert f"sent {REES46_EVENTS:,} events" in done.stdout
     assert "1 unreadable lines (malformed_line: 1)" in done.stdout
@@ -48,12 +52,26 @@ def test_produce_rees46_sample(settings: Settings, env: dict[str, str], shared_d
 def test_produce_unknown_file_fails_clearly(env: dict[str, str], tmp_path: Path) -> None:
     bad = tmp_path / "events.jsonl"
     bad.write_text('{"shopper_id": "s-1", "type": "page_view", "ts": "2026-01-01T00:00:00Z"}\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "stream", "produce", str(bad), "--format", "parquet"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = produce(bad, "parquet", env)
     assert done.returncode == 2
     assert "Invalid value for '--format'" in done.stderr
+
+
+def test_produce_in_the_wrong_format_fails_and_names_the_right_one(
+    env: dict[str, str], shared_data: Path, tmp_path: Path
+) -> None:
+    """Not one line read (a Taobao export sent as REES46): exit 1, with the format the
+    file's first lines do read as, instead of "sent 0 events" and success."""
+    import gzip
+
+    with gzip.open(shared_data / "taobao_userbehavior_2017-11-26.csv.gz", "rt") as source:
+        head = [next(source) for _ in range(30)]
+    sample = tmp_path / "taobao_head.csv"
+    sample.write_text("".join(head))
+    done = produce(sample, "rees46", env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "sent 0 events" in done.stdout
+    assert (
+        "none of the 30 lines of taobao_head.csv could be read as --format rees46; "
+        "its first lines read as: taobao"
+    ) in done.stderr
