@@ -143,7 +143,7 @@ class Event(BaseModel):
 
     def to_json(self) -> bytes:
         """The canonical wire form (what the normalised topic carries)."""
-        return self.model_dump_json(exclude_none=True).encode()
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
 
 
 def derive_event_id(event: Event) -> str:

@@ -15,7 +15,8 @@ class _Out(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        # model_dump_json() is this, decoded to str (which the producer encoded again)
+        return self.__pydantic_serializer__.to_json(self)
 
 
 class Contribution(BaseModel):

@@ -42,7 +42,8 @@ class Signal(BaseModel):
     properties: dict[str, Any] = Field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
+        # model_dump_json(exclude_none=True), without the round trip through str
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
 
 
 def signal_id(rule_id: str, shopper_id: str, anchors: list[str]) -> str:
