@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from schemas import errors
 from schemas.adapters import decode_json
@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 PREVIEW_CHARS: Final = 200  # how much of a rejected payload is shown as text in the dead letter
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class RawRecord(NamedTuple):
     """One record as consumed: bytes plus where it came from."""
 
     value: bytes | None

@@ -16,8 +16,7 @@ pipelined SET + ZADD/ZREM of every changed state.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -28,8 +27,7 @@ from stream.redisbatch import Command, execute
 State = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Saved:
+class Saved(NamedTuple):
     state: State
     ttl_seconds: float
     deadline: float | None

@@ -8,8 +8,7 @@ longer needs. Times are epoch seconds (event time).
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from schemas.events import Event
 from schemas.rules import KeyName, RuleBase
@@ -18,8 +17,7 @@ RuleState = dict[str, Any]
 BUFFER_CAP = 64  # most events one rule keeps for one shopper, whatever its window
 
 
-@dataclass(frozen=True, slots=True)
-class Ev:
+class Ev(NamedTuple):
     """An event as the detectors see it: with its effective session key."""
 
     event: Event
@@ -30,8 +28,7 @@ class Ev:
     category: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Fired:
+class Fired(NamedTuple):
     """One firing of a rule, before the engine turns it into a `Signal`."""
 
     anchors: tuple[str, ...]

@@ -7,9 +7,8 @@ reports only signals not applied before).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from schemas.outputs import (
     AudienceChange,
@@ -34,8 +33,7 @@ RESET: Final = "reset_score"
 NOT_CONTENT: Final = frozenset({CART_RECOVERY, RETARGETING, RESET, "conversion"})
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
     topic: str  # the Settings field naming the topic, e.g. "topic_tier_changes"
     key: str
     value: _Out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 TIERS: Final = ("none", "low", "mid", "high")
 SUPPRESSED: Final = "suppressed"
@@ -31,8 +31,7 @@ MIN_TTL: Final = 3600.0  # keep even an empty score an hour (a burst of late sig
 TOP: Final = 5  # contributors listed on a tier change
 
 
-@dataclass(frozen=True, slots=True)
-class ScoreSignal:
+class ScoreSignal(NamedTuple):
     id: str
     t: float  # epoch seconds (event time)
     points: float
@@ -56,8 +55,7 @@ class ScoreConfig:
         return {"low": self.low, "mid": self.mid, "high": self.high}[tier]
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """One tier transition, at the event time it happened."""
 
     from_tier: str
