@@ -275,8 +275,6 @@ def replay(
         click.echo(f"line {error.line_no}: {error.reason}: {error.detail}", err=True)
     if bad > len(run.first_errors):
         click.echo(f"... and {bad - len(run.first_errors):,} more unreadable lines", err=True)
-    if bad and not tally.events:
-        raise click.ClickException(unreadable_file(file, fmt, bad))
     rate = tally.events / seconds if seconds else 0.0
     sharded = f", {run.shards} shards" if run.shards > 1 else ""
     reasons = f" ({', '.join(f'{k}: {v:,}' for k, v in run.line_errors.items())})" if bad else ""
@@ -286,6 +284,8 @@ def replay(
         f"{counts['late']:,} late): {counts['signals']:,} signals, "
         f"{counts['changes']:,} tier changes, {counts['actions']:,} actions"
     )
+    if bad and not tally.events:
+        raise click.ClickException(unreadable_file(file, fmt, bad))
     if report_dir:
         from stream.report import write
 

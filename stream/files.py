@@ -21,7 +21,7 @@ from stream.errors import ConfigError
 GZIP_MAGIC: Final = b"\x1f\x8b"
 PROGRESS_EVERY_LINES: Final = 2000
 SHOW_LINE_ERRORS: Final = 10  # the commands print the first few bad lines in full
-GUESS_LINES: Final = 20  # lines read in each format to guess a file's
+GUESS_LINES: Final = 20  # lines read in each format to guess the format of a file
 # Replay: events in hand at once, ~6 KB each with their outputs (~1.3 GB); a bigger file
 # is split by shopper into shards on disk (stream/replay.py, README "Replay").
 SHARD_EVENTS: Final = 200_000
@@ -104,7 +104,7 @@ def guess_formats(path: Path, lines: int = GUESS_LINES) -> list[str]:
                     read += 1
                 if read + bad >= lines:
                     break
-        except (ConfigError, UnicodeError, OSError):
+        except Exception:  # only a hint: a format that cannot read the file is no guess
             continue
         if read and read >= bad:
             shares.append((read / (read + bad), name))

@@ -49,6 +49,7 @@ def test_replay_in_the_wrong_format_exits_1_and_names_the_right_one(
     # the first ten bad lines in full, then how many more
     assert done.output.count("malformed_line: rees46: expected 9 fields, got 5") == 10
     assert "... and 15 more unreadable lines" in done.output
+    assert "replayed 0 events" in done.output  # the summary still comes first
     assert (
         "Error: none of the 25 lines of taobao_userbehavior_2017-11-26.csv could be read "
         "as --format rees46; its first lines read as: taobao"
