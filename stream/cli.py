@@ -229,7 +229,7 @@ def replay(
     import time
     from contextlib import ExitStack
 
-    from stream.replay import OutputFiles, Replay
+    from stream.replay import REPLAY_UNITS, OutputFiles, Replay
     from stream.report import Tally
     from stream.rulesfile import load_rules
 
@@ -252,11 +252,13 @@ def replay(
 
         def read(events: int) -> None:
             bars.close()  # the reading bar ends here, the next one starts
-            replaying.append(bars.enter_context(
-                click.progressbar(length=events, label="replaying", file=sys.stderr)))  # fmt: skip
+            # each event is detected, scored and turned into outputs: REPLAY_UNITS steps
+            replaying.append(bars.enter_context(click.progressbar(
+                length=REPLAY_UNITS * events, label="replaying", file=sys.stderr)))  # fmt: skip
 
-        run = Replay(file, fmt, rules, redis_url=redis_url, progress=advance,
-                     on_read=read, shard_events=shard_events)  # fmt: skip
+        run = Replay(file, fmt, rules, redis_url=redis_url, progress=advance, on_read=read,
+                     on_replayed=lambda units: replaying[0].update(units),
+                     shard_events=shard_events)  # fmt: skip
         outputs = OutputFiles(changes, actions, settings.topic_names(), Path(work))
 
         def go() -> None:
@@ -264,7 +266,6 @@ def replay(
                 tally.merge(shard_tally)
                 for name, n in shard_counts.items():
                     counts[name] += n
-                replaying[0].update(shard_tally.events)
             outputs.close()
 
         started = time.perf_counter()

@@ -48,6 +48,10 @@ from stream.scoring.reference import Result, ScoreConfig, ScoreSignal
 from stream.scoring.store import MemoryScoreStore, ScoreStore
 
 SCORE_BATCH: Final = 500  # shoppers per score pipeline when replaying into Redis
+# Replay progress (`on_replayed`) in units, REPLAY_UNITS per event: detected, scored,
+# turned into outputs; handed over in steps of at least PROGRESS_UNITS.
+REPLAY_UNITS: Final = 3
+PROGRESS_UNITS: Final = 2000
 MAX_SHARDS: Final = 512  # spill files open at once while reading
 SHARD_HEADROOM: Final = 1.25  # more shards than the estimate: shards come out uneven
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -103,9 +107,13 @@ def _at(output: Output) -> datetime:
 
 
 def detect(
-    engine: Engine, by_shopper: dict[str, list[Event]], result: ReplayResult
+    engine: Engine,
+    by_shopper: dict[str, list[Event]],
+    result: ReplayResult,
+    tick: Callable[[int], None] | None = None,
 ) -> dict[str, list[Signal]]:
-    """Signals per shopper, with every deadline up to `result.end` fired."""
+    """Signals per shopper, with every deadline up to `result.end` fired; `tick(n)` after
+    each shopper's n events."""
     end = result.end
     out: dict[str, list[Signal]] = {}
     for shopper in sorted(by_shopper):
@@ -124,13 +132,19 @@ def detect(
         signals = outcome.signals + engine.advance(shopper, state, end)
         if signals:
             out[shopper] = signals
+        if tick is not None:
+            tick(len(events))
     result.shoppers = len(by_shopper)
     return out
 
 
 async def score(
-    store: MemoryScoreStore | ScoreStore, signals: dict[str, list[Signal]], end: float
+    store: MemoryScoreStore | ScoreStore,
+    signals: dict[str, list[Signal]],
+    end: float,
+    done: Callable[[list[str]], None] | None = None,
 ) -> dict[str, Result]:
+    """Each shopper's signals scored; `done(shoppers)` after each batch."""
     results: dict[str, Result] = {}
     shoppers = sorted(signals)
     for i in range(0, len(shoppers), SCORE_BATCH):
@@ -139,6 +153,8 @@ async def score(
             s: ([to_score_signal(x) for x in signals[s]], end) for s in chunk
         }
         results.update(await store.apply_many(batch))
+        if done is not None:
+            done(chunk)
     return results
 
 
@@ -165,7 +181,9 @@ class Replay:
     process; `in_processes(jobs, outputs)` replays the shards in forked processes.
 
     `progress(bytes_read)` follows the reading of the file; `on_read(events)` tells how many
-    events it holds once it is read, before the first shard is replayed. After the
+    events it holds once it is read, before the first shard is replayed; `on_replayed(n)`
+    follows the replay, in units of which each event counts REPLAY_UNITS (in one process
+    as each shard goes; with `jobs`, as each shard ends). After the
     iteration, `line_errors`, `end`, `shards`, `events` and `seconds` (read, detect,
     score) describe the whole run.
     """
@@ -179,6 +197,7 @@ class Replay:
         redis_url: str | None = None,
         progress: Callable[[int], None] | None = None,
         on_read: Callable[[int], None] | None = None,
+        on_replayed: Callable[[int], None] | None = None,
         shard_events: int = SHARD_EVENTS,
         spill_dir: Path | None = None,
     ) -> None:
@@ -186,7 +205,8 @@ class Replay:
             raise ValueError("shard_events must be at least 1")
         self.path, self.fmt, self.rules = path, fmt, rules
         self.redis_url = redis_url
-        self.progress, self.on_read = progress, on_read
+        self.progress, self.on_read, self.on_replayed = progress, on_read, on_replayed
+        self._unreported = 0  # progress units not yet handed to `on_replayed`
         self.shard_events = shard_events
         self.spill_dir = spill_dir
         tiers = rules.tiers
@@ -204,6 +224,14 @@ class Replay:
         self._at_progress = (position, self.events)
         if self.progress is not None:
             self.progress(position)
+
+    def _tick(self, units: int, flush: bool = False) -> None:
+        if self.on_replayed is None:
+            return
+        self._unreported += units
+        if self._unreported >= PROGRESS_UNITS or (flush and self._unreported):
+            self.on_replayed(self._unreported)
+            self._unreported = 0
 
     def results(self) -> Iterator[ReplayResult]:
         """Each shard's results, its changes and actions in time order."""
@@ -249,7 +277,8 @@ class Replay:
     ) -> ReplayResult:
         part = ReplayResult(end=self.end)
         started = time.perf_counter()
-        signals = detect(self.engine, by_shopper, part)
+        sizes = {shopper: len(events) for shopper, events in by_shopper.items()}
+        signals = detect(self.engine, by_shopper, part, self._tick)
         by_shopper.clear()  # the shard's events: not needed past detection
         part.signals = [s for shopper in sorted(signals) for s in signals[shopper]]
         self.seconds["detect"] += time.perf_counter() - started
@@ -257,13 +286,18 @@ class Replay:
         started = time.perf_counter()
         if isinstance(store, MemoryScoreStore):
             store.states.clear()  # shoppers are never seen again in a later shard
-        results = runner.run(score(store, signals, self.end))
+        results = runner.run(
+            score(store, signals, self.end, lambda done: self._tick(sum(sizes[s] for s in done)))
+        )
         for shopper in sorted(results):
             for output in outputs_for(shopper, results[shopper], signals[shopper]):
                 if isinstance(output.value, TierChange):
                     part.changes.append(output.value)
                 else:
                     part.actions.append(output)
+            self._tick(sizes[shopper])
+        # shoppers without a signal are neither scored nor turned into outputs
+        self._tick(2 * sum(n for shopper, n in sizes.items() if shopper not in results), True)
         part.changes.sort(key=lambda c: (c.at, c.change_id))
         part.actions.sort(key=action_order)
         self.seconds["score"] += time.perf_counter() - started
@@ -355,6 +389,7 @@ class Replay:
                     for tally, counts, seconds in pool.imap_unordered(_forked, range(len(sources))):
                         for stage, spent in seconds.items():
                             self.seconds[stage] += spent
+                        self._tick(REPLAY_UNITS * tally.events, True)
                         yield tally, counts
             finally:
                 _FORKED = None
@@ -380,6 +415,7 @@ def _forked(index: int) -> tuple[Any, dict[str, int], dict[str, float]]:
     assert _FORKED is not None
     run, sources, outputs = _FORKED
     run.seconds = {stage: 0.0 for stage in run.seconds}
+    run.on_replayed = None  # the parent's: it reports each shard as it comes back
     source = sources[index]
     by_shopper = source if isinstance(source, dict) else run._load(source)
     with gc_paused(), run._scoring() as (runner, store):

@@ -110,3 +110,26 @@ def test_the_file_is_read_without_cyclic_gc_with_or_without_jobs(
     assert len(parts) == jobs and run.events == 17_434
     assert len(enabled) > 5 and not any(enabled)
     assert gc.isenabled() == was  # switched back on afterwards
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_replay_progress_moves_within_a_shard_and_adds_up(
+    shared_data: Path, tmp_path: Path, jobs: int
+) -> None:
+    """`on_replayed` counts REPLAY_UNITS per event in all. In one process it moves while
+    the one shard is replayed (the bar sat at 0 % until the whole file was done); with
+    jobs, once per shard as it comes back."""
+    from stream.replay import REPLAY_UNITS, OutputFiles, Replay
+
+    seen: list[str | int] = []
+    run = Replay(shared_data / SAMPLE, "rees46", load_rules(), on_replayed=seen.append)
+    outputs = OutputFiles(None, None, Settings().topic_names(), tmp_path)
+    for _ in run.summaries(jobs, outputs):
+        seen.append("shard")
+    outputs.close()
+    units = [n for n in seen if isinstance(n, int)]
+    assert sum(units) == REPLAY_UNITS * run.events == REPLAY_UNITS * 17_434
+    if jobs == 1:
+        assert seen.index("shard") > 20 and seen[-1] == "shard"  # 52k units, in steps of 2k
+    else:
+        assert seen.count("shard") == 2 and len(units) == 2
