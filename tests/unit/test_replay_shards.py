@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -86,6 +88,15 @@ def test_a_shard_size_below_one_is_refused(shared_data: Path) -> None:
     assert done.exit_code == 2 and "--shard-events" in done.output
 
 
+def summaries(run: Any, jobs: int, tmp_path: Path) -> Iterator[Any]:
+    """`Replay.summaries` with no output files: what `intent replay` iterates."""
+    from stream.replay import OutputFiles
+
+    outputs = OutputFiles(None, None, Settings().topic_names(), tmp_path)
+    yield from run.summaries(jobs, outputs)
+    outputs.close()
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_the_file_is_read_without_cyclic_gc_with_or_without_jobs(
     shared_data: Path, tmp_path: Path, jobs: int
@@ -94,7 +105,7 @@ def test_the_file_is_read_without_cyclic_gc_with_or_without_jobs(
     (with --jobs, reading Taobao took 3.4 s instead of 2.0 while the collector ran)."""
     import gc
 
-    from stream.replay import OutputFiles, Replay
+    from stream.replay import Replay
 
     enabled: list[bool] = []
     run = Replay(
@@ -103,10 +114,8 @@ def test_the_file_is_read_without_cyclic_gc_with_or_without_jobs(
         load_rules(),
         progress=lambda _: enabled.append(gc.isenabled()),
     )
-    outputs = OutputFiles(None, None, Settings().topic_names(), tmp_path)
     was = gc.isenabled()
-    parts = list(run.summaries(jobs, outputs))
-    outputs.close()
+    parts = list(summaries(run, jobs, tmp_path))
     assert len(parts) == jobs and run.events == 17_434
     assert len(enabled) > 5 and not any(enabled)
     assert gc.isenabled() == was  # switched back on afterwards
@@ -119,14 +128,12 @@ def test_replay_progress_moves_within_a_shard_and_adds_up(
     """`on_replayed` counts REPLAY_UNITS per event in all. In one process it moves while
     the one shard is replayed (the bar sat at 0 % until the whole file was done); with
     jobs, once per shard as it comes back."""
-    from stream.replay import REPLAY_UNITS, OutputFiles, Replay
+    from stream.replay import REPLAY_UNITS, Replay
 
     seen: list[str | int] = []
     run = Replay(shared_data / SAMPLE, "rees46", load_rules(), on_replayed=seen.append)
-    outputs = OutputFiles(None, None, Settings().topic_names(), tmp_path)
-    for _ in run.summaries(jobs, outputs):
+    for _ in summaries(run, jobs, tmp_path):
         seen.append("shard")
-    outputs.close()
     units = [n for n in seen if isinstance(n, int)]
     assert sum(units) == REPLAY_UNITS * run.events == REPLAY_UNITS * 17_434
     if jobs == 1:
