@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
+import statistics
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,7 @@ from click.testing import CliRunner
 from schemas.outputs import TierChange
 from stream.cli import main
 from stream.replay import Replay, replay
-from stream.report import Tally, compute, write
+from stream.report import Tally, compute, markdown, write
 from stream.rulesfile import load_rules
 from tests.scenarios import ev
 
@@ -90,6 +94,85 @@ def test_report_has_the_known_answers(events_file: Path, shard_events: int | Non
     assert report["top_signals"] == []  # no rule reaches 10 shoppers here
 
 
+def signal_shoppers() -> list[dict[str, Any]]:
+    """41 shoppers, each in one visit, for the top-signals table (default rules).
+
+    p00-p11: product view, home page; p00-p05 buy at +20. (product_viewed)
+    s00-s09: search with buying words, home page; s00-s06 buy at +20, s07 buys at the
+             same instant as the search (not *after* it); s08-s09 never buy.
+    c00-c08: cart add, home page, buy at +20: nine shoppers, one short of the support.
+    l00-l09: buy at 0, then a product view at +5: product_viewed after the purchase.
+    Buyers: 6 + 8 + 9 + 10 = 33 of 41. Purchases fire only a suppression (no points),
+    and no visit is a single-page, blog-only or navigation-only one.
+    """
+    events = []
+    for i in range(12):
+        s = f"p{i:02}"
+        events += [
+            ev(s, 0, "product_view", session=s, **CABLE),
+            ev(s, 1, "page_view", session=s, page="home"),
+        ]
+        events += [ev(s, 20, "purchase", session=s, **CABLE)] if i < 6 else []
+    for i in range(10):
+        s = f"s{i:02}"
+        events += [
+            ev(s, 0, "search", session=s, query="buy cheap cable"),
+            ev(s, 1, "page_view", session=s, page="home"),
+        ]
+        events += [ev(s, 20 if i < 7 else 0, "purchase", session=s, **CABLE)] if i < 8 else []
+    for i in range(9):
+        s = f"c{i:02}"
+        events += [
+            ev(s, 0, "add_to_cart", session=s, **CABLE),
+            ev(s, 1, "page_view", session=s, page="home"),
+        ]
+        events += [ev(s, 20, "purchase", session=s, **CABLE)]
+    for i in range(10):
+        s = f"l{i:02}"
+        events += [
+            ev(s, 0, "purchase", session=s, **CABLE),
+            ev(s, 5, "product_view", session=s, **CABLE),
+        ]
+        events += [ev(s, 6, "page_view", session=s, page="home")]
+    return events
+
+
+@pytest.mark.parametrize("shard_events", [None, 7], ids=["one-piece", "shards"])
+def test_top_signals_have_the_known_answers(tmp_path: Path, shard_events: int | None) -> None:
+    path = tmp_path / "signals.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in signal_shoppers()))
+    report = tally(path, shard_events)
+    assert (report["shoppers"], report["buyers"]) == (41, 33)
+    base = 33 / 41
+    # Every shopper reaches low with their first signal (2, 8 or 10 points) and no one
+    # mid (15), except s07: the purchase at the instant of its search restarts the score
+    # before that instant's tier is taken. l00-l09 reach low after their purchase.
+    low, mid, high = report["tiers"]
+    assert (low["reached"], low["bought_after"]) == (40, 6 + 7 + 9)
+    assert low["share_of_buyers"] == pytest.approx(22 / 33)
+    assert low["median_lead_time_seconds"] == pytest.approx(20 * 60)
+    assert mid["reached"] == high["reached"] == 0
+    assert report["top_signals"] == [
+        {
+            "rule": "buying_words_search",
+            "shoppers": 10,
+            "bought_after": 7,
+            "conversion": pytest.approx(7 / 10),
+            "lift": pytest.approx(7 / 10 / base),
+        },
+        {
+            "rule": "product_viewed",
+            "shoppers": 22,
+            "bought_after": 6,
+            "conversion": pytest.approx(6 / 22),
+            "lift": pytest.approx(6 / 22 / base),
+        },
+    ]  # fmt: skip  (added_to_cart: 9 shoppers, under the support of 10)
+    text = markdown(report, "signals.jsonl")
+    assert "| buying_words_search | 10 | 7 | 70.0 % | 0.87x |" in text
+    assert "| product_viewed | 22 | 6 | 27.3 % | 0.34x |" in text
+
+
 def test_report_files(events_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     write(replay(events_file, "canonical", load_rules()), out, "events.jsonl")
@@ -118,3 +201,63 @@ def test_replay_command_writes_changes_and_actions_in_topic_schemas(
     triggers = [x for x in lines if x["topic"] == "intent.actions.cart-recovery"]
     assert sorted(t["key"] for t in triggers) == ["f", "g"]
     assert all(set(x) == {"topic", "key", "value"} for x in lines)
+
+
+def test_the_report_on_a_real_sample_matches_a_count_from_the_files(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The command's report on REES46 against the same figures counted here another way:
+    shoppers and purchases straight from the CSV (not through the reader), the tiers
+    reached from the `--changes` file the command wrote, cart recovery from `--actions`."""
+    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
+    changes, actions, out = tmp_path / "c.jsonl", tmp_path / "a.jsonl", tmp_path / "report"
+    args = ["replay", str(sample), "--format", "rees46", "--changes", str(changes)]
+    done = CliRunner().invoke(main, [*args, "--actions", str(actions), "--report", str(out)])
+    assert done.exit_code == 0, done.output
+    report = json.loads((out / "report.json").read_text())
+
+    shoppers: set[str] = set()
+    bought: dict[str, list[float]] = {}
+    with gzip.open(sample, "rt", newline="") as f:
+        rows = [row for row in csv.reader(f) if len(row) == 9][1:]  # the header; the last
+    for when, kind, *_, user, _session in rows:  # line is cut short and has 8 fields
+        shoppers.add(user)
+        if kind == "purchase":
+            at = datetime.strptime(when, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
+            bought.setdefault(user, []).append(at.timestamp())
+    base = len(bought) / len(shoppers)
+    assert (report["events"], report["shoppers"], report["buyers"]) == (
+        len(rows), len(shoppers), len(bought)
+    )  # fmt: skip
+    assert report["base_rate"] == pytest.approx(base)
+
+    rank = {"suppressed": -1, "none": 0, "low": 1, "mid": 2, "high": 3}
+    records = [json.loads(line) for line in changes.read_text().splitlines()]
+    for tier, figures in zip(["low", "mid", "high"], report["tiers"], strict=True):
+        reached: dict[str, float] = {}
+        for c in records:
+            if rank[c["to_tier"]] >= rank[tier]:
+                at = datetime.fromisoformat(c["at"]).timestamp()
+                reached[c["shopper_id"]] = min(at, reached.get(c["shopper_id"], at))
+        after = [s for s, t in reached.items() if max(bought.get(s, [t])) > t]
+        leads = sorted(
+            min(bought[s]) - t for s, t in reached.items() if min(bought.get(s, [t])) > t
+        )
+        expected = {
+            "tier": tier, "reached": len(reached), "bought_after": len(after),
+            "conversion": pytest.approx(len(after) / len(reached)),
+            "lift": pytest.approx(len(after) / len(reached) / base),
+            "share_of_buyers": pytest.approx(len(leads) / len(bought)),
+            "median_lead_time_seconds": pytest.approx(statistics.median(leads)),
+        }  # fmt: skip
+        assert figures == expected
+        assert 0 < len(after) < len(reached)  # the sample does tell the tiers apart
+
+    lines = [json.loads(line) for line in actions.read_text().splitlines()]
+    triggers = [x["value"] | {"key": x["key"]} for x in lines if x["topic"].endswith("recovery")]
+    recovered = [
+        t for t in triggers
+        if any(p > datetime.fromisoformat(t["at"]).timestamp() for p in bought.get(t["key"], []))
+    ]  # fmt: skip
+    assert report["cart_recovery"]["triggers"] == len(triggers)
+    assert report["cart_recovery"]["followed_by_purchase"] == len(recovered)
