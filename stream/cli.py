@@ -15,6 +15,11 @@ from stream.files import SHARD_EVENTS, unreadable_file
 from stream.settings import Settings, get_settings
 
 
+def _n(count: int, noun: str) -> str:
+    """`1 tier change`, `2 tier changes`."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _settings() -> Settings:
     try:
         return get_settings()
@@ -74,8 +79,8 @@ def produce(file: Path, fmt: str, topic: str | None) -> None:
     report = produce_file(file, fmt, settings, topic=topic, show_progress=sys.stderr.isatty())
     bad = sum(report.line_errors.values())
     click.echo(
-        f"sent {report.sent:,} events to {topic or settings.topic_clickstream} in "
-        f"{report.seconds:.1f} s ({report.rate:,.0f}/s); {bad:,} unreadable lines"
+        f"sent {_n(report.sent, 'event')} to {topic or settings.topic_clickstream} in "
+        f"{report.seconds:.1f} s ({report.rate:,.0f}/s); {_n(bad, 'unreadable line')}"
         + (f" ({', '.join(f'{k}: {v}' for k, v in report.line_errors.items())})" if bad else "")
         + (f"; {report.failed:,} sends FAILED" if report.failed else "")
     )
@@ -275,15 +280,16 @@ def replay(
     for error in run.first_errors:
         click.echo(f"line {error.line_no}: {error.reason}: {error.detail}", err=True)
     if bad > len(run.first_errors):
-        click.echo(f"... and {bad - len(run.first_errors):,} more unreadable lines", err=True)
+        more = _n(bad - len(run.first_errors), "more unreadable line")
+        click.echo(f"... and {more}", err=True)
     rate = tally.events / seconds if seconds else 0.0
     sharded = f", {run.shards} shards" if run.shards > 1 else ""
     reasons = f" ({', '.join(f'{k}: {v:,}' for k, v in run.line_errors.items())})" if bad else ""
     click.echo(
-        f"replayed {tally.events:,} events of {tally.shoppers:,} shoppers in {seconds:.1f} s "
-        f"({rate:,.0f} events/s{sharded}; {bad:,} unreadable lines{reasons}, "
-        f"{counts['late']:,} late): {counts['signals']:,} signals, "
-        f"{counts['changes']:,} tier changes, {counts['actions']:,} actions"
+        f"replayed {_n(tally.events, 'event')} of {_n(tally.shoppers, 'shopper')} in "
+        f"{seconds:.1f} s ({rate:,.0f} events/s{sharded}; {_n(bad, 'unreadable line')}"
+        f"{reasons}, {counts['late']:,} late): {_n(counts['signals'], 'signal')}, "
+        f"{_n(counts['changes'], 'tier change')}, {_n(counts['actions'], 'action')}"
     )
     if bad and not tally.events:
         raise click.ClickException(unreadable_file(file, fmt, bad))

@@ -31,7 +31,7 @@ def test_produce_rees46_sample(settings: Settings, env: dict[str, str], shared_d
     done = produce(sample, "rees46", env)
     assert done.returncode == 0, done.stderr
     assert f"sent {REES46_EVENTS:,} events" in done.stdout
-    assert "1 unreadable lines (malformed_line: 1)" in done.stdout
+    assert "1 unreadable line (malformed_line: 1)" in done.stdout
     assert "expected 9 fields, got 8" in done.stderr  # the truncated last line, reported
 
     reader = Reader(settings.kafka_bootstrap, settings.topic_clickstream)

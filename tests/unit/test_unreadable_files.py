@@ -62,7 +62,7 @@ def test_a_file_with_some_bad_lines_replays_and_counts_them(shared_data: Path) -
     )
     assert done.exit_code == 0, done.output
     assert "line 17436: malformed_line: rees46: expected 9 fields, got 8" in done.output
-    assert "1 unreadable lines (malformed_line: 1)" in done.output
+    assert "1 unreadable line (malformed_line: 1)" in done.output
 
 
 def test_an_empty_file_is_no_error(tmp_path: Path) -> None:
