@@ -31,9 +31,10 @@ from stream.agents import OutRecord, Pipeline
 from stream.embedded import free_port, redis_server
 from stream.ingest import RawRecord
 from stream.metrics import Metrics
+from stream.rulesfile import load_ruleset
 from stream.runtime import tune_gc
 from stream.settings import Settings
-from stream.worker import load_ruleset, redis_client
+from stream.worker import redis_client
 
 
 async def run(n: int, redis_url: str, profile: str | None, hop: bool = False) -> dict[str, float]:

@@ -34,9 +34,10 @@ from quixstreams import Application, message_context
 from stream.agents import OutRecord, Pipeline
 from stream.ingest import RawRecord
 from stream.metrics import default_metrics
+from stream.rulesfile import load_ruleset
 from stream.runtime import tune_gc
 from stream.settings import Settings
-from stream.worker import load_ruleset, redis_client
+from stream.worker import redis_client
 
 
 def main() -> None:

@@ -236,10 +236,10 @@ def replay(
 
     from stream.replay import REPLAY_UNITS, OutputFiles, Replay
     from stream.report import Tally
-    from stream.rulesfile import load_rules
+    from stream.rulesfile import load_ruleset, rules_source
 
     settings = _settings()
-    rules = load_rules(rules_path or settings.rules)
+    rules = load_ruleset(settings, rules_path)
     size = max(file.stat().st_size, 1)
     tally = Tally()
     counts = {"signals": 0, "changes": 0, "actions": 0, "late": 0}
@@ -296,7 +296,7 @@ def replay(
     if report_dir:
         from stream.report import write
 
-        report = write(tally, report_dir, file.name)
+        report = write(tally, report_dir, file.name, (rules, rules_source(settings, rules_path)))
         for tier in report["tiers"]:
             conv = tier["conversion"]
             lift = tier["lift"]

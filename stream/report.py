@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from schemas.outputs import CartRecovery
+from schemas.rules import RuleSet
 from stream.replay import ReplayResult
+from stream.rulesfile import digest
 
 TIERS: Final = ("low", "mid", "high")
 RANK: Final = {"none": 0, "low": 1, "mid": 2, "high": 3, "suppressed": -1}
@@ -167,6 +169,25 @@ def compute(result: ReplayResult) -> dict[str, Any]:
     return tally.report()
 
 
+def with_rules(report: dict[str, Any], rules: RuleSet, source: str) -> dict[str, Any]:
+    """The report with the rules that made it: where they came from, their digest (two
+    reports with one digest ran the same rules) and thresholds, and each listed
+    signal's points, to set against its lift when tuning."""
+    points = {rule.id: rule.points for rule in rules.rules}
+    tiers = rules.tiers
+    return report | {
+        "rules": {
+            "source": source,
+            "digest": digest(rules),
+            "count": len(rules.rules),
+            "tiers": {"low": tiers.low, "mid": tiers.mid, "high": tiers.high,
+                      "hysteresis": tiers.hysteresis},
+            "half_life_seconds": rules.defaults.half_life,
+        },
+        "top_signals": [s | {"points": points.get(s["rule"])} for s in report["top_signals"]],
+    }  # fmt: skip
+
+
 def _iso(t: float) -> str:
     from datetime import UTC
 
@@ -199,6 +220,17 @@ def markdown(report: dict[str, Any], source: str) -> str:
         f"buyers (base rate {_pct(report['base_rate'])}), {report['window'][0]} to "
         f"{report['window'][1]}.",
         "",
+    ]
+    if "rules" in report:
+        r = report["rules"]
+        t = r["tiers"]
+        lines += [
+            f"Rules: {r['source']} ({r['count']} rules, digest `{r['digest']}`; tiers low "
+            f"{t['low']:g}, mid {t['mid']:g}, high {t['high']:g}, hysteresis {t['hysteresis']:g}; "
+            f"half-life {_duration(r['half_life_seconds'])}).",
+            "",
+        ]
+    lines += [
         "| tier | reached | bought after | conversion | lift | share of buyers | median lead |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -216,12 +248,13 @@ def markdown(report: dict[str, Any], source: str) -> str:
         "",
         f"Top signals by lift (at least {report['min_support']} shoppers):",
         "",
-        "| rule | shoppers | bought after | conversion | lift |",
-        "|---|---:|---:|---:|---:|",
+        "| rule | points | shoppers | bought after | conversion | lift |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for s in report["top_signals"]:
+        points = "-" if s.get("points") is None else f"{s['points']:g}"
         lines.append(
-            f"| {s['rule']} | {s['shoppers']:,} | {s['bought_after']:,} | "
+            f"| {s['rule']} | {points} | {s['shoppers']:,} | {s['bought_after']:,} | "
             f"{_pct(s['conversion'])} | {_times(s['lift'])} |"
         )
     lines += [
@@ -279,9 +312,16 @@ def charts(report: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def write(result: ReplayResult | Tally, out: Path, source: str) -> dict[str, Any]:
+def write(
+    result: ReplayResult | Tally, out: Path, source: str,
+    rules: tuple[RuleSet, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Write report.json, report.md and the charts to `out`; `rules` (the rule set and
+    where it came from) adds their identity and each listed signal's points."""
     out.mkdir(parents=True, exist_ok=True)
     report = result.report() if isinstance(result, Tally) else compute(result)
+    if rules is not None:
+        report = with_rules(report, *rules)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report, source))
     charts(report, out)

@@ -5,16 +5,20 @@ The default rules (PLAYBOOK.md) ship as package data: `stream/rules/default.yaml
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
 from schemas.rules import RULE_KINDS, RuleSet
 from stream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 DEFAULT_RULES = "default.yaml"
 
@@ -73,6 +77,31 @@ def load_rules(path: Path | None = None) -> RuleSet:
             f"run `intent rules check {name}`:\n  {listing}"
         )
     return rules
+
+
+def load_ruleset(settings: Settings, path: Path | None = None) -> RuleSet:
+    """The rules the pipeline runs: `path`, else `INTENT_RULES`, else the built-in
+    playbook, with `INTENT_ALLOWED_LATENESS_SECONDS` applied. The worker and
+    `intent replay` both load them here, so they run the same rules."""
+    rules = load_rules(path or settings.rules)
+    if settings.allowed_lateness_seconds is not None:
+        defaults = rules.defaults.model_copy(
+            update={"allowed_lateness": settings.allowed_lateness_seconds}
+        )
+        rules = rules.model_copy(update={"defaults": defaults})
+    return rules
+
+
+def rules_source(settings: Settings, path: Path | None = None) -> str:
+    """Where `load_ruleset` takes the rules from, for people to read."""
+    chosen = path or settings.rules
+    return str(chosen) if chosen else f"built-in {DEFAULT_RULES}"
+
+
+def digest(rules: RuleSet) -> str:
+    """A short hash of the rules as loaded: it changes with any value that the rules
+    mean (points, windows, thresholds, settings applied), not with comments or layout."""
+    return hashlib.sha256(rules.model_dump_json().encode()).hexdigest()[:12]
 
 
 def _descend(node: Any, part: Any) -> Any:

@@ -26,7 +26,10 @@ class Settings(BaseSettings):
         None, description="Path to a rules file; the built-in default playbook when unset."
     )
     allowed_lateness_seconds: float | None = Field(
-        None, ge=0, description="Overrides the rules file's defaults.allowed_lateness (5 min)."
+        None,
+        ge=0,
+        description="Overrides the rules file's defaults.allowed_lateness (5 min), "
+        "for the worker and intent replay alike.",
     )
     sweep_interval_seconds: float = Field(
         1.0, gt=0, description="How often the timer fires due absence deadlines and visit ends."

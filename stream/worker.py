@@ -9,25 +9,14 @@ import faust
 import redis
 import redis.asyncio as aioredis
 
-from schemas.rules import RuleSet
 from stream.agents import Pipeline
 from stream.app import create_app
 from stream.metrics import default_metrics, serve
-from stream.rulesfile import load_rules
+from stream.rulesfile import load_ruleset
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
-
-
-def load_ruleset(settings: Settings) -> RuleSet:
-    rules = load_rules(settings.rules)
-    if settings.allowed_lateness_seconds is not None:
-        defaults = rules.defaults.model_copy(
-            update={"allowed_lateness": settings.allowed_lateness_seconds}
-        )
-        rules = rules.model_copy(update={"defaults": defaults})
-    return rules
 
 
 def build(settings: Settings) -> tuple[faust.App, Pipeline]:

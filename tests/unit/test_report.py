@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from schemas.outputs import TierChange
 from stream.cli import main
 from stream.replay import Replay, replay
-from stream.report import Tally, compute, markdown, write
-from stream.rulesfile import load_rules
+from stream.report import Tally, compute, markdown, with_rules, write
+from stream.rulesfile import digest, load_rules
 from tests.scenarios import ev
 
 CABLE = {"sku": "CBL-USB-C", "category": "electronics/cables"}
@@ -168,16 +168,25 @@ def test_top_signals_have_the_known_answers(tmp_path: Path, shard_events: int | 
             "lift": pytest.approx(6 / 22 / base),
         },
     ]  # fmt: skip  (added_to_cart: 9 shoppers, under the support of 10)
-    text = markdown(report, "signals.jsonl")
-    assert "| buying_words_search | 10 | 7 | 70.0 % | 0.87x |" in text
-    assert "| product_viewed | 22 | 6 | 27.3 % | 0.34x |" in text
+    text = markdown(with_rules(report, load_rules(), "built-in default.yaml"), "signals.jsonl")
+    assert "| buying_words_search | 8 | 10 | 7 | 70.0 % | 0.87x |" in text  # its points: 8
+    assert "| product_viewed | 2 | 22 | 6 | 27.3 % | 0.34x |" in text
 
 
 def test_report_files(events_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    write(replay(events_file, "canonical", load_rules()), out, "events.jsonl")
-    assert json.loads((out / "report.json").read_text())["buyers"] == 4
+    rules = load_rules()
+    write(replay(events_file, "canonical", rules), out, "events.jsonl", (rules, "mine.yaml"))
+    report = json.loads((out / "report.json").read_text())
+    assert report["buyers"] == 4
+    assert report["rules"] == {
+        "source": "mine.yaml", "digest": digest(rules), "count": len(rules.rules),
+        "tiers": {"low": 1, "mid": 15, "high": 35, "hysteresis": 0.1},
+        "half_life_seconds": 3 * 86400,
+    }  # fmt: skip
     text = (out / "report.md").read_text()
+    assert f"Rules: mine.yaml ({len(rules.rules)} rules, digest `{digest(rules)}`; tiers " in text
+    assert "low 1, mid 15, high 35, hysteresis 0.1; half-life 3.0 d)." in text
     assert "| high | 1 | 1 | 100.0 % | 1.75x | 25.0 % | 57 min |" in text
     assert (out / "conversion_by_tier.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -215,6 +224,8 @@ def test_the_report_on_a_real_sample_matches_a_count_from_the_files(
     done = CliRunner().invoke(main, [*args, "--actions", str(actions), "--report", str(out)])
     assert done.exit_code == 0, done.output
     report = json.loads((out / "report.json").read_text())
+    assert report["rules"]["source"] == "built-in default.yaml"
+    assert report["rules"]["digest"] == digest(load_rules())
 
     shoppers: set[str] = set()
     bought: dict[str, list[float]] = {}

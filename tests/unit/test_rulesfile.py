@@ -10,7 +10,15 @@ from click.testing import CliRunner
 from schemas.rules import RULE_KINDS, RuleSet
 from stream.cli import main
 from stream.errors import ConfigError
-from stream.rulesfile import check_text, default_rules_text, load_rules
+from stream.rulesfile import (
+    check_text,
+    default_rules_text,
+    digest,
+    load_rules,
+    load_ruleset,
+    rules_source,
+)
+from stream.settings import Settings
 
 BAD = """\
 version: 1
@@ -89,3 +97,29 @@ def test_rules_check_command(tmp_path: Path) -> None:
 def test_default_file_is_the_one_shipped() -> None:
     shipped = Path(__file__).resolve().parents[2] / "stream" / "rules" / "default.yaml"
     assert default_rules_text() == shipped.read_text()
+
+
+def test_the_digest_follows_what_the_rules_mean_not_their_layout(tmp_path: Path) -> None:
+    text = default_rules_text()
+    relaid = "# my copy\n" + text.replace("  high: 35", "  high:    35.0")
+    changed = text.replace("  high: 35", "  high: 36")
+    assert text != relaid and text != changed
+    for name, body in (("relaid", relaid), ("changed", changed)):
+        (tmp_path / name).write_text(body)
+    assert digest(load_rules(tmp_path / "relaid")) == digest(load_rules())
+    assert digest(load_rules(tmp_path / "changed")) != digest(load_rules())
+
+
+def test_the_lateness_setting_is_applied_by_the_worker_and_replay_alike(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("INTENT_ALLOWED_LATENESS_SECONDS", "60")
+    settings = Settings()
+    rules = load_ruleset(settings)
+    assert rules.defaults.allowed_lateness == 60
+    assert digest(rules) != digest(load_rules())
+    assert rules_source(settings) == "built-in default.yaml"
+    custom = tmp_path / "mine.yaml"
+    custom.write_text(default_rules_text())
+    assert load_ruleset(settings, custom).defaults.allowed_lateness == 60
+    assert rules_source(settings, custom) == str(custom)
