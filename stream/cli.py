@@ -192,6 +192,12 @@ def forget(shopper_id: str, yes: bool) -> None:
     )
 
 
+def _where(url: str) -> str:
+    """A Redis URL without its password."""
+    scheme, _, rest = url.rpartition("://")
+    return f"{scheme}://{rest.split('@')[-1]}" if scheme else rest.split("@")[-1]
+
+
 def _run_redis(settings: Settings, run: Any, coro: Any) -> Any:
     from redis.exceptions import RedisError
 
@@ -199,9 +205,48 @@ def _run_redis(settings: Settings, run: Any, coro: Any) -> Any:
         return run(coro)
     except (RedisError, OSError) as exc:
         raise click.ClickException(
-            f"Redis at {settings.redis_url.get_secret_value().split('@')[-1]} did not answer "
+            f"Redis at {_where(settings.redis_url.get_secret_value())} did not answer "
             f"({exc}); is it up? (`intent dev --print-env` shows the embedded one)"
         ) from exc
+
+
+def _ping(url: str) -> None:
+    """Fail at once, naming the server, when the Redis at `url` does not answer."""
+    import redis
+    from redis.exceptions import RedisError
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        with client:
+            client.ping()
+    except (RedisError, ValueError) as exc:
+        raise click.ClickException(
+            f"Redis at {_where(url)} did not answer ({exc}); is it up? "
+            "(`intent dev --print-env` shows the embedded one)"
+        ) from exc
+
+
+def _writable(folder: Path) -> None:
+    """Make `folder` if need be, and check a file can be written in it."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise click.ClickException(_os_error(exc, folder)) from exc
+
+
+def _os_error(exc: OSError, path: Path | None = None, doing: str = "cannot write") -> str:
+    """A file-system error in one line: what failed, on which file, and what to do."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else path
+    message = f"{doing} {where}: {exc.strerror or exc}" if where else f"{doing}: {exc}"
+    if exc.errno == errno.ENOSPC:
+        message += " (shards and part files go to the temporary folder: set TMPDIR to move it)"
+    return message
 
 
 @main.command()
@@ -234,16 +279,27 @@ def replay(
     import time
     from contextlib import ExitStack
 
+    from redis.exceptions import RedisError
+
     from stream.replay import REPLAY_UNITS, OutputFiles, Replay
     from stream.report import Tally
     from stream.rulesfile import load_ruleset, rules_source
 
     settings = _settings()
     rules = load_ruleset(settings, rules_path)
+    # What could fail late fails now: the report folder, the output files, Redis.
+    if report_dir:
+        _writable(report_dir)
+    if redis_url:
+        _ping(redis_url)
     size = max(file.stat().st_size, 1)
     tally = Tally()
     counts = {"signals": 0, "changes": 0, "actions": 0, "late": 0}
     with tempfile.TemporaryDirectory(prefix="intent-replay-out-") as work, ExitStack() as bars:
+        try:
+            outputs = OutputFiles(changes, actions, settings.topic_names(), Path(work))
+        except OSError as exc:
+            raise click.ClickException(_os_error(exc)) from exc
         reading = bars.enter_context(
             click.progressbar(length=size, label=f"reading {file.name}", file=sys.stderr)
         )
@@ -264,7 +320,6 @@ def replay(
         run = Replay(file, fmt, rules, redis_url=redis_url, progress=advance, on_read=read,
                      on_replayed=lambda units: replaying[0].update(units),
                      shard_events=shard_events)  # fmt: skip
-        outputs = OutputFiles(changes, actions, settings.topic_names(), Path(work))
 
         def go() -> None:
             for shard_tally, shard_counts in run.summaries(jobs, outputs):
@@ -274,7 +329,17 @@ def replay(
             outputs.close()
 
         started = time.perf_counter()
-        _run_redis(settings, lambda f: f(), go)
+        try:
+            go()
+        except BaseException as exc:
+            outputs.discard()  # an earlier file of the same name stays as it was
+            if isinstance(exc, RedisError):
+                raise click.ClickException(
+                    f"Redis at {_where(redis_url or '')} failed during the replay: {exc}"
+                ) from exc
+            if isinstance(exc, OSError):
+                raise click.ClickException(_os_error(exc, doing="replay failed on")) from exc
+            raise
         seconds = time.perf_counter() - started  # wall clock: reading, replaying, writing
     bad = sum(run.line_errors.values())
     for error in run.first_errors:
@@ -296,7 +361,12 @@ def replay(
     if report_dir:
         from stream.report import write
 
-        report = write(tally, report_dir, file.name, (rules, rules_source(settings, rules_path)))
+        try:
+            report = write(
+                tally, report_dir, file.name, (rules, rules_source(settings, rules_path))
+            )
+        except OSError as exc:
+            raise click.ClickException(_os_error(exc)) from exc
         for tier in report["tiers"]:
             conv = tier["conversion"]
             lift = tier["lift"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,24 +69,38 @@ def read_events(
     unreadable file raises `ConfigError` here, before iteration starts."""
     spec = get_format(fmt)
     raw, text = _open(path)
-    return _lines(spec, raw, text, progress)
+    return _lines(path, spec, raw, text, progress)
 
 
 def _lines(
-    spec: Format, raw: IO[bytes], text: IO[str], progress: Callable[[int], None] | None
+    path: Path,
+    spec: Format,
+    raw: IO[bytes],
+    text: IO[str],
+    progress: Callable[[int], None] | None,
 ) -> Iterator[Event | LineError]:
+    line_no = 0
     with raw, text:
-        for line_no, line in enumerate(text, start=1):
-            if progress is not None and line_no % PROGRESS_EVERY_LINES == 0:
-                progress(raw.tell())
-            if not line.strip():
-                continue
-            if line_no == 1 and spec.header and line.startswith(spec.header):
-                continue
-            try:
-                yield from spec.parse(line)
-            except InvalidEvent as exc:
-                yield LineError(line_no, exc.reason, exc.detail, line.rstrip("\r\n")[:200])
+        try:
+            for line_no, line in enumerate(text, start=1):
+                if progress is not None and line_no % PROGRESS_EVERY_LINES == 0:
+                    progress(raw.tell())
+                if not line.strip():
+                    continue
+                if line_no == 1 and spec.header and line.startswith(spec.header):
+                    continue
+                try:
+                    yield from spec.parse(line)
+                except InvalidEvent as exc:
+                    yield LineError(line_no, exc.reason, exc.detail, line.rstrip("\r\n")[:200])
+        except EOFError as exc:  # a gzip stream cut short: click would call it "Aborted!"
+            where = f"{path.name} past line {line_no:,}" if line_no else path.name
+            raise ConfigError(
+                f"cannot read {where}: the gzip data ends early (a cut-short copy or download?)"
+            ) from exc
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            where = f"{path.name} past line {line_no:,}" if line_no else path.name
+            raise ConfigError(f"cannot read {where}: corrupt gzip data ({exc})") from exc
         if progress is not None:
             progress(raw.tell())
 

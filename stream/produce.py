@@ -13,7 +13,7 @@ import click
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from stream.errors import BrokerUnavailable
+from stream.errors import BrokerUnavailable, ConfigError
 from stream.files import SHOW_LINE_ERRORS, LineError, read_events
 from stream.settings import Settings
 from stream.topics import ensure_topics
@@ -68,26 +68,38 @@ def produce_file(
     def failed(_: Any) -> None:
         report.failed += 1
 
-    with click.progressbar(
-        length=size, label=f"producing {path.name}", file=None if show_progress else io.StringIO()
-    ) as bar:
-        position = 0
+    try:
+        with click.progressbar(
+            length=size,
+            label=f"producing {path.name}",
+            file=None if show_progress else io.StringIO(),
+        ) as bar:
+            position = 0
 
-        def advance(done: int) -> None:
-            nonlocal position
-            bar.update(done - position)
-            position = done
+            def advance(done: int) -> None:
+                nonlocal position
+                bar.update(done - position)
+                position = done
 
-        for item in read_events(path, fmt, progress=advance):
-            if isinstance(item, LineError):
-                report.line_errors[item.reason] += 1
-                if sum(report.line_errors.values()) <= SHOW_LINE_ERRORS:
-                    click.echo(f"\nline {item.line_no}: {item.reason}: {item.detail}", err=True)
-                continue
-            producer.send(target, key=item.shopper_id.encode(), value=item.to_json()).add_errback(
-                failed
-            )
-            report.sent += 1
+            for item in read_events(path, fmt, progress=advance):
+                if isinstance(item, LineError):
+                    report.line_errors[item.reason] += 1
+                    if sum(report.line_errors.values()) <= SHOW_LINE_ERRORS:
+                        click.echo(f"\nline {item.line_no}: {item.reason}: {item.detail}", err=True)
+                    continue
+                producer.send(
+                    target, key=item.shopper_id.encode(), value=item.to_json()
+                ).add_errback(failed)
+                report.sent += 1
+    except ConfigError as exc:  # the file cannot be opened, or read on (a cut-short gzip)
+        producer.flush()
+        producer.close()
+        if not report.sent:
+            raise
+        raise ConfigError(
+            f"{exc}; the {report.sent - report.failed:,} events before that point were sent "
+            f"to {target}"
+        ) from exc
     producer.flush()
     producer.close()
     report.sent -= report.failed

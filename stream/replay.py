@@ -23,6 +23,7 @@ import heapq
 import json
 import math
 import multiprocessing
+import os
 import tempfile
 import time
 import uuid
@@ -489,6 +490,11 @@ class OutputFiles:
     shard's lines (already in time order) go to a part file named by the shard's index,
     after a sort key, in this process or a forked one; `close` merges the parts, so the
     files come out in the order of a run in one piece.
+
+    Each file is opened when this is made, so a path that cannot be written fails before
+    the replay starts, not after it. The lines go to a hidden file beside it, renamed to
+    the name asked for by `close`: a replay that fails or is stopped leaves an earlier
+    file of that name as it was (`discard` removes the hidden one).
     """
 
     def __init__(
@@ -498,6 +504,18 @@ class OutputFiles:
         self.topics = topics
         self.work = work
         self.direct: dict[str, IO[str]] = {}
+        self.partial: dict[str, Path] = {}
+        try:
+            for kind, path in self.paths.items():
+                if path is None:
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+                self.direct[kind] = open(partial, "w", encoding="utf-8")  # noqa: SIM115
+                self.partial[kind] = partial
+        except OSError:
+            self.discard()
+            raise
 
     def add(self, part: ReplayResult, shards: int, index: int) -> None:
         lines: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
@@ -512,13 +530,8 @@ class OutputFiles:
                     part.actions, action_lines(part.actions, self.topics), strict=True
                 )
             ]
-        for kind, path in self.paths.items():
-            if path is None:
-                continue
+        for kind in self.direct:
             if shards == 1:
-                if kind not in self.direct:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    self.direct[kind] = open(path, "w", encoding="utf-8")  # noqa: SIM115
                 self.direct[kind].writelines(line + "\n" for _, line in lines[kind])
                 continue
             with open(self.work / f"{kind}-{index:04d}.part", "w", encoding="utf-8") as out:
@@ -527,19 +540,31 @@ class OutputFiles:
                 )
 
     def close(self) -> None:
-        for out in self.direct.values():
-            out.close()
-        for kind, path in self.paths.items():
+        """Merge the parts, if any, and give each file its name."""
+        for kind, out in self.direct.items():
             parts = sorted(self.work.glob(f"{kind}-*.part"))
-            if path is None or not parts:
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with ExitStack() as stack, open(path, "w", encoding="utf-8") as out:
+            with ExitStack() as stack:
                 files = [stack.enter_context(open(p, encoding="utf-8")) for p in parts]
                 for line in heapq.merge(*files, key=_sort_key):
                     out.write(line.split("\t", 1)[1])  # JSON never holds a raw tab
             for p in parts:
                 p.unlink()
+            out.close()
+            path = self.paths[kind]
+            assert path is not None
+            os.replace(self.partial.pop(kind), path)
+        self.direct.clear()
+
+    def discard(self) -> None:
+        """Close and remove the files not yet renamed, and the parts (after a failure)."""
+        for kind, out in self.direct.items():
+            out.close()
+            for p in self.work.glob(f"{kind}-*.part"):
+                p.unlink()
+        for partial in self.partial.values():
+            partial.unlink(missing_ok=True)
+        self.direct.clear()
+        self.partial.clear()
 
 
 def _micros(at: datetime) -> int:

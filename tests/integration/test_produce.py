@@ -75,3 +75,31 @@ def test_produce_in_the_wrong_format_fails_and_names_the_right_one(
         "none of the 30 lines of taobao_head.csv could be read as --format rees46; "
         "its first lines read as: taobao"
     ) in done.stderr
+
+
+def test_a_cut_short_gzip_file_fails_after_sending_what_it_could_read(
+    settings: Settings, env: dict[str, str], shared_data: Path, tmp_path: Path
+) -> None:
+    """A partial download: exit 1 naming the last line read, and the events before it
+    are on the topic, as many as the message says (not lost in the producer's buffer)."""
+    import zlib
+
+    head = (shared_data / "rees46_2019-10-01_head.csv.gz").read_bytes()[:3000]
+    lines = zlib.decompressobj(wbits=31).decompress(head).count(b"\n")
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(head)
+    done = produce(cut, "rees46", env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    sent = lines - 1  # the header
+    assert (
+        f"cannot read cut.csv.gz past line {lines:,}: the gzip data ends early (a cut-short "
+        f"copy or download?); the {sent:,} events before that point were sent to "
+        f"{settings.topic_clickstream}"
+    ) in done.stderr
+
+    reader = Reader(settings.kafka_bootstrap, settings.topic_clickstream)
+    try:
+        records = reader.read_until(sent + 1, timeout=30, settle=1)[settings.topic_clickstream]
+    finally:
+        reader.close()
+    assert len(records) == sent
