@@ -263,7 +263,11 @@ def _os_error(exc: OSError, path: Path | None = None, doing: str = "cannot write
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write the evaluation here: report.md, report.json, PNG charts.")  # fmt: skip
 @click.option(
-    "--redis", "redis_url", help="Score in this Redis (the Lua script) instead of in process."
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    help="Score in this Redis (the Lua script) instead of in process, under a key prefix of "
+    "the run's own (never a worker's keys), removed at the end.",
 )
 @click.option("--shard-events", type=click.IntRange(min=1), default=SHARD_EVENTS,
               show_default=True, help="Events held in memory at once (about 6 KB each); a "
