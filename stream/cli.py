@@ -272,11 +272,14 @@ def _os_error(exc: OSError, path: Path | None = None, doing: str = "cannot write
 @click.option("--shard-events", type=click.IntRange(min=1), default=SHARD_EVENTS,
               show_default=True, help="Events held in memory at once (about 6 KB each); a "
               "bigger file is split by shopper into shards on disk.")  # fmt: skip
+@click.option("--min-support", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Shoppers a signal needs before the report lists its lift.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Replay the shards in this many processes (same output).")  # fmt: skip
 def replay(
     file: Path, fmt: str, rules_path: Path | None, changes: Path | None, actions: Path | None,
-    report_dir: Path | None, redis_url: str | None, shard_events: int, jobs: int,
+    report_dir: Path | None, redis_url: str | None, shard_events: int, min_support: int,
+    jobs: int,
 ) -> None:  # fmt: skip
     """Run the rules offline, in event time, over a historical FILE."""
     import tempfile
@@ -366,9 +369,8 @@ def replay(
         from stream.report import write
 
         try:
-            report = write(
-                tally, report_dir, file.name, (rules, rules_source(settings, rules_path))
-            )
+            source = rules_source(settings, rules_path)
+            report = write(tally, report_dir, file.name, (rules, source), min_support)
         except OSError as exc:
             raise click.ClickException(_os_error(exc)) from exc
         for tier in report["tiers"]:

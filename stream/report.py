@@ -120,7 +120,8 @@ class Tally:
         for rule, n in other.rule_bought_after.items():
             self.rule_bought_after[rule] += n
 
-    def report(self) -> dict[str, Any]:
+    def report(self, min_support: int = MIN_SUPPORT) -> dict[str, Any]:
+        """The figures; a signal's lift is listed once `min_support` shoppers had it."""
         base = _ratio(self.buyers, self.shoppers)
         tiers = []
         for tier in TIERS:
@@ -144,7 +145,7 @@ class Tally:
                 "conversion": conversion,
                 "lift": _ratio(conversion, base) if conversion is not None and base else None,
             })  # fmt: skip
-        listed = [s for s in signals if s["shoppers"] >= MIN_SUPPORT and s["lift"] is not None]
+        listed = [s for s in signals if s["shoppers"] >= min_support and s["lift"] is not None]
         listed.sort(key=lambda s: (-s["lift"], s["rule"]))
         return {
             "events": self.events,
@@ -159,14 +160,14 @@ class Tally:
                 "rate": _ratio(self.recovered, self.triggers),
             },
             "top_signals": listed[:TOP_SIGNALS],
-            "min_support": MIN_SUPPORT,
+            "min_support": min_support,
         }
 
 
-def compute(result: ReplayResult) -> dict[str, Any]:
+def compute(result: ReplayResult, min_support: int = MIN_SUPPORT) -> dict[str, Any]:
     tally = Tally()
     tally.add(result)
-    return tally.report()
+    return tally.report(min_support)
 
 
 def with_rules(report: dict[str, Any], rules: RuleSet, source: str) -> dict[str, Any]:
@@ -314,12 +315,14 @@ def charts(report: dict[str, Any], out: Path) -> list[Path]:
 
 def write(
     result: ReplayResult | Tally, out: Path, source: str,
-    rules: tuple[RuleSet, str] | None = None,
+    rules: tuple[RuleSet, str] | None = None, min_support: int = MIN_SUPPORT,
 ) -> dict[str, Any]:  # fmt: skip
     """Write report.json, report.md and the charts to `out`; `rules` (the rule set and
     where it came from) adds their identity and each listed signal's points."""
     out.mkdir(parents=True, exist_ok=True)
-    report = result.report() if isinstance(result, Tally) else compute(result)
+    report = (
+        result.report(min_support) if isinstance(result, Tally) else compute(result, min_support)
+    )
     if rules is not None:
         report = with_rules(report, *rules)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

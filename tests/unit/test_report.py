@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from schemas.outputs import TierChange
 from stream.cli import main
 from stream.replay import Replay, replay
-from stream.report import Tally, compute, markdown, with_rules, write
+from stream.report import MIN_SUPPORT, Tally, compute, markdown, with_rules, write
 from stream.rulesfile import digest, load_rules
 from tests.scenarios import ev
 
@@ -272,3 +272,22 @@ def test_the_report_on_a_real_sample_matches_a_count_from_the_files(
     ]  # fmt: skip
     assert report["cart_recovery"]["triggers"] == len(triggers)
     assert report["cart_recovery"]["followed_by_purchase"] == len(recovered)
+
+
+def test_the_support_a_listed_signal_needs_can_be_set(tmp_path: Path) -> None:
+    path = tmp_path / "signals.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in signal_shoppers()))
+    out = tmp_path / "report"
+    args = ["replay", str(path), "--report", str(out), "--min-support", "9"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["min_support"] == 9
+    # added_to_cart (9 shoppers, all bought after it) now leads; the other two as before
+    assert [(s["rule"], s["shoppers"], s["bought_after"]) for s in report["top_signals"]] == [
+        ("added_to_cart", 9, 9), ("buying_words_search", 10, 7), ("product_viewed", 22, 6),
+    ]  # fmt: skip
+    assert report["top_signals"][0]["lift"] == pytest.approx(41 / 33)
+    assert "Top signals by lift (at least 9 shoppers):" in (out / "report.md").read_text()
+    option = next(p for p in main.commands["replay"].params if p.name == "min_support")
+    assert option.default == MIN_SUPPORT  # the command's default is the report's
