@@ -99,8 +99,8 @@ def rules_source(settings: Settings, path: Path | None = None) -> str:
 
 
 def digest(rules: RuleSet) -> str:
-    """A short hash of the rules as loaded: it changes with any value that the rules
-    mean (points, windows, thresholds, settings applied), not with comments or layout."""
+    """A short hash of the rules as loaded: it changes with any value in them (points,
+    windows, thresholds, descriptions, settings applied), not with comments or layout."""
     return hashlib.sha256(rules.model_dump_json().encode()).hexdigest()[:12]
 
 
