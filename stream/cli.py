@@ -198,16 +198,20 @@ def _where(url: str) -> str:
     return f"{scheme}://{rest.split('@')[-1]}" if scheme else rest.split("@")[-1]
 
 
+def _redis_down(url: str, exc: Exception) -> click.ClickException:
+    return click.ClickException(
+        f"Redis at {_where(url)} did not answer ({exc}); is it up? "
+        "(`intent dev --print-env` shows the embedded one)"
+    )
+
+
 def _run_redis(settings: Settings, run: Any, coro: Any) -> Any:
     from redis.exceptions import RedisError
 
     try:
         return run(coro)
     except (RedisError, OSError) as exc:
-        raise click.ClickException(
-            f"Redis at {_where(settings.redis_url.get_secret_value())} did not answer "
-            f"({exc}); is it up? (`intent dev --print-env` shows the embedded one)"
-        ) from exc
+        raise _redis_down(settings.redis_url.get_secret_value(), exc) from exc
 
 
 def _ping(url: str) -> None:
@@ -220,10 +224,7 @@ def _ping(url: str) -> None:
         with client:
             client.ping()
     except (RedisError, ValueError) as exc:
-        raise click.ClickException(
-            f"Redis at {_where(url)} did not answer ({exc}); is it up? "
-            "(`intent dev --print-env` shows the embedded one)"
-        ) from exc
+        raise _redis_down(url, exc) from exc
 
 
 def _writable(folder: Path) -> None:

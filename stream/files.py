@@ -93,14 +93,14 @@ def _lines(
                     yield from spec.parse(line)
                 except InvalidEvent as exc:
                     yield LineError(line_no, exc.reason, exc.detail, line.rstrip("\r\n")[:200])
-        except EOFError as exc:  # a gzip stream cut short: click would call it "Aborted!"
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # click calls EOFError "Aborted!"
             where = f"{path.name} past line {line_no:,}" if line_no else path.name
-            raise ConfigError(
-                f"cannot read {where}: the gzip data ends early (a cut-short copy or download?)"
-            ) from exc
-        except (gzip.BadGzipFile, zlib.error) as exc:
-            where = f"{path.name} past line {line_no:,}" if line_no else path.name
-            raise ConfigError(f"cannot read {where}: corrupt gzip data ({exc})") from exc
+            why = (
+                "the gzip data ends early (a cut-short copy or download?)"
+                if isinstance(exc, EOFError)
+                else f"corrupt gzip data ({exc})"
+            )
+            raise ConfigError(f"cannot read {where}: {why}") from exc
         if progress is not None:
             progress(raw.tell())
 

@@ -68,6 +68,7 @@ def produce_file(
     def failed(_: Any) -> None:
         report.failed += 1
 
+    cut: ConfigError | None = None
     try:
         with click.progressbar(
             length=size,
@@ -92,16 +93,16 @@ def produce_file(
                 ).add_errback(failed)
                 report.sent += 1
     except ConfigError as exc:  # the file cannot be opened, or read on (a cut-short gzip)
-        producer.flush()
-        producer.close()
-        if not report.sent:
-            raise
-        raise ConfigError(
-            f"{exc}; the {report.sent - report.failed:,} events before that point were sent "
-            f"to {target}"
-        ) from exc
-    producer.flush()
+        cut = exc
+    producer.flush()  # what was read before a failure still goes out
     producer.close()
+    if cut is not None:
+        if not report.sent:
+            raise cut
+        raise ConfigError(
+            f"{cut}; the {report.sent - report.failed:,} events before that point were sent "
+            f"to {target}"
+        ) from cut
     report.sent -= report.failed
     report.seconds = time.monotonic() - started
     return report
