@@ -63,7 +63,7 @@ from schemas.outputs import TierChange
 from schemas.rules import RuleSet
 from schemas.signals import Signal
 from stream.clock import Clock, utc_now
-from stream.detectors.engine import Engine, State
+from stream.detectors.engine import ADVANCED, Engine, State
 from stream.ingest import RawRecord, Rejection, ingest_batch, ingest_limits
 from stream.metrics import Metrics
 from stream.patterns import PatternStore, Saved
@@ -364,9 +364,9 @@ class Pipeline:
     ) -> list[RawRecord]:
         """Load, detect and score one group of shoppers; returns the late records."""
         states = await self._retry("load", self.store.load, list(by_shopper))
-        signals, late = self._detect(by_shopper, states, outbox)
+        signals, groups, late = self._detect(by_shopper, states, outbox)
         partitions = {shopper: items[0][2] for shopper, items in by_shopper.items()}
-        await self._score(signals, partitions, outbox)
+        await self._score(signals, partitions, outbox, groups)
         return late
 
     def _detect(
@@ -374,20 +374,23 @@ class Pipeline:
         by_shopper: dict[str, list[Item]],
         states: dict[str, State],
         outbox: Outbox,
-    ) -> tuple[list[Signal], list[RawRecord]]:
+    ) -> tuple[list[Signal], dict[str, int], list[RawRecord]]:
+        """Signals, their scoring order (`Outcome.groups`) and the late records."""
         signals: list[Signal] = []
+        groups: dict[str, int] = {}
         late: list[RawRecord] = []
         for shopper, items in by_shopper.items():
             state = states.get(shopper) or self.engine.new_state()
             outcome = self.engine.process(shopper, state, [item[0] for item in items])
             signals += outcome.signals
+            groups.update(outcome.groups)
             if outcome.late:
                 late_ids = {event.id for event in outcome.late}
                 late += [record for event, record, _ in items if event.id in late_ids]
             if outcome.duplicates:
                 self.metrics.events_duplicate.inc(outcome.duplicates)
             outbox.saved[shopper] = self._saved(state, items[0][2])
-        return signals, late
+        return signals, groups, late
 
     def _saved(self, state: State, partition: int) -> Saved:
         return Saved(state, self.engine.ttl(state), self.engine.deadline(state), partition)
@@ -400,15 +403,22 @@ class Pipeline:
             self.last_input[partition] = arrived
 
     async def _score(
-        self, signals: list[Signal], partitions: dict[str, int], outbox: Outbox
+        self,
+        signals: list[Signal],
+        partitions: dict[str, int],
+        outbox: Outbox,
+        groups: dict[str, int] | None = None,
     ) -> None:
-        """Score new signals, index the results, and queue signals and outputs to send."""
+        """Score new signals, index the results, and queue signals and outputs to send.
+        `groups`: their scoring order (`Outcome.groups`); `ADVANCED` for the rest."""
         by_shopper: dict[str, list[Signal]] = defaultdict(list)
         for signal in signals:
             by_shopper[signal.shopper_id].append(signal)
         if by_shopper:
+            order = groups or {}
             batch: dict[str, tuple[list[ScoreSignal], float | None]] = {
-                s: ([to_score_signal(x) for x in sigs], None) for s, sigs in by_shopper.items()
+                s: ([to_score_signal(x, order.get(x.signal_id, ADVANCED)) for x in sigs], None)
+                for s, sigs in by_shopper.items()
             }
             results = await self._retry("score", self.scores.apply_many, batch)
             outputs = self._outputs(results, by_shopper, partitions, outbox)

@@ -42,7 +42,7 @@ from schemas.events import Event
 from schemas.outputs import TierChange
 from schemas.rules import RuleSet
 from schemas.signals import Signal
-from stream.detectors.engine import Engine
+from stream.detectors.engine import ADVANCED, Engine
 from stream.files import SHARD_EVENTS, SHOW_LINE_ERRORS, LineError, read_events
 from stream.scoring.actions import Output, outputs_for, to_score_signal
 from stream.scoring.reference import Result, ScoreConfig, ScoreSignal
@@ -112,11 +112,13 @@ def detect(
     by_shopper: dict[str, list[Event]],
     result: ReplayResult,
     tick: Callable[[int], None] | None = None,
-) -> dict[str, list[Signal]]:
-    """Signals per shopper, with every deadline up to `result.end` fired; `tick(n)` after
-    each shopper's n events."""
+) -> tuple[dict[str, list[Signal]], dict[str, int]]:
+    """Signals per shopper, with every deadline up to `result.end` fired, and their
+    scoring order (`Outcome.groups`; those fired at the end are `ADVANCED`); `tick(n)`
+    after each shopper's n events."""
     end = result.end
     out: dict[str, list[Signal]] = {}
+    groups: dict[str, int] = {}
     for shopper in sorted(by_shopper):
         # In time order; events of the same instant stay in file order, the order a live
         # worker reads them in (by id, two visits starting in one second ended the other
@@ -131,27 +133,31 @@ def detect(
         outcome = engine.process(shopper, state, events)
         result.late += len(outcome.late)
         signals = outcome.signals + engine.advance(shopper, state, end)
+        groups.update(outcome.groups)
         if signals:
             out[shopper] = signals
         if tick is not None:
             tick(len(events))
     result.shoppers = len(by_shopper)
-    return out
+    return out, groups
 
 
 async def score(
     store: MemoryScoreStore | ScoreStore,
     signals: dict[str, list[Signal]],
     end: float,
+    groups: dict[str, int],
     done: Callable[[list[str]], None] | None = None,
 ) -> dict[str, Result]:
-    """Each shopper's signals scored; `done(shoppers)` after each batch."""
+    """Each shopper's signals scored, in the order `groups` gives (`detect`); `done(shoppers)`
+    after each batch."""
     results: dict[str, Result] = {}
     shoppers = sorted(signals)
     for i in range(0, len(shoppers), SCORE_BATCH):
         chunk = shoppers[i : i + SCORE_BATCH]
         batch: dict[str, tuple[list[ScoreSignal], float | None]] = {
-            s: ([to_score_signal(x) for x in signals[s]], end) for s in chunk
+            s: ([to_score_signal(x, groups.get(x.signal_id, ADVANCED)) for x in signals[s]], end)
+            for s in chunk
         }
         results.update(await store.apply_many(batch))
         if done is not None:
@@ -278,7 +284,7 @@ class Replay:
         part = ReplayResult(end=self.end)
         started = time.perf_counter()
         sizes = {shopper: len(events) for shopper, events in by_shopper.items()}
-        signals = detect(self.engine, by_shopper, part, self._tick)
+        signals, groups = detect(self.engine, by_shopper, part, self._tick)
         by_shopper.clear()  # the shard's events: not needed past detection
         part.signals = [s for shopper in sorted(signals) for s in signals[shopper]]
         self.seconds["detect"] += time.perf_counter() - started
@@ -287,7 +293,13 @@ class Replay:
         if isinstance(store, MemoryScoreStore):
             store.states.clear()  # shoppers are never seen again in a later shard
         results = runner.run(
-            score(store, signals, self.end, lambda done: self._tick(sum(sizes[s] for s in done)))
+            score(
+                store,
+                signals,
+                self.end,
+                groups,
+                lambda done: self._tick(sum(sizes[s] for s in done)),
+            )
         )
         for shopper in sorted(results):
             for output in outputs_for(shopper, results[shopper], signals[shopper]):

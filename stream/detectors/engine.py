@@ -1,6 +1,6 @@
 """The detection engine: a shopper's state and a batch of events in, signals out. Pure.
 
-    outcome = engine.process(shopper_id, state, events)    # in the stream
+    outcome = engine.process(shopper_id, state, events)    # in the stream (+ .groups)
     signals = engine.advance(shopper_id, state, until)      # on the timer
     engine.deadline(state)                                  # when to call advance next
 
@@ -31,6 +31,10 @@ from stream.detectors.single import SingleDetector
 from stream.detectors.suppression import SuppressionDetector
 
 STATE_VERSION: Final = 1
+# The score group of signals `advance` fires (a visit's end, an absence): scored after
+# those of the events of the same call, as a live worker's sweep scores them after the
+# batches it has read.
+ADVANCED: Final = 1 << 30
 SEEN_CAP: Final = 256  # recent event ids kept for de-duplication, per shopper
 CART_CAP: Final = 50  # distinct SKUs tracked in a shopper's cart
 CART_ACTION: Final = "cart_recovery"  # signals of rules with this action carry the cart
@@ -51,6 +55,10 @@ class Outcome:
     signals: list[Signal] = field(default_factory=list)
     late: list[Event] = field(default_factory=list)
     duplicates: int = 0
+    # signal id -> its score group: the position of the event that fired it in this call.
+    # Signals are scored group by group (`ScoreSignal.group`), as calls event by event
+    # would score them, so the changes do not depend on how events were batched.
+    groups: dict[str, int] = field(default_factory=dict)
 
 
 class Engine:
@@ -86,7 +94,8 @@ class Engine:
     def process(self, shopper: str, state: State, events: Iterable[Event]) -> Outcome:
         outcome = Outcome()
         seen_ids = {eid for _, eid in state["seen"]}
-        for event in events:
+        groups = outcome.groups
+        for position, event in enumerate(events):
             ts = event.ts.timestamp()
             eid = event.id
             if eid in seen_ids:
@@ -101,13 +110,17 @@ class Engine:
             state["wm"] = ts if watermark is None else max(watermark, ts)
             fired = self._on_event(state, event, ts)
             fired += self._advance(state, state["wm"] - self.lateness)
-            outcome.signals.extend(self._signals(shopper, state, fired))
+            signals = self._signals(shopper, state, fired)
+            for signal in signals:
+                groups.setdefault(signal.signal_id, position)
+            outcome.signals += signals
         self._prune(state)
-        outcome.signals.sort(key=lambda s: (s.at, s.signal_id))
+        outcome.signals.sort(key=lambda s: (s.at, groups[s.signal_id], s.signal_id))
         return outcome
 
     def advance(self, shopper: str, state: State, until: float) -> list[Signal]:
-        """Fire what is due by `until` (epoch seconds): absence deadlines, ended visits."""
+        """Fire what is due by `until` (epoch seconds): absence deadlines, ended visits.
+        Their score group is `ADVANCED`."""
         signals = self._signals(shopper, state, self._advance(state, until))
         self._prune(state)
         signals.sort(key=lambda s: (s.at, s.signal_id))

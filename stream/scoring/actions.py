@@ -39,7 +39,9 @@ class Output(NamedTuple):
     value: _Out
 
 
-def to_score_signal(signal: Signal) -> ScoreSignal:
+def to_score_signal(signal: Signal, group: int = 0) -> ScoreSignal:
+    """What the score script takes of a signal; `group`: its place in the scoring order
+    (`Outcome.groups`; `engine.ADVANCED` for what `Engine.advance` fired)."""
     sup = signal.suppression
     key = None
     if sup is not None:
@@ -54,6 +56,7 @@ def to_score_signal(signal: Signal) -> ScoreSignal:
         reset=RESET in signal.actions,
         suppress=key,
         until=sup.until.timestamp() if sup is not None else 0.0,
+        group=group,
     )
 
 
@@ -72,7 +75,7 @@ def outputs_for(shopper: str, result: Result, signals: list[Signal]) -> list[Out
     out += _suppression(shopper, result, periods)
     for signal in fresh:
         t = signal.at.timestamp()
-        tier = _tier_at(result, t)
+        tier = _tier_at(result, signal.signal_id, t)
         if tier != "suppressed":
             out += _signal_actions(shopper, result, signal, tier, periods.active(t))
     return out
@@ -133,14 +136,16 @@ def period(key: str, until: float) -> str:
     return f"{key}:{until:.3f}"
 
 
-def _tier_at(result: Result, t: float) -> str:
-    """The tier just after the signals of time `t` were scored: a signal's actions carry
-    the tier of their moment, not that of the end of the call (which, in a replay, is
-    after every decay up to the file's end, and in the worker depends on what else the
-    batch held)."""
+def _tier_at(result: Result, signal_id: str, t: float) -> str:
+    """The tier just after the signal was scored: a signal's actions carry the tier of
+    their moment, not that of the end of the call (which, in a replay, is after every
+    decay up to the file's end, and in the worker depends on what else the batch held).
+    A result kept from before `after` existed (a batch run again across an upgrade)
+    gives the tier by the signal's time `t`."""
+    seq = result.after.get(signal_id)
     tier = result.from_tier
-    for change in result.changes:  # in time order
-        if change.at > t:
+    for change in result.changes:  # in the order they happened
+        if change.seq > seq if seq is not None else change.at > t:
             break
         tier = change.to_tier
     return tier

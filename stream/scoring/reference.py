@@ -41,6 +41,14 @@ class ScoreSignal(NamedTuple):
     reset: bool = False  # a purchase: earlier points no longer count
     suppress: str | None = None  # scope key: "all", "channel:email", "category:x"
     until: float = 0.0  # with `suppress`: epoch seconds
+    # The order signals are scored in: by group, then time. A group is what one event
+    # fired (`Outcome.groups`, in the order the events came), so a call scores them as
+    # calls event by event would, and the changes do not depend on the batching: two
+    # events of one instant are two evaluations, and an absence fired late (after the
+    # allowed lateness) counts after the events scored before it fired. Signals of one
+    # group and time are applied together, then the tier is taken (a purchase restarts
+    # the score before its event's tier is taken).
+    group: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,8 @@ class Result:
     reset: float | None = None  # time of the last purchase
     active: list[str] = field(default_factory=list)  # suppression scope keys in force
     was: list[str] = field(default_factory=list)  # ... and those in force before the call
+    # each new signal -> `seq` just after it was scored (the tier its actions carry)
+    after: dict[str, int] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -214,9 +224,9 @@ MAX_STEPS: Final = 16  # decay transitions evaluated in one call (none < low < m
 def apply(
     state: dict[str, Any], signals: list[ScoreSignal], now: float | None, cfg: ScoreConfig
 ) -> Result:
-    """Apply new signals (deduplicated by id) in event-time order, evaluating the tier
-    after each signal time and at every decay crossing in between, then up to `now`.
-    The transitions depend on event times only, never on how signals were batched."""
+    """Apply new signals (deduplicated by id) by group, then event time, evaluating the
+    tier after each group and time, and at every decay crossing in between, then up to
+    `now`. The transitions never depend on how signals were batched."""
     previous = state["tier"]
     seq_before = state["seq"]
     was = sorted(state["x"])
@@ -226,20 +236,21 @@ def apply(
     unsuppressed: list[str] = []
     changes: list[Change] = []
     fresh: list[ScoreSignal] = []
-    for sig in sorted(signals, key=lambda s: (s.t, s.id)):
+    for sig in sorted(signals, key=lambda s: (s.group, s.t, s.id)):
         if sig.id not in state["applied"]:
             state["applied"][sig.id] = sig.t
             new_ids.append(sig.id)
             fresh.append(sig)
         elif sig.id not in new_ids:
             duplicates.append(sig.id)
+    after: dict[str, int] = {}
     i = 0
     while i < len(fresh):
-        t = fresh[i].t
+        t, g = fresh[i].t, fresh[i].group
         if state["T"] is not None and t > state["T"]:
             _advance(state, t, cfg, changes, unsuppressed)
         group = []
-        while i < len(fresh) and fresh[i].t == t:
+        while i < len(fresh) and fresh[i].group == g and fresh[i].t == t:
             group.append(fresh[i])
             i += 1
         reset_seen = False
@@ -269,6 +280,8 @@ def apply(
         _evaluate(
             state, cfg, changes, unsuppressed, "purchase" if reset_seen else "signal", group[-1].id
         )
+        for sig in group:
+            after[sig.id] = state["seq"]
     if now is not None:
         if state["T"] is None:
             state["T"] = now
@@ -300,6 +313,7 @@ def apply(
         state["reset"],
         sorted(state["x"]),
         was,
+        after,
     )
     last = state["last"]
     decay = not signals and now is not None
@@ -327,6 +341,7 @@ def _merged(last: Result, current: Result) -> Result:
     merged.unsuppressed = [*last.unsuppressed, *current.unsuppressed]
     merged.new_ids = [*last.new_ids, *current.new_ids]
     merged.was = last.was
+    merged.after = {**last.after, **current.after}
     merged.applied = len(merged.new_ids)
     return merged
 

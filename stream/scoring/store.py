@@ -56,6 +56,7 @@ def script_args(signals: list[ScoreSignal], now: float | None, cfg: ScoreConfig)
                     "reset": s.reset,
                     "sup": s.suppress,
                     "until": s.until,
+                    "g": s.group,
                 }
                 for s in signals
             ],
@@ -94,7 +95,13 @@ def parse_result(raw: bytes | str) -> Result:
         reset=float(data["reset"]) if data.get("reset") else None,
         active=list(_list(data.get("active"))),
         was=list(_list(data.get("was"))),
+        after=_after(data.get("after")),
     )
+
+
+def _after(value: Any) -> dict[str, int]:
+    # cjson encodes an empty Lua table as {}; a result stored before "after" has none.
+    return {k: int(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _text(value: bytes | str) -> str:

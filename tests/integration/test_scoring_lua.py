@@ -11,6 +11,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream.detectors.engine import ADVANCED
 from stream.scoring import reference
 from stream.scoring.reference import Result, ScoreConfig, ScoreSignal
 from stream.scoring.store import lua_source, parse_result, script_args
@@ -22,7 +23,7 @@ TOL = 1e-9
 _ids = itertools.count()
 
 signal = st.builds(
-    lambda t, p, h, rule, cat, kind: ScoreSignal(
+    lambda t, p, h, rule, cat, kind, group: ScoreSignal(
         id=f"sig-{next(_ids)}",
         t=t,
         points=p if kind == "points" else 0.0,
@@ -32,13 +33,19 @@ signal = st.builds(
         reset=kind == "reset",
         suppress={"sup_all": "all", "sup_cat": f"category:{cat}"}.get(kind),
         until=t + 7200.0,
+        group=group,
     ),
-    t=st.floats(min_value=0, max_value=10 * 86400, allow_nan=False),
+    # a few shared instants too: signals of one time in one group, and in several
+    t=st.one_of(
+        st.floats(min_value=0, max_value=10 * 86400, allow_nan=False),
+        st.sampled_from([3600.0, 7200.0, 86400.0]),
+    ),
     p=st.sampled_from([1.0, 2.0, 5.0, 8.0, 10.0, 15.0, 20.0, 35.0, -3.0, 2.5]),
     h=st.sampled_from(HALF_LIVES),
     rule=st.sampled_from(["viewed", "cart", "checkout", "returns", "blog"]),
     cat=st.sampled_from([None, "electronics/cables", "apparel/tops"]),
     kind=st.sampled_from(["points"] * 12 + ["reset", "sup_all", "sup_cat"]),
+    group=st.sampled_from([0, 1, 2, ADVANCED]),  # the event that fired it, or advance
 )
 step = st.tuples(
     st.lists(signal, max_size=6),
@@ -85,6 +92,7 @@ def _same(lua: Result, ref: Result) -> None:
     assert lua.new_ids == ref.new_ids
     assert _close(lua.reset, ref.reset)
     assert lua.active == ref.active
+    assert lua.after == ref.after
 
 
 @settings(

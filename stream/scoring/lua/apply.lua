@@ -9,22 +9,25 @@ KEYS[3]  <app>:{<shopper>}:last     string: "<seq>\n<now>\n<result JSON>" of the
 ARGV[1]  JSON {"now": epoch s | null,
                "cfg": {"low","mid","high","hysteresis" (fraction),"cap" (ids kept)},
                "signals": [{"id","t" (epoch s),"p" (points),"h" (half-life s),"rule",
-                            "cat" | null,"reset" (bool),"sup" (scope key) | null,"until"}]}
+                            "cat" | null,"reset" (bool),"sup" (scope key) | null,"until",
+                            "g" (group: the scoring order, before time)}]}
 RETURNS  JSON {"from","to","score","at","seq","deadline" ("" = none),"ttl" (s),"applied",
                "changes": [{"from","to","score","at","seq","reason","top","cause"}],
                "top": [[rule, points]], "sup": [[scope, until]], "unsup": [scope],
                "ids": [newly applied signal ids], "reset": last purchase time ("" = none),
                "active": [active suppression scope keys, sorted],
-               "was": [the keys active before the call, sorted]}
+               "was": [the keys active before the call, sorted],
+               "after": {new signal id: seq just after it was scored}}
          numbers as "%.17g" strings, so nothing is rounded on the way out.
 Hash fields: tier, seq, T (last evaluation, epoch s), reset (epoch s of the last purchase),
   s|<h> = "v r"  one component per half-life class h (v points at time r)
   r|<rule> = "v r h"   per rule, for the top contributors
   c|<h>|<category> = "v r"  per category
   x|<scope> = until     active suppressions
-Signals are applied in event-time order; the tier is evaluated after each signal time
-and at every decay crossing or suppression end in between, then up to "now", so the
-transitions never depend on how signals were batched.
+Signals are applied by group (what one event fired, in the order the events came), then
+event time; the tier is evaluated after each group and time, and at every decay crossing
+or suppression end in between, then up to "now", so the transitions never depend on how
+signals were batched.
 Event time comes in ARGV; the script never reads TIME. It sets the hash's TTL itself.
 ]==]
 local EPSILON = 0.01
@@ -195,9 +198,12 @@ local function advance(until_t)
   end
 end
 
--- dedupe by id, then apply in time order
+-- dedupe by id, then apply by group, then time
 local signals = args.signals
-table.sort(signals, function(a, b) return a.t < b.t or (a.t == b.t and a.id < b.id) end)
+table.sort(signals, function(a, b)
+  if a.g ~= b.g then return a.g < b.g end
+  return a.t < b.t or (a.t == b.t and a.id < b.id)
+end)
 local previous = tier
 local seq_before = seq
 local new_ids, fresh, suppressed, added, duplicates = {}, {}, {}, {}, {}
@@ -211,12 +217,13 @@ for _, sig in ipairs(signals) do
     duplicates[#duplicates + 1] = sig.id  -- applied by an earlier call
   end
 end
+local after = {}  -- new signal id -> seq just after it was scored
 local i = 1
 while i <= #fresh do
-  local t = fresh[i].t
+  local t, g, first = fresh[i].t, fresh[i].g, i
   if T ~= nil and t > T then advance(t) end
   local reset_seen, last_id = false, nil
-  while i <= #fresh and fresh[i].t == t do
+  while i <= #fresh and fresh[i].g == g and fresh[i].t == t do
     local sig = fresh[i]
     last_id = sig.id
     i = i + 1
@@ -246,6 +253,7 @@ while i <= #fresh do
   end
   if T == nil or t > T then T = t end
   evaluate(reset_seen and "purchase" or "signal", last_id)
+  for k = first, i - 1 do after[fresh[k].id] = seq end
 end
 if args.now ~= nil and args.now ~= cjson.null then
   if T == nil then
@@ -346,6 +354,11 @@ if #duplicates > 0 or repeat_decay then
         unsup = concat(last.unsup, unsup)
         new_ids = concat(last.ids, new_ids)
         was = last.was or was
+        if type(last.after) == "table" then
+          for id, n in pairs(last.after) do
+            if after[id] == nil then after[id] = n end
+          end
+        end
       end
     end
   end
@@ -355,7 +368,7 @@ local out = cjson.encode({
   from = previous, to = tier, score = fmt(score), at = fmt(T), seq = seq,
   deadline = deadline and fmt(deadline) or "", ttl = fmt(ttl), changes = changes,
   applied = #new_ids, top = top_out, sup = suppressed, unsup = unsup, ids = new_ids,
-  reset = reset and fmt(reset) or "", active = sorted_keys(x), was = was,
+  reset = reset and fmt(reset) or "", active = sorted_keys(x), was = was, after = after,
 })
 if #new_ids > 0 or (is_decay and (#changes > 0 or #unsup > 0)) then
   local call_now = ""
