@@ -3,9 +3,12 @@ the ones that must not. Shared by the pure engine tests and the integration test
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from schemas.events import Event
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -122,3 +125,41 @@ def scenarios(prefix: str = "", start: datetime = T0) -> list[Scenario]:
             never={"checkout_abandoned"},
         ),
     ]  # fmt: skip
+
+
+GENERATED_TYPES = ["product_view"] * 4 + [
+    "add_to_cart", "cart_view", "checkout_started", "purchase", "page_view", "search",
+    "email_open", "email_click",
+]  # fmt: skip
+# Seconds to a generated shopper's next event: the same instant, around the 30-minute
+# absence windows and their 5 minutes of lateness, and back in time (within the lateness).
+IN_ORDER_STEPS = [0, 0, 1, 30, 120, 600, 1500, 1800, 1900, 2100, 2400, 7200]
+STEPS = [*IN_ORDER_STEPS, -60, -200]
+
+
+def generated_shopper(
+    rng: random.Random, name: str, start: datetime, steps: list[int] = STEPS
+) -> list[Event]:
+    """2-24 random events of one shopper in its first hour after `start` and on: views,
+    carts, checkouts, purchases, help pages, searches and emails (so every kind of rule
+    fires, absences included), in the order they arrive."""
+    ts = start + timedelta(seconds=rng.randrange(3600))
+    events = []
+    for i in range(rng.randrange(2, 25)):
+        ts += timedelta(seconds=rng.choice(steps))
+        kind = rng.choice(GENERATED_TYPES)
+        body: dict[str, Any] = {
+            "event_id": f"{name}-{i}", "shopper_id": name, "type": kind, "ts": ts.isoformat(),
+            "source": "test",
+        }  # fmt: skip
+        if kind in ("product_view", "add_to_cart"):
+            body["product"] = {
+                "sku": f"sku-{rng.randrange(3)}", "category": f"cat-{rng.randrange(2)}",
+                "price": 10.0,
+            }  # fmt: skip
+        if kind == "page_view":
+            body["page"] = {"type": rng.choice(["faq", "returns", "home"])}
+        if kind == "search":
+            body["properties"] = {"query": rng.choice(["how to pick one", "buy cheap"])}
+        events.append(Event.model_validate(body))
+    return events

@@ -1,7 +1,9 @@
 """`absence`: `when` not followed by `unless` within `within`; fires at the deadline.
 
 `pending` holds [ts, id, key] of the latest `when` event per key (a newer one supersedes
-it: one trigger per checkout, not per click). `seen` holds [ts, key] of recent `unless`
+it: one trigger per checkout, not per click), and of earlier ones whose deadline passed
+before the newer one came, until they fire: whether the timer fired them first must not
+change what fires. `seen` holds [ts, key] of recent `unless`
 events, so an `unless` that arrives before its `when` (out of order) still cancels it.
 Deadlines fire through `advance(until)`, which the engine calls with event time (in the
 stream) or wall-clock time (the timer), so a shopper who sends nothing more still fires.
@@ -46,7 +48,9 @@ class AbsenceDetector(Detector):
             pending: list[list[Any]] = st.setdefault("pending", [])
             if any(p[2] == key and p[0] > ev.ts for p in pending):
                 return []  # an older `when` arriving late: the newer one already waits
-            st["pending"] = [p for p in pending if p[2] != key] + [[ev.ts, ev.id, key]]
+            st["pending"] = [p for p in pending if p[2] != key or p[0] + within <= ev.ts] + [
+                [ev.ts, ev.id, key]
+            ]
         return []
 
     def advance(self, st: RuleState, until: float) -> list[Fired]:

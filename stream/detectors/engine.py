@@ -149,7 +149,7 @@ class Engine:
 
     # --- internals ---------------------------------------------------------------------
     def _on_event(self, state: State, event: Event, ts: float) -> list[tuple[RuleBase, Fired]]:
-        _track_cart(state, event)
+        _track_cart(state, event, ts)
         session, fired = self.sessions.assign(state["ses"], event, ts)
         product = event.product
         sku, category = (product.sku, product.category) if product else (None, None)
@@ -179,6 +179,7 @@ class Engine:
             return
         floor = watermark - self.lateness
         state["seen"] = [s for s in state["seen"] if s[0] >= floor][-SEEN_CAP:]
+        _fold_cart(state, floor)
         rules_state = state["r"]
         for rule_id, st in list(rules_state.items()):
             detector = self.by_id.get(rule_id)
@@ -201,7 +202,7 @@ class Engine:
                 waited = datetime.fromtimestamp(f.at - rule.within, tz=UTC)
                 properties["anchor_at"] = waited.isoformat()
             if CART_ACTION in rule.actions:
-                properties["cart"] = cart_snapshot(state)
+                properties["cart"] = cart_snapshot(state, f.at)
             # Built from validated rules and events: no need to validate again (hot path).
             out.append(
                 construct(
@@ -228,30 +229,69 @@ class Engine:
         return out
 
 
-def _track_cart(state: State, event: Event) -> None:
-    """The cart, from add/remove events; a purchase empties it."""
+def _track_cart(state: State, event: Event, ts: float) -> None:
+    """Cart events (add/remove; a purchase empties the cart) go to `cartlog` as [ts, type]
+    (+ sku, quantity, price, category, name), in the order they come; `_fold_cart` moves
+    them into the `cart` once no signal can be earlier than them. So a signal carries
+    the cart of its own time (an abandoned checkout: the cart at its deadline), however
+    late it fires: by the timer first, or with an event after it."""
     if event.type == "purchase":
-        state.pop("cart", None)
+        state.setdefault("cartlog", []).append([ts, "purchase"])
         return
     product = event.product
     if product is None or event.type not in ("add_to_cart", "remove_from_cart"):
         return
-    cart: dict[str, list[Any]] = state.setdefault("cart", {})
-    quantity = product.quantity or 1
-    item = cart.pop(product.sku, [0, product.price, product.category, product.name])
-    item[0] += quantity if event.type == "add_to_cart" else -quantity
+    entry = [ts, event.type, product.sku, product.quantity or 1, product.price,
+             product.category, product.name]  # fmt: skip
+    state.setdefault("cartlog", []).append(entry)
+
+
+def _apply_cart(cart: dict[str, list[Any]], entry: list[Any]) -> None:
+    if entry[1] == "purchase":
+        cart.clear()
+        return
+    _, kind, sku, quantity, price, category, name = entry
+    item = cart.pop(sku, [0, price, category, name])
+    item[0] += quantity if kind == "add_to_cart" else -quantity
     if item[0] > 0:
-        cart[product.sku] = item
+        cart[sku] = item
         while len(cart) > CART_CAP:
             del cart[next(iter(cart))]
-    if not cart:
-        del state["cart"]
 
 
-def cart_snapshot(state: State) -> dict[str, Any]:
+def _fold_cart(state: State, floor: float) -> None:
+    """Move the cart events up to `floor` (the watermark minus the allowed lateness: no
+    signal still to fire is earlier) into the cart, oldest first, in the order they
+    came."""
+    log = state.get("cartlog")
+    if not log or log[0][0] > floor:
+        return
+    cart: dict[str, list[Any]] = state.pop("cart", {})
+    n = 0
+    while n < len(log) and log[n][0] <= floor:
+        _apply_cart(cart, log[n])
+        n += 1
+    if cart:
+        state["cart"] = cart
+    if n < len(log):
+        state["cartlog"] = log[n:]
+    else:
+        del state["cartlog"]
+
+
+def cart_at(state: State, t: float) -> dict[str, list[Any]]:
+    """The cart as of event time `t`: sku -> [quantity, price, category, name]."""
+    cart = {sku: list(item) for sku, item in state.get("cart", {}).items()}
+    for entry in state.get("cartlog", ()):
+        if entry[0] <= t:
+            _apply_cart(cart, entry)
+    return cart
+
+
+def cart_snapshot(state: State, t: float) -> dict[str, Any]:
     items = [
         {"sku": sku, "quantity": qty, "price": price, "category": category, "name": name}
-        for sku, (qty, price, category, name) in state.get("cart", {}).items()
+        for sku, (qty, price, category, name) in cart_at(state, t).items()
     ]
     value = sum((i["price"] or 0.0) * i["quantity"] for i in items)
     return {"items": items, "value": round(value, 2)}

@@ -5,6 +5,7 @@ the same events, ids and content alike."""
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,9 @@ from stream.settings import Settings
 from stream.topics import ensure_topics
 from tests.integration.conftest import scrape_metrics
 from tests.integration.kafka_io import Reader, produce
+from tests.scenarios import IN_ORDER_STEPS, generated_shopper
 
+GENERATED = 300  # shoppers with checkouts, cart pages and emails
 ACTION_TOPICS = ("topic_retargeting", "topic_cart_recovery", "topic_nurture", "topic_suppression")
 
 
@@ -34,7 +37,8 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     repartition: bool,
 ) -> None:
     """The REES46 sample (17k events, the first minutes of a day, carts and purchases
-    among them), then one event of now: every decay and absence of the sample falls due
+    among them) with 300 generated shoppers who also check out, open the cart page and
+    read emails, then one event of now: every decay and absence of the sample falls due
     at once, far more than a sweep chunk per partition. What this test found, each
     mended (the commit says how):
     - the sweep fired decays before detection deadlines due earlier (a visit end then
@@ -46,17 +50,28 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
       of events yet to be scored (a purchase among them then counted after it);
     - replay broke ties between events of one second by id, the worker by arrival;
     - actions carried the tier and suppressions of the end of the score call, not of
-      their own time (in a replay, the end of the file).
-
+      their own time (in a replay, the end of the file);
     - two events of one second that each fired signals were scored together in one call
       (one change, none to mid), but as two changes (none to low, low to mid) when a
       batch boundary fell between them: signals are now scored event by event
-      (`Outcome.groups`), in one call or in several.
+      (`Outcome.groups`), in one call or in several;
+    - with the generated shoppers: a checkout superseded an earlier one whose deadline
+      had passed, so that abandonment fired only if the sweep got to it first (not in
+      replay); and an abandoned checkout carried the cart of the moment it fired, not
+      of its deadline (the sweep fires sooner than the shopper's next event).
 
     Run both ways: events detected directly by the owner of their intent.events
     partition (the default), and every event through that topic."""
     sample = shared_data / "rees46_2019-10-01_head.csv.gz"
     events = [e for e in read_events(sample, "rees46") if isinstance(e, Event)]
+    # The sample has no checkout, cart page or email: add generated shoppers that have
+    # them, in the same hours, so absences fire too (in the worker, by the events of the
+    # shopper, or by the sweep as the partition's event time passes their deadlines).
+    rng = random.Random(6)
+    start = min(e.ts for e in events)
+    for i in range(GENERATED):
+        events += generated_shopper(rng, f"gen-{i}", start, IN_ORDER_STEPS)
+    events.sort(key=lambda e: e.ts)  # as a clickstream comes: in time order
     now = Event(
         event_id="now", shopper_id="now", type="page_view", ts=datetime.now(UTC), source="test"
     )
@@ -66,6 +81,8 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
 
     expected = replay(canonical, "canonical", load_rules())
     assert len(expected.changes) > 1000 and len(expected.actions) > 1000  # a real workload
+    fired = Counter(s.rule_id for s in expected.signals if s.shopper_id.startswith("gen-"))
+    assert fired["checkout_abandoned"] > 20 and fired["cart_viewed_without_checkout"] > 20
     topics = settings.topic_names()
     want_changes = {c.change_id: json.loads(c.model_dump_json()) for c in expected.changes}
     want_actions = Counter(

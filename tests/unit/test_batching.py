@@ -10,6 +10,10 @@ Scored by time alone, two cases did not (found with the generated shoppers below
   after it arrives): in one call it was scored at its deadline, ahead of the events in
   between; in calls event by event, after them.
 Signals are now scored by the event that fired them (`Outcome.groups`), then by time.
+With the timer between batches (`test_sweeps_between_batches_change_nothing`), two more:
+- a checkout superseded an earlier one whose deadline had passed: that abandonment
+  fired only if the timer got to it first;
+- an abandoned checkout carried the cart of the moment it fired, not of its deadline.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,50 +33,27 @@ from stream.files import read_events
 from stream.rulesfile import load_rules
 from stream.scoring.actions import Output, outputs_for, to_score_signal
 from stream.scoring.reference import ScoreConfig, apply, new_state
+from tests.scenarios import IN_ORDER_STEPS, generated_shopper
 
 RULES = load_rules()
 CFG = ScoreConfig(RULES.tiers.low, RULES.tiers.mid, RULES.tiers.high, RULES.tiers.hysteresis)
 ENGINE = Engine(RULES)
-TYPES = ["product_view"] * 4 + [
-    "add_to_cart", "cart_view", "checkout_started", "purchase", "page_view", "search",
-    "email_open", "email_click",
-]  # fmt: skip
-# Seconds to the next event: the same instant, around the 30-minute absence windows and
-# their 5 minutes of lateness, and back in time (out of order, within the lateness).
-STEPS = [0, 0, 1, 30, 120, 600, 1500, 1800, 1900, 2100, 2400, 7200, -60, -200]
 
 
-def shopper(rng: random.Random, name: str) -> list[Event]:
-    ts = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(3600))
-    events = []
-    for i in range(rng.randrange(2, 25)):
-        ts += timedelta(seconds=rng.choice(STEPS))
-        kind = rng.choice(TYPES)
-        body: dict[str, Any] = {
-            "event_id": f"{name}-{i}", "shopper_id": name, "type": kind, "ts": ts.isoformat(),
-            "source": "test",
-        }  # fmt: skip
-        if kind in ("product_view", "add_to_cart"):
-            body["product"] = {
-                "sku": f"sku-{rng.randrange(3)}", "category": f"cat-{rng.randrange(2)}",
-                "price": 10.0,
-            }  # fmt: skip
-        if kind == "page_view":
-            body["page"] = {"type": rng.choice(["faq", "returns", "home"])}
-        if kind == "search":
-            body["properties"] = {"query": rng.choice(["how to pick one", "buy cheap"])}
-        events.append(Event.model_validate(body))
-    return events
-
-
-def in_batches(name: str, batches: list[list[Event]], end: float) -> Counter[str]:
+def in_batches(
+    name: str, batches: list[list[Event]], end: float, sweeps: list[float] | None = None
+) -> Counter[str]:
     """Detect and score batch by batch, as the worker does (one state each, carried
-    over), then fire and score everything due by `end`, as a sweep or replay does."""
+    over), with a sweep after batch i up to `sweeps[i]` if given (the timer: what is
+    due, scored in a call of its own), then fire and score everything due by `end`, as
+    a sweep or replay does."""
     state, scores = ENGINE.new_state(), new_state()
     outputs: list[Output] = []
-    for batch in batches:
+    for i, batch in enumerate(batches):
         outcome = ENGINE.process(name, state, batch)
         outputs += _scored(name, scores, outcome.signals, outcome.groups, None)
+        if sweeps is not None:
+            outputs += _scored(name, scores, ENGINE.advance(name, state, sweeps[i]), {}, None)
     outputs += _scored(name, scores, ENGINE.advance(name, state, end), {}, end)
     return Counter(
         json.dumps([o.topic, o.key, json.loads(o.value.model_dump_json())], sort_keys=True)
@@ -102,13 +83,39 @@ def test_generated_shoppers_give_the_same_outputs_however_batched(seed: int) -> 
     checked = changed = 0
     for i in range(600):
         name = f"u{seed}-{i}"
-        events = shopper(rng, name)
+        events = generated_shopper(rng, name, datetime(2026, 1, 1, tzinfo=UTC))
         end = max(e.ts for e in events).timestamp() + 7 * 86400
         whole, *others = [in_batches(name, b, end) for b in splits(rng, events)]
         assert all(other == whole for other in others), name
         checked += 1
         changed += any("topic_tier_changes" in line for line in whole)
     assert checked == 600 and changed > 300  # most reach a tier: the check is not empty
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_sweeps_between_batches_change_nothing(seed: int) -> None:
+    """The timer fires what is due by the partition's event time minus the allowed
+    lateness, which runs ahead of the shopper's: after a batch, up to the time of the
+    shopper's next event minus the lateness (the clickstream comes in time order). So
+    an absence fires before that event, or with it; the same either way."""
+    rng = random.Random(seed)
+    lateness = RULES.defaults.allowed_lateness
+    swept = 0
+    for i in range(600):
+        name = f"w{seed}-{i}"
+        events = generated_shopper(rng, name, datetime(2026, 1, 1, tzinfo=UTC), IN_ORDER_STEPS)
+        end = events[-1].ts.timestamp() + 7 * 86400
+        cuts = sorted(rng.sample(range(1, len(events)), rng.randrange(len(events))))
+        batches = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+        sweeps = []
+        for batch, after in zip(batches, [*batches[1:], None], strict=True):
+            low = batch[-1].ts.timestamp() - lateness
+            high = after[0].ts.timestamp() - lateness if after else end
+            sweeps.append(rng.uniform(low, max(low, high)))
+        with_sweeps = in_batches(name, batches, end, sweeps)
+        assert with_sweeps == in_batches(name, [events], end), name
+        swept += any("topic_cart_recovery" in line for line in with_sweeps)
+    assert swept > 50  # abandoned checkouts among them
 
 
 def test_the_rees46_sample_gives_the_same_outputs_event_by_event(shared_data: Path) -> None:

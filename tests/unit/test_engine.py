@@ -271,6 +271,51 @@ def test_a_newer_checkout_supersedes_the_pending_one() -> None:
     assert [s.at for s in signals] == [at(35)]
 
 
+@pytest.mark.parametrize("lateness", ["1s", "5m"])
+def test_a_checkout_abandoned_before_the_next_one_fires_whether_or_not_the_timer_came_first(
+    lateness: str,
+) -> None:
+    """Two checkouts an hour apart, no purchase: two abandonments. The second checkout
+    used to supersede the first even though its deadline had passed, so the first
+    fired only if the timer (a sweep) got to it before the second came: in a replay,
+    and in a batch holding both, it was lost."""
+    checkouts = [ev("s", 0, "checkout_started"), ev("s", 60, "checkout_started")]
+    in_one = run(engine(ABSENCE, allowed_lateness=lateness), checkouts)
+    eng = engine(ABSENCE, allowed_lateness=lateness)
+    state = eng.new_state()
+    eng.process("s", state, events(checkouts[0]))
+    timer_first = eng.advance("s", state, at(45).timestamp())  # the sweep, at 45 min
+    timer_first += eng.process("s", state, events(checkouts[1])).signals
+    timer_first += eng.advance("s", state, at(200).timestamp())
+    assert [s.at for s in in_one] == [s.at for s in timer_first] == [at(30), at(90)]
+    assert [s.signal_id for s in in_one] == [s.signal_id for s in timer_first]
+
+
+def test_an_abandoned_checkout_carries_the_cart_of_its_deadline_however_late_it_fires() -> None:
+    """The cart at the deadline (30 min), not at the moment the signal fires: here after
+    a cart add at 32 min and a remove at 33 (within the lateness), fired either with the next
+    event (in one batch, as replay does) or by the timer first. It carried the cart of
+    the firing moment, so the two ways gave different carts."""
+    rule = {**ABSENCE, "actions": ["cart_recovery"]}
+    bodies = [
+        ev("s", -6, "add_to_cart", sku="A", category="c"),
+        ev("s", -5, "add_to_cart", sku="A", category="c"),
+        ev("s", 0, "checkout_started"),
+        ev("s", 32, "add_to_cart", sku="B", category="c"),
+        ev("s", 33, "remove_from_cart", sku="A", category="c"),
+        ev("s", 36, "page_view", page="home"),
+    ]
+    (in_one,) = run(engine(rule, allowed_lateness="5m"), bodies)
+    eng = engine(rule, allowed_lateness="5m")
+    state = eng.new_state()
+    assert eng.process("s", state, events(*bodies[:3])).signals == []
+    (by_timer,) = eng.advance("s", state, at(31).timestamp())
+    assert eng.process("s", state, events(*bodies[3:])).signals == []
+    cart = {"items": [{"sku": "A", "quantity": 2, "price": 20.0, "category": "c", "name": None}],
+            "value": 40.0}  # fmt: skip
+    assert in_one.properties["cart"] == by_timer.properties["cart"] == cart
+
+
 # --- session ---------------------------------------------------------------------------------
 BLOG = {
     "id": "blog_only_visit",
