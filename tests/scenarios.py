@@ -131,6 +131,8 @@ GENERATED_TYPES = ["product_view"] * 4 + [
     "add_to_cart", "cart_view", "checkout_started", "purchase", "page_view", "search",
     "email_open", "email_click",
 ]  # fmt: skip
+# now and then: suppressions (a channel, everything) and bounces
+RARE_TYPES = ["opt_out", "spam_complaint", "email_bounce", "email_bounce"]
 # Seconds to a generated shopper's next event: the same instant, around the 30-minute
 # absence windows and their 5 minutes of lateness, and back in time (within the lateness).
 IN_ORDER_STEPS = [0, 0, 1, 30, 120, 600, 1500, 1800, 1900, 2100, 2400, 7200]
@@ -141,22 +143,26 @@ def generated_shopper(
     rng: random.Random, name: str, start: datetime, steps: list[int] = STEPS
 ) -> list[Event]:
     """2-24 random events of one shopper in its first hour after `start` and on: views,
-    carts, checkouts, purchases, help pages, searches and emails (so every kind of rule
-    fires, absences included), in the order they arrive."""
+    carts, checkouts, purchases (half of them of a product: its category is suppressed),
+    help pages, searches and emails, now and then an opt-out, a spam complaint or a
+    bounce (so every kind of rule fires, absences and suppressions included), in the
+    order they arrive."""
     ts = start + timedelta(seconds=rng.randrange(3600))
     events = []
     for i in range(rng.randrange(2, 25)):
         ts += timedelta(seconds=rng.choice(steps))
-        kind = rng.choice(GENERATED_TYPES)
+        kind = rng.choice(RARE_TYPES if rng.random() < 0.04 else GENERATED_TYPES)
         body: dict[str, Any] = {
             "event_id": f"{name}-{i}", "shopper_id": name, "type": kind, "ts": ts.isoformat(),
             "source": "test",
         }  # fmt: skip
-        if kind in ("product_view", "add_to_cart"):
+        if kind in ("product_view", "add_to_cart") or (kind == "purchase" and rng.random() < 0.5):
             body["product"] = {
                 "sku": f"sku-{rng.randrange(3)}", "category": f"cat-{rng.randrange(2)}",
                 "price": 10.0,
             }  # fmt: skip
+        if kind == "opt_out":
+            body["properties"] = {"channel": rng.choice(["email", "sms"])}
         if kind == "page_view":
             body["page"] = {"type": rng.choice(["faq", "returns", "home"])}
         if kind == "search":

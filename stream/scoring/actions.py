@@ -77,13 +77,15 @@ def outputs_for(shopper: str, result: Result, signals: list[Signal]) -> list[Out
         t = signal.at.timestamp()
         tier = _tier_at(result, signal.signal_id, t)
         if tier != "suppressed":
-            out += _signal_actions(shopper, result, signal, tier, periods.active(t))
+            out += _signal_actions(shopper, result, signal, tier, _held(result, signal, t, periods))
     return out
 
 
 class Periods:
-    """When each suppression of a score call was in force. A signal's actions are
-    suppressed by what was in force at its time, not by what is at the end of the call:
+    """When each suppression of a score call was in force: for the suppression records,
+    and for the actions of a result kept from before `Result.held` existed (`_held`).
+    A signal's actions are suppressed by what was in force at its time, not by what is
+    at the end of the call:
     a replay's one call per shopper runs to the end of the file, so a month's suppression
     set and ended in it suppressed nothing; in the worker, a purchase suppressed the
     views before it in the same batch. Built from the result alone: the periods this
@@ -149,6 +151,16 @@ def _tier_at(result: Result, signal_id: str, t: float) -> str:
             break
         tier = change.to_tier
     return tier
+
+
+def _held(result: Result, signal: Signal, t: float, periods: Periods) -> set[str]:
+    """The suppressions a signal's actions obey: those in force just after it was
+    scored, in the order signals are scored (a purchase scored before a view of a
+    minute earlier, out of order, suppresses it, as it would in a later batch). A
+    result kept from before `after` existed gives them by the signal's time."""
+    if signal.signal_id in result.after:
+        return set(result.held.get(signal.signal_id, ()))
+    return periods.active(t)
 
 
 def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Output]:

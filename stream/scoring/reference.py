@@ -96,6 +96,9 @@ class Result:
     was: list[str] = field(default_factory=list)  # ... and those in force before the call
     # each new signal -> `seq` just after it was scored (the tier its actions carry)
     after: dict[str, int] = field(default_factory=dict)
+    # each new signal -> the suppression scope keys in force just after it was scored
+    # (those its actions obey), when there are any
+    held: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -244,6 +247,7 @@ def apply(
         elif sig.id not in new_ids:
             duplicates.append(sig.id)
     after: dict[str, int] = {}
+    held: dict[str, list[str]] = {}
     i = 0
     while i < len(fresh):
         t, g = fresh[i].t, fresh[i].group
@@ -280,8 +284,11 @@ def apply(
         _evaluate(
             state, cfg, changes, unsuppressed, "purchase" if reset_seen else "signal", group[-1].id
         )
+        keys = sorted(state["x"])
         for sig in group:
             after[sig.id] = state["seq"]
+            if keys:
+                held[sig.id] = keys
     if now is not None:
         if state["T"] is None:
             state["T"] = now
@@ -314,6 +321,7 @@ def apply(
         sorted(state["x"]),
         was,
         after,
+        held,
     )
     last = state["last"]
     decay = not signals and now is not None
@@ -342,6 +350,7 @@ def _merged(last: Result, current: Result) -> Result:
     merged.new_ids = [*last.new_ids, *current.new_ids]
     merged.was = last.was
     merged.after = {**last.after, **current.after}
+    merged.held = {**last.held, **current.held}
     merged.applied = len(merged.new_ids)
     return merged
 

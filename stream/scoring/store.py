@@ -96,12 +96,17 @@ def parse_result(raw: bytes | str) -> Result:
         active=list(_list(data.get("active"))),
         was=list(_list(data.get("was"))),
         after=_after(data.get("after")),
+        held=_held(data.get("held")),
     )
 
 
 def _after(value: Any) -> dict[str, int]:
     # cjson encodes an empty Lua table as {}; a result stored before "after" has none.
     return {k: int(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _held(value: Any) -> dict[str, list[str]]:
+    return {k: list(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _text(value: bytes | str) -> str:

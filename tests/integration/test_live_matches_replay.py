@@ -37,8 +37,8 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     repartition: bool,
 ) -> None:
     """The REES46 sample (17k events, the first minutes of a day, carts and purchases
-    among them) with 300 generated shoppers who also check out, open the cart page and
-    read emails, then one event of now: every decay and absence of the sample falls due
+    among them) with 300 generated shoppers who also check out, open the cart page,
+    read emails and opt out, then one event of now: every decay and absence of the sample falls due
     at once, far more than a sweep chunk per partition. What this test found, each
     mended (the commit says how):
     - the sweep fired decays before detection deadlines due earlier (a visit end then

@@ -93,6 +93,7 @@ def _same(lua: Result, ref: Result) -> None:
     assert _close(lua.reset, ref.reset)
     assert lua.active == ref.active
     assert lua.after == ref.after
+    assert lua.held == ref.held
 
 
 @settings(

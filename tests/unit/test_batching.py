@@ -14,6 +14,9 @@ With the timer between batches (`test_sweeps_between_batches_change_nothing`), t
 - a checkout superseded an earlier one whose deadline had passed: that abandonment
   fired only if the timer got to it first;
 - an abandoned checkout carried the cart of the moment it fired, not of its deadline.
+With suppressions among the events: a purchase that came before a view a minute older
+(out of order) suppressed the view's actions in a later batch, not in the same one (an
+action obeyed the suppressions in force at its signal's time, not when it was scored).
 """
 
 from __future__ import annotations

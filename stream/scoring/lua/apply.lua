@@ -17,7 +17,9 @@ RETURNS  JSON {"from","to","score","at","seq","deadline" ("" = none),"ttl" (s),"
                "ids": [newly applied signal ids], "reset": last purchase time ("" = none),
                "active": [active suppression scope keys, sorted],
                "was": [the keys active before the call, sorted],
-               "after": {new signal id: seq just after it was scored}}
+               "after": {new signal id: seq just after it was scored},
+               "held": {new signal id: [suppression keys in force just after it was
+                        scored, sorted]} (only signals with some)}
          numbers as "%.17g" strings, so nothing is rounded on the way out.
 Hash fields: tier, seq, T (last evaluation, epoch s), reset (epoch s of the last purchase),
   s|<h> = "v r"  one component per half-life class h (v points at time r)
@@ -218,6 +220,7 @@ for _, sig in ipairs(signals) do
   end
 end
 local after = {}  -- new signal id -> seq just after it was scored
+local held = {}  -- new signal id -> suppression keys in force just after (if any)
 local i = 1
 while i <= #fresh do
   local t, g, first = fresh[i].t, fresh[i].g, i
@@ -253,7 +256,11 @@ while i <= #fresh do
   end
   if T == nil or t > T then T = t end
   evaluate(reset_seen and "purchase" or "signal", last_id)
-  for k = first, i - 1 do after[fresh[k].id] = seq end
+  local keys = sorted_keys(x)
+  for k = first, i - 1 do
+    after[fresh[k].id] = seq
+    if #keys > 0 then held[fresh[k].id] = keys end
+  end
 end
 if args.now ~= nil and args.now ~= cjson.null then
   if T == nil then
@@ -359,6 +366,11 @@ if #duplicates > 0 or repeat_decay then
             if after[id] == nil then after[id] = n end
           end
         end
+        if type(last.held) == "table" then
+          for id, keys in pairs(last.held) do
+            if held[id] == nil then held[id] = keys end
+          end
+        end
       end
     end
   end
@@ -369,6 +381,7 @@ local out = cjson.encode({
   deadline = deadline and fmt(deadline) or "", ttl = fmt(ttl), changes = changes,
   applied = #new_ids, top = top_out, sup = suppressed, unsup = unsup, ids = new_ids,
   reset = reset and fmt(reset) or "", active = sorted_keys(x), was = was, after = after,
+  held = held,
 })
 if #new_ids > 0 or (is_decay and (#changes > 0 or #unsup > 0)) then
   local call_now = ""
