@@ -35,7 +35,7 @@ from stream.detectors.engine import ADVANCED, Engine
 from stream.files import read_events
 from stream.rulesfile import load_rules
 from stream.scoring.actions import Output, outputs_for, to_score_signal
-from stream.scoring.reference import ScoreConfig, apply, new_state
+from stream.scoring.reference import ScoreConfig, apply, new_state, next_deadline
 from tests.scenarios import IN_ORDER_STEPS, generated_shopper
 
 RULES = load_rules()
@@ -47,8 +47,9 @@ def in_batches(
     name: str, batches: list[list[Event]], end: float, sweeps: list[float] | None = None
 ) -> Counter[str]:
     """Detect and score batch by batch, as the worker does (one state each, carried
-    over), with a sweep after batch i up to `sweeps[i]` if given (the timer: what is
-    due, scored in a call of its own), then fire and score everything due by `end`, as
+    over), with a sweep after batch i up to `sweeps[i]` if given (the timer: absences
+    and visit ends due, scored in a call of their own, then each decay or suppression
+    end due, a call each at its time), then fire and score everything due by `end`, as
     a sweep or replay does."""
     state, scores = ENGINE.new_state(), new_state()
     outputs: list[Output] = []
@@ -57,6 +58,10 @@ def in_batches(
         outputs += _scored(name, scores, outcome.signals, outcome.groups, None)
         if sweeps is not None:
             outputs += _scored(name, scores, ENGINE.advance(name, state, sweeps[i]), {}, None)
+            due = next_deadline(scores, CFG) if scores["T"] is not None else None
+            while due is not None and due <= sweeps[i]:
+                outputs += outputs_for(name, apply(scores, [], due, CFG), [])
+                due = next_deadline(scores, CFG)
     outputs += _scored(name, scores, ENGINE.advance(name, state, end), {}, end)
     return Counter(
         json.dumps([o.topic, o.key, json.loads(o.value.model_dump_json())], sort_keys=True)
