@@ -146,16 +146,24 @@ def generated_shopper(
     carts, checkouts, purchases (half of them of a product: its category is suppressed),
     help pages, searches and emails, now and then an opt-out, a spam complaint or a
     bounce (so every kind of rule fires, absences and suppressions included), in the
-    order they arrive."""
+    order they arrive. Half the shoppers have session ids: a new one after a long gap
+    or now and then, and now and then the one before (a second tab)."""
     ts = start + timedelta(seconds=rng.randrange(3600))
     events = []
+    sessions = [f"{name}-a"] if rng.random() < 0.5 else []
     for i in range(rng.randrange(2, 25)):
-        ts += timedelta(seconds=rng.choice(steps))
+        step = rng.choice(steps)
+        ts += timedelta(seconds=step)
         kind = rng.choice(RARE_TYPES if rng.random() < 0.04 else GENERATED_TYPES)
         body: dict[str, Any] = {
             "event_id": f"{name}-{i}", "shopper_id": name, "type": kind, "ts": ts.isoformat(),
             "source": "test",
         }  # fmt: skip
+        if sessions and not kind.startswith(("email", "opt_out", "spam")):
+            if step >= 1800 or rng.random() < 0.1:
+                sessions.append(f"{name}-{len(sessions)}")
+            tab = -2 if len(sessions) > 1 and rng.random() < 0.1 else -1
+            body["session_id"] = sessions[tab]
         if kind in ("product_view", "add_to_cart") or (kind == "purchase" and rng.random() < 0.5):
             body["product"] = {
                 "sku": f"sku-{rng.randrange(3)}", "category": f"cat-{rng.randrange(2)}",

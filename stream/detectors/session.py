@@ -60,6 +60,7 @@ class Sessions:
             if not same and ts < ends and event.session_id in st.get("done", ()):
                 return event.session_id, []  # of a visit that ended: leave this one alone
             if not same:
+                del st["cur"]  # ended: the next event must not end it again
                 fired = self._close(st, cur, min(ts, ends))
                 cur = None
         # asked again: the close just above may have ended this very session id (the gap)

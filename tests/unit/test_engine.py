@@ -387,6 +387,27 @@ def test_an_ended_visit_stays_ended_however_the_events_are_batched() -> None:
             assert [s.signal_id for s in parts] == [s.signal_id for s in whole], cut
 
 
+def test_a_visit_ended_by_the_gap_fires_once_however_many_of_its_events_come_after() -> None:
+    """One session id, then 31 idle minutes, then two more events of it: the gap ended
+    the visit at 30, and the id stays ended. The first late event ended the visit but
+    left it as the current one, so the second ended it again: the same signal id
+    twice, which the score script took for a batch run again after a crash and sent
+    its changes twice (found by the generated shoppers of test_batching)."""
+    eng = engine({"id": "one_page", "kind": "session", "max_events": 1}, session_gap="30m")
+    bodies = [
+        ev("s", 0, "product_view", session="a", **CABLE),
+        ev("s", 31, "product_view", session="a", **CABLE),
+        ev("s", 32, "product_view", session="a", **CABLE),
+    ]
+    whole = run(eng, bodies)
+    assert [(s.session_id, s.at) for s in whole] == [("a", at(30))]
+    state = eng.new_state()
+    one_by_one = [s for b in bodies for s in eng.process("s", state, events(b)).signals]
+    assert eng.deadline(state) is None  # no visit left open to end again
+    one_by_one += eng.advance("s", state, float("inf"))
+    assert [s.signal_id for s in one_by_one] == [s.signal_id for s in whole]
+
+
 def test_offsite_events_do_not_break_a_visit() -> None:
     signals = run(engine(BLOG), [ev("s", 0, "page_view", page="blog"), ev("s", 1, "email_open")])
     assert rule_ids(signals) == ["blog_only_visit"]
