@@ -3,8 +3,8 @@
 `pending` holds [ts, id, key] of the latest `when` event per key (a newer one supersedes
 it: one trigger per checkout, not per click), and of earlier ones whose deadline passed
 before the newer one came, until they fire: whether the timer fired them first must not
-change what fires. `seen` holds [ts, key] of recent `unless`
-events, so an `unless` that arrives before its `when` (out of order) still cancels it.
+change what fires. `seen` holds [ts, key] of recent `unless` events, so an `unless`
+that arrives before its `when` (out of order) still cancels it.
 Deadlines fire through `advance(until)`, which the engine calls with event time (in the
 stream) or wall-clock time (the timer), so a shopper who sends nothing more still fires.
 """

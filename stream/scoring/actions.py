@@ -147,7 +147,7 @@ def _tier_at(result: Result, signal_id: str, t: float) -> str:
     seq = result.after.get(signal_id)
     tier = result.from_tier
     for change in result.changes:  # in the order they happened
-        if change.seq > seq if seq is not None else change.at > t:
+        if (change.seq > seq) if seq is not None else (change.at > t):
             break
         tier = change.to_tier
     return tier
