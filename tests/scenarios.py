@@ -127,12 +127,16 @@ def scenarios(prefix: str = "", start: datetime = T0) -> list[Scenario]:
     ]  # fmt: skip
 
 
-GENERATED_TYPES = ["product_view"] * 4 + [
-    "add_to_cart", "cart_view", "checkout_started", "purchase", "page_view", "search",
-    "email_open", "email_click",
+GENERATED_TYPES = ["product_view"] * 4 + ["page_view"] * 2 + [
+    "add_to_cart", "cart_view", "checkout_started", "purchase", "search", "email_open",
+    "email_click", "category_view", "variant_selected", "wishlist_add",
 ]  # fmt: skip
-# now and then: suppressions (a channel, everything) and bounces
-RARE_TYPES = ["opt_out", "spam_complaint", "email_bounce", "email_bounce"]
+# now and then: suppressions (a channel, everything), bounces and the rarer signals
+RARE_TYPES = ["opt_out", "spam_complaint", *["email_bounce"] * 4, "consent_update",
+              "discount_applied", "ad_click", "sms_click", "support_chat_started"]  # fmt: skip
+PAGES = ["faq", "returns", "home", "blog", "category", "pricing", "product", "shipping",
+         "size_guide", "spec_sheet"]  # fmt: skip
+PRODUCT_TYPES = ("product_view", "add_to_cart", "variant_selected", "wishlist_add")
 # Seconds to a generated shopper's next event: the same instant, around the 30-minute
 # absence windows and their 5 minutes of lateness, and back in time (within the lateness).
 IN_ORDER_STEPS = [0, 0, 1, 30, 120, 600, 1500, 1800, 1900, 2100, 2400, 7200]
@@ -142,12 +146,14 @@ STEPS = [*IN_ORDER_STEPS, -60, -200]
 def generated_shopper(
     rng: random.Random, name: str, start: datetime, steps: list[int] = STEPS
 ) -> list[Event]:
-    """2-24 random events of one shopper in its first hour after `start` and on: views,
-    carts, checkouts, purchases (half of them of a product: its category is suppressed),
-    help pages, searches and emails, now and then an opt-out, a spam complaint or a
-    bounce (so every kind of rule fires, absences and suppressions included), in the
-    order they arrive. Half the shoppers have session ids: a new one after a long gap
-    or now and then, and now and then the one before (a second tab)."""
+    """2-24 random events of one shopper in its first hour after `start` and on: product
+    and category views, variants, wishlists, carts, checkouts, purchases (half of them
+    of a product: its category is suppressed), pages of every type the rules name,
+    searches and emails; now and then an opt-out, a consent update, a spam complaint, a
+    bounce, a discount, an ad or SMS click, a support chat. With the default rules, all
+    but `repeated_bounces` fire among 600 of them, absences and suppressions included.
+    In the order they arrive. Half the shoppers have session ids: a new one after a long
+    gap or now and then, and now and then the one before (a second tab)."""
     ts = start + timedelta(seconds=rng.randrange(3600))
     events = []
     sessions = [f"{name}-a"] if rng.random() < 0.5 else []
@@ -164,15 +170,24 @@ def generated_shopper(
                 sessions.append(f"{name}-{len(sessions)}")
             tab = -2 if len(sessions) > 1 and rng.random() < 0.1 else -1
             body["session_id"] = sessions[tab]
-        if kind in ("product_view", "add_to_cart") or (kind == "purchase" and rng.random() < 0.5):
+        if kind in PRODUCT_TYPES or (kind == "purchase" and rng.random() < 0.5):
             body["product"] = {
-                "sku": f"sku-{rng.randrange(3)}", "category": f"cat-{rng.randrange(2)}",
+                "sku": f"sku-{rng.randrange(3)}",
+                "category": rng.choice(["electronics/cables", "apparel/tops", "subscriptions/box"]),
                 "price": 10.0,
             }  # fmt: skip
+        if kind == "email_click":
+            body["properties"] = {
+                "url": rng.choice(["https://shop.example/p/1", "https://shop.example/"])
+            }
+        if kind == "support_chat_started":
+            body["properties"] = {"topic": rng.choice(["sizing", "billing"])}
+        if kind == "consent_update":
+            body["properties"] = {"status": rng.choice(["granted", "withdrawn"])}
         if kind == "opt_out":
             body["properties"] = {"channel": rng.choice(["email", "sms"])}
         if kind == "page_view":
-            body["page"] = {"type": rng.choice(["faq", "returns", "home"])}
+            body["page"] = {"type": rng.choice(PAGES)}
         if kind == "search":
             body["properties"] = {"query": rng.choice(["how to pick one", "buy cheap"])}
         events.append(Event.model_validate(body))
