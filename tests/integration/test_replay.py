@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
@@ -10,6 +13,7 @@ from stream.replay import action_lines, replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from tests.integration.servers import Servers
+from tests.scenarios import generated_shopper
 
 
 def test_memory_and_redis_stores_agree_on_a_real_sample(
@@ -47,3 +51,27 @@ def test_the_command_in_two_processes_scores_in_redis_as_in_process(
     for name in OUTPUT_FILES:
         assert (tmp_path / "redis" / name).read_bytes() == (tmp_path / "memory" / name).read_bytes()
     assert redis.Redis.from_url(servers.redis_url).keys("replay-*") == []  # each fork cleaned up
+
+
+def test_memory_and_redis_stores_agree_on_generated_shoppers(
+    servers: Servers, tmp_path: Path
+) -> None:
+    """Shoppers who check out, abandon carts, opt out and send events of one second and
+    out of order: every scoring path (groups, late absences, suppressions in force) as
+    the script and the reference take it."""
+    rng = random.Random(7)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    events = [e for i in range(400) for e in generated_shopper(rng, f"g{i}", start)]
+    path = tmp_path / "generated.jsonl"
+    path.write_bytes(b"".join(e.to_json() + b"\n" for e in events))
+    rules = load_rules()
+    memory = replay(path, "canonical", rules)
+    in_redis = replay(path, "canonical", rules, redis_url=servers.redis_url)
+    fired = Counter(s.rule_id for s in memory.signals)
+    assert fired["checkout_abandoned"] > 20 and fired["spam_complaint"] > 0
+    assert len(memory.changes) > 1000
+    assert [c.model_dump() for c in memory.changes] == [c.model_dump() for c in in_redis.changes]
+    topics = Settings().topic_names()
+    assert list(action_lines(memory.actions, topics)) == list(
+        action_lines(in_redis.actions, topics)
+    )
