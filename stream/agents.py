@@ -63,12 +63,12 @@ from schemas.outputs import TierChange
 from schemas.rules import RuleSet
 from schemas.signals import Signal
 from stream.clock import Clock, utc_now
-from stream.detectors.engine import ADVANCED, Engine, State
+from stream.detectors.engine import Engine, State
 from stream.ingest import RawRecord, Rejection, ingest_batch, ingest_limits
 from stream.metrics import Metrics
 from stream.patterns import PatternStore, Saved
 from stream.runtime import tune_gc
-from stream.scoring.actions import Output, outputs_for, to_score_signal
+from stream.scoring.actions import Output, outputs_for, score_signals
 from stream.scoring.reference import ScoreConfig, ScoreSignal
 from stream.scoring.store import ScoreStore
 from stream.settings import Settings
@@ -415,10 +415,8 @@ class Pipeline:
         for signal in signals:
             by_shopper[signal.shopper_id].append(signal)
         if by_shopper:
-            order = groups or {}
             batch: dict[str, tuple[list[ScoreSignal], float | None]] = {
-                s: ([to_score_signal(x, order.get(x.signal_id, ADVANCED)) for x in sigs], None)
-                for s, sigs in by_shopper.items()
+                s: (score_signals(sigs, groups or {}), None) for s, sigs in by_shopper.items()
             }
             results = await self._retry("score", self.scores.apply_many, batch)
             outputs = self._outputs(results, by_shopper, partitions, outbox)

@@ -42,9 +42,9 @@ from schemas.events import Event
 from schemas.outputs import TierChange
 from schemas.rules import RuleSet
 from schemas.signals import Signal
-from stream.detectors.engine import ADVANCED, Engine
+from stream.detectors.engine import Engine
 from stream.files import SHARD_EVENTS, SHOW_LINE_ERRORS, LineError, read_events
-from stream.scoring.actions import Output, outputs_for, to_score_signal
+from stream.scoring.actions import Output, outputs_for, score_signals
 from stream.scoring.reference import Result, ScoreConfig, ScoreSignal
 from stream.scoring.store import MemoryScoreStore, ScoreStore
 
@@ -156,8 +156,7 @@ async def score(
     for i in range(0, len(shoppers), SCORE_BATCH):
         chunk = shoppers[i : i + SCORE_BATCH]
         batch: dict[str, tuple[list[ScoreSignal], float | None]] = {
-            s: ([to_score_signal(x, groups.get(x.signal_id, ADVANCED)) for x in signals[s]], end)
-            for s in chunk
+            s: (score_signals(signals[s], groups), end) for s in chunk
         }
         results.update(await store.apply_many(batch))
         if done is not None:

@@ -7,6 +7,7 @@ reports only signals not applied before).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final, NamedTuple
 
@@ -21,6 +22,7 @@ from schemas.outputs import (
 )
 from schemas.signals import Signal
 from schemas.trusted import construct
+from stream.detectors.engine import ADVANCED
 from stream.scoring.reference import Change, Result, ScoreSignal
 
 POINT_TIERS: Final = ("low", "mid", "high")
@@ -58,6 +60,12 @@ def to_score_signal(signal: Signal, group: int = 0) -> ScoreSignal:
         until=sup.until.timestamp() if sup is not None else 0.0,
         group=group,
     )
+
+
+def score_signals(signals: list[Signal], groups: Mapping[str, int]) -> list[ScoreSignal]:
+    """The signals as the score script takes them, each in its group (`Outcome.groups`;
+    one not in `groups`, fired by `Engine.advance`, is `ADVANCED`)."""
+    return [to_score_signal(s, groups.get(s.signal_id, ADVANCED)) for s in signals]
 
 
 def _at(t: float) -> datetime:

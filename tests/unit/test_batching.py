@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 
 from schemas.events import Event
-from stream.detectors.engine import ADVANCED, Engine
+from stream.detectors.engine import Engine
 from stream.files import read_events
 from stream.rulesfile import load_rules
-from stream.scoring.actions import Output, outputs_for, to_score_signal
+from stream.scoring.actions import Output, outputs_for, score_signals
 from stream.scoring.reference import ScoreConfig, apply, new_state, next_deadline
 from tests.scenarios import IN_ORDER_STEPS, generated_shopper
 
@@ -74,8 +74,7 @@ def _scored(
 ) -> list[Output]:
     if not signals and now is None:
         return []
-    batch = [to_score_signal(s, groups.get(s.signal_id, ADVANCED)) for s in signals]
-    return outputs_for(name, apply(scores, batch, now, CFG), signals)
+    return outputs_for(name, apply(scores, score_signals(signals, groups), now, CFG), signals)
 
 
 def splits(rng: random.Random, events: list[Event]) -> list[list[list[Event]]]:
