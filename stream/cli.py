@@ -277,10 +277,14 @@ def _os_error(exc: OSError, path: Path | None = None, doing: str = "cannot write
               help="Shoppers a signal needs before the report lists its lift.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Replay the shards in this many processes (same output).")  # fmt: skip
+@click.option("--order", type=click.Choice(["time", "file"]), default="time", show_default=True,
+              help="Each shopper's events by event time, or in the order the file lists them, "
+              "as a worker reads the file once produced to the input topic (out of order "
+              "within the allowed lateness: scored as they come; older: late).")  # fmt: skip
 def replay(
     file: Path, fmt: str, rules_path: Path | None, changes: Path | None, actions: Path | None,
     report_dir: Path | None, redis_url: str | None, shard_events: int, min_support: int,
-    jobs: int,
+    jobs: int, order: str,
 ) -> None:  # fmt: skip
     """Run the rules offline, in event time, over a historical FILE."""
     import tempfile
@@ -327,7 +331,7 @@ def replay(
 
         run = Replay(file, fmt, rules, redis_url=redis_url, progress=advance, on_read=read,
                      on_replayed=lambda units: replaying[0].update(units),
-                     shard_events=shard_events)  # fmt: skip
+                     shard_events=shard_events, order=order)  # fmt: skip
 
         def go() -> None:
             for shard_tally, shard_counts in run.summaries(jobs, outputs):
@@ -364,6 +368,14 @@ def replay(
         f"{reasons}, {counts['late']:,} late): {_n(counts['signals'], 'signal')}, "
         f"{_n(counts['changes'], 'tier change')}, {_n(counts['actions'], 'action')}"
     )
+    if run.behind:
+        click.echo(
+            f"{_n(run.behind, 'event')} came more than the allowed lateness after newer "
+            "events of other shoppers: a worker's timer may have fired their shoppers' "
+            "deadlines ahead of them (replay fires them after), so a worker's output for "
+            "those shoppers can differ",
+            err=True,
+        )
     if bad and not tally.events:
         raise click.ClickException(unreadable_file(file, fmt, bad))
     if report_dir:

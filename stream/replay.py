@@ -6,6 +6,13 @@ fires what is due up to the file's last event time, and scores the signals with 
 maths as the live worker: the pure reference in process, or the Lua script on a real
 Redis (`--redis URL`). The two give identical results (tested on a real sample).
 
+With `order="file"` each shopper's events go through in the order the file lists them,
+as a worker reads them once the file has been produced to the input topic: events out
+of order within the allowed lateness are scored as they come, older ones are late. That
+is exactly what the worker emits (tested live), unless the timer got ahead of an event:
+`Replay.behind` counts the events it may have (none in a clickstream out of order by
+less than the lateness).
+
 Memory is bounded. A run holds about 6 KB per event it has in hand (the event, its
 signals, changes and actions as models), so a file of more than `shard_events` events is
 split by shopper into shards on disk while it is read, and the shards are replayed one
@@ -56,6 +63,7 @@ PROGRESS_UNITS: Final = 2000
 MAX_SHARDS: Final = 512  # spill files open at once while reading
 SHARD_HEADROOM: Final = 1.25  # more shards than the estimate: shards come out uneven
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+ORDERS: Final = ("time", "file")  # each shopper's events by event time, or as the file has them
 MICROSECOND: Final = timedelta(microseconds=1)
 
 
@@ -64,6 +72,7 @@ class ReplayResult:
     events: int = 0
     line_errors: dict[str, int] = field(default_factory=dict)
     late: int = 0
+    behind: int = 0  # the whole file's (`Replay.behind`), set by `replay`
     shoppers: int = 0
     signals: list[Signal] = field(default_factory=list)
     changes: list[TierChange] = field(default_factory=list)
@@ -98,6 +107,12 @@ class ReplayResult:
         self.actions.sort(key=action_order)
 
 
+def _check_order(order: str) -> str:
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+    return order
+
+
 def action_order(output: Output) -> tuple[datetime, str, str]:
     return _at(output), output.topic, output.key
 
@@ -112,20 +127,27 @@ def detect(
     by_shopper: dict[str, list[Event]],
     result: ReplayResult,
     tick: Callable[[int], None] | None = None,
+    order: str = "time",
 ) -> tuple[dict[str, list[Signal]], dict[str, int]]:
     """Signals per shopper, with every deadline up to `result.end` fired, and their
     scoring order (`Outcome.groups`; those fired at the end are `ADVANCED`); `tick(n)`
-    after each shopper's n events."""
+    after each shopper's n events. Each shopper's events in time order, or with `order`
+    "file" in the order given."""
+    _check_order(order)
     end = result.end
     out: dict[str, list[Signal]] = {}
     groups: dict[str, int] = {}
     for shopper in sorted(by_shopper):
-        # In time order; events of the same instant stay in file order, the order a live
-        # worker reads them in (by id, two visits starting in one second ended the other
-        # way round from the live worker's, with other signal ids).
-        events = sorted(by_shopper[shopper], key=lambda e: e.ts)
+        events = by_shopper[shopper]
+        if order == "time":
+            # Events of the same instant stay in file order, the order a live worker
+            # reads them in (by id, two visits starting in one second ended the other
+            # way round from the live worker's, with other signal ids).
+            events = sorted(events, key=lambda e: e.ts)
+            result.first_seen[shopper] = events[0].ts.timestamp()
+        else:
+            result.first_seen[shopper] = min(e.ts for e in events).timestamp()
         result.events += len(events)
-        result.first_seen[shopper] = events[0].ts.timestamp()
         buys = [e.ts.timestamp() for e in events if e.type == "purchase"]
         if buys:
             result.purchases[shopper] = buys
@@ -206,9 +228,11 @@ class Replay:
         on_replayed: Callable[[int], None] | None = None,
         shard_events: int = SHARD_EVENTS,
         spill_dir: Path | None = None,
+        order: str = "time",
     ) -> None:
         if shard_events < 1:
             raise ValueError("shard_events must be at least 1")
+        self.order = _check_order(order)
         self.path, self.fmt, self.rules = path, fmt, rules
         self.redis_url = redis_url
         self.progress, self.on_read, self.on_replayed = progress, on_read, on_replayed
@@ -223,6 +247,11 @@ class Replay:
         self.end = 0.0
         self.shards = 0
         self.events = 0
+        # With order "file", events that a worker's timer may have passed: not late for
+        # their shopper, who has events before them, but more than the allowed lateness
+        # behind the newest event before them in the file (the timer fires what is due by
+        # the newest event time of a partition, minus the lateness).
+        self.behind = 0
         self.seconds = {"read": 0.0, "detect": 0.0, "score": 0.0}
         self._at_progress = (0, 0)  # (bytes, events) read by the last progress report
 
@@ -283,7 +312,7 @@ class Replay:
         part = ReplayResult(end=self.end)
         started = time.perf_counter()
         sizes = {shopper: len(events) for shopper, events in by_shopper.items()}
-        signals, groups = detect(self.engine, by_shopper, part, self._tick)
+        signals, groups = detect(self.engine, by_shopper, part, self._tick, self.order)
         by_shopper.clear()  # the shard's events: not needed past detection
         part.signals = [s for shopper in sorted(signals) for s in signals[shopper]]
         self.seconds["detect"] += time.perf_counter() - started
@@ -331,8 +360,11 @@ class Replay:
         held: dict[str, list[Event]] = defaultdict(list)
         errors: dict[str, int] = defaultdict(int)
         end = -math.inf
-        self.events = 0
+        self.events = self.behind = 0
         self.first_errors = []
+        # In file order, each shopper's newest event time so far (`behind`)
+        newest: dict[str, float] | None = {} if self.order == "file" else None
+        lateness = self.engine.lateness
         spill: list[IO[str]] = []
         for item in read_events(self.path, self.fmt, self._progress):
             if isinstance(item, LineError):
@@ -340,7 +372,13 @@ class Replay:
                 if len(self.first_errors) < SHOW_LINE_ERRORS:
                     self.first_errors.append(item)
                 continue
-            end = max(end, item.ts.timestamp())
+            ts = item.ts.timestamp()
+            if newest is not None:
+                mine = newest.get(item.shopper_id)
+                if mine is not None and mine - lateness <= ts < end - lateness:
+                    self.behind += 1
+                newest[item.shopper_id] = ts if mine is None or ts > mine else mine
+            end = max(end, ts)
             self.events += 1
             if spill:
                 spill[_shard(item.shopper_id, len(spill))].write(item.model_dump_json() + "\n")
@@ -462,18 +500,21 @@ def replay(
     redis_url: str | None = None,
     progress: Callable[[int], None] | None = None,
     shard_events: int = SHARD_EVENTS,
+    order: str = "time",
 ) -> ReplayResult:
     """The whole run's results in memory, in time order (tests, small files; the command
     streams the shards to its output files instead)."""
     run = Replay(
-        path, fmt, rules, redis_url=redis_url, progress=progress, shard_events=shard_events
-    )
+        path, fmt, rules, redis_url=redis_url, progress=progress, shard_events=shard_events,
+        order=order,
+    )  # fmt: skip
     result = ReplayResult()
     with gc_paused():
         for part in run.results():
             result.add(part)
         result.sort()
     result.line_errors, result.end, result.shards = run.line_errors, run.end, run.shards
+    result.behind = run.behind
     result.seconds = dict(run.seconds)
     return result
 

@@ -21,7 +21,7 @@ from stream.settings import Settings
 from stream.topics import ensure_topics
 from tests.integration.conftest import scrape_metrics
 from tests.integration.kafka_io import Reader, produce
-from tests.scenarios import IN_ORDER_STEPS, generated_shopper
+from tests.scenarios import STEPS, generated_shopper
 
 GENERATED = 300  # shoppers with checkouts, cart pages and emails
 ACTION_TOPICS = ("topic_retargeting", "topic_cart_recovery", "topic_nurture", "topic_suppression")
@@ -60,6 +60,13 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
       replay); and an abandoned checkout carried the cart of the moment it fired, not
       of its deadline (the sweep fires sooner than the shopper's next event).
 
+    The generated shoppers also step back in time now and then (within the allowed
+    lateness, or beyond it: late). Such an event comes when the shopper's newest event
+    so far does, held up on its way while other shoppers' events went on: a clickstream
+    out of order by less than the lateness. The worker scores it as it comes, so the
+    file, in that order, is replayed with `order="file"`; in time order the outputs
+    differ (asserted).
+
     Run both ways: events detected directly by the owner of their intent.events
     partition (the default), and every event through that topic."""
     sample = shared_data / "rees46_2019-10-01_head.csv.gz"
@@ -70,8 +77,14 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     rng = random.Random(6)
     start = min(e.ts for e in events)
     for i in range(GENERATED):
-        events += generated_shopper(rng, f"gen-{i}", start, IN_ORDER_STEPS)
-    events.sort(key=lambda e: e.ts)  # as a clickstream comes: in time order
+        events += generated_shopper(rng, f"gen-{i}", start, STEPS)
+    # as a clickstream comes: each event when its shopper's newest so far happened
+    newest: dict[str, datetime] = {}
+    arrival = []
+    for e in events:
+        newest[e.shopper_id] = max(e.ts, newest.get(e.shopper_id, e.ts))
+        arrival.append(newest[e.shopper_id])
+    events = [events[i] for i in sorted(range(len(events)), key=arrival.__getitem__)]
     now = Event(
         event_id="now", shopper_id="now", type="page_view", ts=datetime.now(UTC), source="test"
     )
@@ -79,8 +92,11 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     canonical = tmp_path / "sample.jsonl"
     canonical.write_bytes(b"\n".join(lines) + b"\n")
 
-    expected = replay(canonical, "canonical", load_rules())
+    expected = replay(canonical, "canonical", load_rules(), order="file")
     assert len(expected.changes) > 1000 and len(expected.actions) > 1000  # a real workload
+    assert expected.late > 0 and expected.behind == 0  # the timer cannot pass an event
+    by_time = replay(canonical, "canonical", load_rules())
+    assert {c.change_id for c in by_time.changes} != {c.change_id for c in expected.changes}
     fired = Counter(s.rule_id for s in expected.signals if s.shopper_id.startswith("gen-"))
     assert fired["checkout_abandoned"] > 20 and fired["cart_viewed_without_checkout"] > 20
     topics = settings.topic_names()

@@ -25,6 +25,7 @@ import json
 import random
 from collections import Counter
 from datetime import UTC, datetime
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from stream.files import read_events
 from stream.rulesfile import load_rules
 from stream.scoring.actions import Output, outputs_for, score_signals
 from stream.scoring.reference import ScoreConfig, apply, new_state, next_deadline
-from tests.scenarios import IN_ORDER_STEPS, generated_shopper
+from tests.scenarios import IN_ORDER_STEPS, STEPS, generated_shopper
 
 RULES = load_rules()
 CFG = ScoreConfig(RULES.tiers.low, RULES.tiers.mid, RULES.tiers.high, RULES.tiers.hysteresis)
@@ -99,27 +100,39 @@ def test_generated_shoppers_give_the_same_outputs_however_batched(seed: int) -> 
     assert checked == 600 and changed > 300  # most reach a tier: the check is not empty
 
 
-@pytest.mark.parametrize("seed", [4, 5])
-def test_sweeps_between_batches_change_nothing(seed: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "steps"),
+    [(4, IN_ORDER_STEPS), (5, IN_ORDER_STEPS), (6, STEPS), (7, STEPS)],
+    ids=["in-order-4", "in-order-5", "out-of-order-6", "out-of-order-7"],
+)
+def test_sweeps_between_batches_change_nothing(seed: int, steps: list[int]) -> None:
     """The timer fires what is due by the partition's event time minus the allowed
-    lateness, which runs ahead of the shopper's: after a batch, up to the time of the
-    shopper's next event minus the lateness (the clickstream comes in time order). So
-    an absence fires before that event, or with it; the same either way."""
+    lateness, which runs ahead of the shopper's: after a batch, up to the time the
+    shopper's next event arrives at, minus the lateness. So an absence fires before that
+    event, or with it; the same either way.
+
+    An event out of order (the shopper steps back in time, within the lateness) arrives
+    at the shopper's newest event time so far: it was held up on its way, while events
+    of other shoppers went on. A clickstream out of order by less than the lateness is
+    like this, and a worker then emits what replay in file order computes (`--order
+    file`). A sweep past that bound changes the outputs: up to the next event's arrival
+    time, without the lateness, fails this."""
     rng = random.Random(seed)
     lateness = RULES.defaults.allowed_lateness
     swept = 0
     for i in range(600):
         name = f"w{seed}-{i}"
-        events = generated_shopper(rng, name, datetime(2026, 1, 1, tzinfo=UTC), IN_ORDER_STEPS)
-        end = events[-1].ts.timestamp() + 7 * 86400
+        events = generated_shopper(rng, name, datetime(2026, 1, 1, tzinfo=UTC), steps)
+        arrival = list(accumulate((e.ts.timestamp() for e in events), max))
+        end = arrival[-1] + 7 * 86400
         cuts = sorted(rng.sample(range(1, len(events)), rng.randrange(len(events))))
-        batches = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+        bounds = list(zip([0, *cuts], [*cuts, len(events)], strict=True))
         sweeps = []
-        for batch, after in zip(batches, [*batches[1:], None], strict=True):
-            low = batch[-1].ts.timestamp() - lateness
-            high = after[0].ts.timestamp() - lateness if after else end
+        for _, b in bounds:
+            low = arrival[b - 1] - lateness
+            high = arrival[b] - lateness if b < len(events) else end
             sweeps.append(rng.uniform(low, max(low, high)))
-        with_sweeps = in_batches(name, batches, end, sweeps)
+        with_sweeps = in_batches(name, [events[a:b] for a, b in bounds], end, sweeps)
         assert with_sweeps == in_batches(name, [events], end), name
         swept += any("topic_cart_recovery" in line for line in with_sweeps)
     assert swept > 50  # abandoned checkouts among them
