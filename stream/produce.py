@@ -41,6 +41,11 @@ def make_producer(settings: Settings) -> KafkaProducer:
             linger_ms=LINGER_MS,
             batch_size=BATCH_BYTES,
             acks=1,
+            # One request in flight: a batch sent again after an error never lands after
+            # the next one, so each shopper's events reach the topic in the file's order
+            # (`intent replay --order file` computes what a worker then emits). The
+            # idempotent producer would allow five, but the embedded broker rejects it.
+            max_in_flight_requests_per_connection=1,
             client_id=f"{settings.app_id}-produce",
         )
     except KafkaError as exc:

@@ -9,6 +9,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from schemas.events import Event
+from stream.files import read_events
+from stream.produce import make_producer
 from stream.settings import Settings
 from tests.integration.kafka_io import Reader
 
@@ -47,6 +50,20 @@ def test_produce_rees46_sample(settings: Settings, env: dict[str, str], shared_d
     assert all(r.key == json.loads(r.value)["shopper_id"].encode() for r in records)
     partitions = {r.partition for r in records}
     assert len(partitions) == settings.partitions  # topics were created with the setting
+    # each shopper's events in the file's order (what `intent replay --order file` reads)
+    sent: dict[str, list[str]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        sent.setdefault(record.key.decode(), []).append(json.loads(record.value)["event_id"])
+    in_file: dict[str, list[str]] = {}
+    for item in read_events(sample, "rees46"):
+        if isinstance(item, Event):
+            in_file.setdefault(item.shopper_id, []).append(item.event_id)
+    assert sent == in_file
+    producer = make_producer(settings)  # and a batch sent again cannot overtake the next
+    try:
+        assert producer.config["max_in_flight_requests_per_connection"] == 1
+    finally:
+        producer.close()
 
 
 def test_produce_unknown_file_fails_clearly(env: dict[str, str], tmp_path: Path) -> None:
