@@ -383,7 +383,7 @@ def replay(
 
         try:
             source = rules_source(settings, rules_path)
-            report = write(tally, report_dir, file.name, (rules, source), min_support)
+            report = write(tally, report_dir, file.name, (rules, source), min_support, order)
         except OSError as exc:
             raise click.ClickException(_os_error(exc)) from exc
         for tier in report["tiers"]:

@@ -29,6 +29,10 @@ TIERS: Final = ("low", "mid", "high")
 RANK: Final = {"none": 0, "low": 1, "mid": 2, "high": 3, "suppressed": -1}
 MIN_SUPPORT: Final = 10  # shoppers a signal needs before its lift is listed
 TOP_SIGNALS: Final = 10
+ORDER_TEXT: Final = {  # `intent replay --order`
+    "time": "Each shopper's events in event-time order",
+    "file": "Each shopper's events in the file's order, as a worker reads them",
+}
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -41,6 +45,7 @@ class Tally:
 
     def __init__(self) -> None:
         self.events = 0
+        self.late = 0  # events not scored: older than the lateness behind their shopper's
         self.shoppers = 0
         self.buyers = 0
         self.start = math.inf
@@ -57,6 +62,7 @@ class Tally:
     def add(self, part: ReplayResult) -> None:
         purchases = part.purchases
         self.events += part.events
+        self.late += part.late
         self.shoppers += part.shoppers
         self.buyers += len(purchases)
         self.start = min(self.start, min(part.first_seen.values(), default=math.inf))
@@ -104,6 +110,7 @@ class Tally:
     def merge(self, other: Tally) -> None:
         """Take in the counts of another set of shoppers (a shard replayed elsewhere)."""
         self.events += other.events
+        self.late += other.late
         self.shoppers += other.shoppers
         self.buyers += other.buyers
         self.start = min(self.start, other.start)
@@ -149,6 +156,7 @@ class Tally:
         listed.sort(key=lambda s: (-s["lift"], s["rule"]))
         return {
             "events": self.events,
+            "late_events": self.late,
             "shoppers": self.shoppers,
             "buyers": self.buyers,
             "base_rate": base,
@@ -222,6 +230,14 @@ def markdown(report: dict[str, Any], source: str) -> str:
         f"{report['window'][1]}.",
         "",
     ]
+    said = [ORDER_TEXT[report["order"]]] if "order" in report else []
+    if report.get("late_events"):
+        said.append(
+            f"{report['late_events']:,} late events (older than the allowed lateness behind "
+            "their shopper's newest) were not scored; their purchases count"
+        )
+    if said:
+        lines += ["; ".join(said) + ".", ""]
     if "rules" in report:
         r = report["rules"]
         t = r["tiers"]
@@ -316,13 +332,17 @@ def charts(report: dict[str, Any], out: Path) -> list[Path]:
 def write(
     result: ReplayResult | Tally, out: Path, source: str,
     rules: tuple[RuleSet, str] | None = None, min_support: int = MIN_SUPPORT,
+    order: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Write report.json, report.md and the charts to `out`; `rules` (the rule set and
-    where it came from) adds their identity and each listed signal's points."""
+    where it came from) adds their identity and each listed signal's points, `order`
+    the order each shopper's events were replayed in (`replay.ORDERS`)."""
     out.mkdir(parents=True, exist_ok=True)
     report = (
         result.report(min_support) if isinstance(result, Tally) else compute(result, min_support)
     )
+    if order is not None:
+        report["order"] = order
     if rules is not None:
         report = with_rules(report, *rules)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

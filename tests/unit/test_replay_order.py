@@ -6,6 +6,7 @@ topic. That a worker then emits what replay computes is tested live
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,3 +129,34 @@ def test_file_order_is_kept_in_shards_on_disk(tmp_path: Path) -> None:
     assert [c.model_dump() for c in split.changes] == [c.model_dump() for c in whole.changes]
     assert [s.model_dump() for s in split.signals] == [s.model_dump() for s in whole.signals]
     assert [s.signal_id for s in by_time.signals] != [s.signal_id for s in whole.signals]
+
+
+def test_the_report_says_the_order_and_the_late_events(tmp_path: Path) -> None:
+    """The report names the order and counts the late events (not scored), the same in
+    one process and shard by shard in two."""
+    rng = random.Random(12)
+    events = []
+    for i in range(150):
+        events += generated_shopper(rng, f"g{i}", datetime(2026, 1, 1, tzinfo=UTC), STEPS)
+    file = tmp_path / "generated.jsonl"
+    file.write_bytes(b"\n".join(e.to_json() for e in events) + b"\n")
+    late = replay(file, "canonical", RULES, order="file").late
+    assert late > 0
+    reports = []
+    for extra in ([], ["--jobs", "2", "--shard-events", "400"]):
+        out = tmp_path / f"report{len(extra)}"
+        args = ["replay", str(file), "--order", "file", "--report", str(out), *extra]
+        done = CliRunner().invoke(main, args)
+        assert done.exit_code == 0, done.output
+        assert f"{late:,} late)" in done.output
+        reports.append((out / "report.json").read_text())
+        markdown = (out / "report.md").read_text()
+        assert "Each shopper's events in the file's order, as a worker reads them; " in markdown
+        assert f"{late:,} late events (older than the allowed lateness" in markdown
+    assert reports[0] == reports[1]
+    report = json.loads(reports[0])
+    assert (report["order"], report["late_events"]) == ("file", late)
+    done = CliRunner().invoke(main, ["replay", str(file), "--report", str(tmp_path / "t")])
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "t" / "report.json").read_text())
+    assert (report["order"], report["late_events"]) == ("time", 0)
