@@ -234,7 +234,7 @@ def markdown(report: dict[str, Any], source: str) -> str:
     if report.get("late_events"):
         said.append(
             f"{report['late_events']:,} late events (older than the allowed lateness behind "
-            "their shopper's newest) were not scored; their purchases count"
+            "their shopper's newest) were not scored (a late purchase still counts as one)"
         )
     if said:
         lines += ["; ".join(said) + ".", ""]

@@ -4,10 +4,11 @@ the same events, ids and content alike."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,18 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     canonical = tmp_path / "sample.jsonl"
     canonical.write_bytes(b"\n".join(lines) + b"\n")
 
+    # late: more than the allowed lateness behind the newest event of its shopper before it
+    lateness = timedelta(seconds=load_rules().defaults.allowed_lateness)
+    late_ids, newest = set(), {}
+    for e in events:
+        if e.shopper_id in newest and e.ts < newest[e.shopper_id] - lateness:
+            late_ids.add(e.event_id)
+        newest[e.shopper_id] = max(e.ts, newest.get(e.shopper_id, e.ts))
+
     expected = replay(canonical, "canonical", load_rules(), order="file")
     assert len(expected.changes) > 1000 and len(expected.actions) > 1000  # a real workload
-    assert expected.late > 0 and expected.behind == 0  # the timer cannot pass an event
+    assert expected.late == len(late_ids) > 10
+    assert expected.behind == 0  # the timer cannot get ahead of an event
     by_time = replay(canonical, "canonical", load_rules())
     assert {c.change_id for c in by_time.changes} != {c.change_id for c in expected.changes}
     fired = Counter(s.rule_id for s in expected.signals if s.shopper_id.startswith("gen-"))
@@ -117,11 +127,14 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     reader = Reader(
         settings.kafka_bootstrap,
         settings.topic_tier_changes,
+        settings.topic_dead_letter,
         *(topics[name] for name in ACTION_TOPICS),
     )
     try:
         got = reader.read_until(
-            len(want_changes) + sum(want_actions.values()), timeout=180, settle=5.0
+            len(want_changes) + sum(want_actions.values()) + len(late_ids),
+            timeout=180,
+            settle=5.0,
         )
     finally:
         reader.close()
@@ -138,6 +151,11 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
         for r in got[topics[name]]
     )
     assert got_actions == want_actions
+    # the events replay found late, each dead-lettered once as late
+    dead = [json.loads(r.value) for r in got[settings.topic_dead_letter]]
+    assert {d["reason"] for d in dead} == {"late"}
+    dead_ids = Counter(json.loads(base64.b64decode(d["value_b64"]))["event_id"] for d in dead)
+    assert set(dead_ids) == late_ids and set(dead_ids.values()) == {1}
     direct = scrape_metrics(settings.metrics_port)["intent_events_direct_total"]
     if repartition:
         assert direct == 0
