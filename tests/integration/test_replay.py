@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import redis
 
 from stream.replay import action_lines, replay
@@ -53,20 +54,23 @@ def test_the_command_in_two_processes_scores_in_redis_as_in_process(
     assert redis.Redis.from_url(servers.redis_url).keys("replay-*") == []  # each fork cleaned up
 
 
+@pytest.mark.parametrize("order", ["time", "file"])
 def test_memory_and_redis_stores_agree_on_generated_shoppers(
-    servers: Servers, tmp_path: Path
+    servers: Servers, tmp_path: Path, order: str
 ) -> None:
     """Shoppers who check out, abandon carts, opt out and send events of one second and
     out of order: every scoring path (groups, late absences, suppressions in force) as
-    the script and the reference take it."""
+    the script and the reference take it, with their events in time order and as they
+    come (`--order file`: late events too)."""
     rng = random.Random(7)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     events = [e for i in range(400) for e in generated_shopper(rng, f"g{i}", start)]
     path = tmp_path / "generated.jsonl"
     path.write_bytes(b"".join(e.to_json() + b"\n" for e in events))
     rules = load_rules()
-    memory = replay(path, "canonical", rules)
-    in_redis = replay(path, "canonical", rules, redis_url=servers.redis_url)
+    memory = replay(path, "canonical", rules, order=order)
+    in_redis = replay(path, "canonical", rules, redis_url=servers.redis_url, order=order)
+    assert (memory.late > 0) == (order == "file") and in_redis.late == memory.late
     fired = Counter(s.rule_id for s in memory.signals)
     assert fired["checkout_abandoned"] > 20 and fired["spam_complaint"] > 0
     assert len(memory.changes) > 1000
