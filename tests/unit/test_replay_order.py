@@ -36,6 +36,16 @@ def write(path: Path, rows: list[tuple[str, str, str]]) -> Path:
     return path
 
 
+def generated_file(folder: Path, seed: int, shoppers: int) -> Path:
+    """Generated shoppers who step back in time now and then, one after the other."""
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    events = [e for i in range(shoppers) for e in generated_shopper(rng, f"g{i}", start, STEPS)]
+    path = folder / "generated.jsonl"
+    path.write_bytes(b"\n".join(e.to_json() for e in events) + b"\n")
+    return path
+
+
 def test_in_file_order_an_event_older_than_the_lateness_is_late(tmp_path: Path) -> None:
     """A checkout, a cart view ten minutes on, then the purchase of minute four: in time
     order it comes before the cart view and ends the checkout. In file order it is more
@@ -114,12 +124,7 @@ def test_an_unknown_order_is_refused(tmp_path: Path) -> None:
 def test_file_order_is_kept_in_shards_on_disk(tmp_path: Path) -> None:
     """200 generated shoppers who step back in time now and then: spilled to shards, each
     shopper's events are replayed in the file's order as in one piece (not sorted)."""
-    rng = random.Random(11)
-    events = []
-    for i in range(200):
-        events += generated_shopper(rng, f"g{i}", datetime(2026, 1, 1, tzinfo=UTC), STEPS)
-    file = tmp_path / "generated.jsonl"
-    file.write_bytes(b"\n".join(e.to_json() for e in events) + b"\n")
+    file = generated_file(tmp_path, 11, 200)
     whole = replay(file, "canonical", RULES, order="file")
     split = replay(file, "canonical", RULES, order="file", shard_events=500)
     by_time = replay(file, "canonical", RULES, shard_events=500)
@@ -134,12 +139,7 @@ def test_file_order_is_kept_in_shards_on_disk(tmp_path: Path) -> None:
 def test_the_report_says_the_order_and_the_late_events(tmp_path: Path) -> None:
     """The report names the order and counts the late events (not scored), the same in
     one process and shard by shard in two."""
-    rng = random.Random(12)
-    events = []
-    for i in range(150):
-        events += generated_shopper(rng, f"g{i}", datetime(2026, 1, 1, tzinfo=UTC), STEPS)
-    file = tmp_path / "generated.jsonl"
-    file.write_bytes(b"\n".join(e.to_json() for e in events) + b"\n")
+    file = generated_file(tmp_path, 12, 150)
     late = replay(file, "canonical", RULES, order="file").late
     assert late > 0
     reports = []
