@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from schemas.events import Event
@@ -192,3 +193,14 @@ def generated_shopper(
             body["properties"] = {"query": rng.choice(["how to pick one", "buy cheap"])}
         events.append(Event.model_validate(body))
     return events
+
+
+def generated_file(folder: Path, seed: int, shoppers: int) -> Path:
+    """`generated.jsonl` in `folder`: that many generated shoppers (`STEPS`: now and then
+    back in time), one after the other, from 2026-01-01."""
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    events = [e for i in range(shoppers) for e in generated_shopper(rng, f"g{i}", start)]
+    path = folder / "generated.jsonl"
+    path.write_bytes(b"".join(e.to_json() + b"\n" for e in events))
+    return path

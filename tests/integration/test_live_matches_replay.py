@@ -79,10 +79,14 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     start = min(e.ts for e in events)
     for i in range(GENERATED):
         events += generated_shopper(rng, f"gen-{i}", start, STEPS)
-    # as a clickstream comes: each event when its shopper's newest so far happened
+    # As a clickstream comes: each event when its shopper's newest so far happened. Late:
+    # more than the allowed lateness behind that newest event.
+    lateness = timedelta(seconds=load_rules().defaults.allowed_lateness)
     newest: dict[str, datetime] = {}
-    arrival = []
+    arrival, late_ids = [], set()
     for e in events:
+        if e.shopper_id in newest and e.ts < newest[e.shopper_id] - lateness:
+            late_ids.add(e.event_id)
         newest[e.shopper_id] = max(e.ts, newest.get(e.shopper_id, e.ts))
         arrival.append(newest[e.shopper_id])
     events = [events[i] for i in sorted(range(len(events)), key=arrival.__getitem__)]
@@ -92,14 +96,6 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     lines = [e.to_json() for e in events] + [now.to_json()]
     canonical = tmp_path / "sample.jsonl"
     canonical.write_bytes(b"\n".join(lines) + b"\n")
-
-    # late: more than the allowed lateness behind the newest event of its shopper before it
-    lateness = timedelta(seconds=load_rules().defaults.allowed_lateness)
-    late_ids, newest = set(), {}
-    for e in events:
-        if e.shopper_id in newest and e.ts < newest[e.shopper_id] - lateness:
-            late_ids.add(e.event_id)
-        newest[e.shopper_id] = max(e.ts, newest.get(e.shopper_id, e.ts))
 
     expected = replay(canonical, "canonical", load_rules(), order="file")
     assert len(expected.changes) > 1000 and len(expected.actions) > 1000  # a real workload

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import random
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from stream.replay import action_lines, replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from tests.integration.servers import Servers
-from tests.scenarios import generated_shopper
+from tests.scenarios import generated_file
 
 
 def test_memory_and_redis_stores_agree_on_a_real_sample(
@@ -62,11 +60,7 @@ def test_memory_and_redis_stores_agree_on_generated_shoppers(
     out of order: every scoring path (groups, late absences, suppressions in force) as
     the script and the reference take it, with their events in time order and as they
     come (`--order file`: late events too)."""
-    rng = random.Random(7)
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    events = [e for i in range(400) for e in generated_shopper(rng, f"g{i}", start)]
-    path = tmp_path / "generated.jsonl"
-    path.write_bytes(b"".join(e.to_json() + b"\n" for e in events))
+    path = generated_file(tmp_path, 7, 400)
     rules = load_rules()
     memory = replay(path, "canonical", rules, order=order)
     in_redis = replay(path, "canonical", rules, redis_url=servers.redis_url, order=order)

@@ -7,8 +7,6 @@ topic. That a worker then emits what replay computes is tested live
 from __future__ import annotations
 
 import json
-import random
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from schemas.events import Event
 from stream.cli import main
 from stream.replay import Replay, replay
 from stream.rulesfile import load_rules
-from tests.scenarios import STEPS, generated_shopper
+from tests.scenarios import generated_file
 
 RULES = load_rules()
 
@@ -33,16 +31,6 @@ def write(path: Path, rows: list[tuple[str, str, str]]) -> Path:
         for i, (shopper, kind, at) in enumerate(rows)
     ]  # fmt: skip
     path.write_bytes(b"\n".join(lines) + b"\n")
-    return path
-
-
-def generated_file(folder: Path, seed: int, shoppers: int) -> Path:
-    """Generated shoppers who step back in time now and then, one after the other."""
-    rng = random.Random(seed)
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    events = [e for i in range(shoppers) for e in generated_shopper(rng, f"g{i}", start, STEPS)]
-    path = folder / "generated.jsonl"
-    path.write_bytes(b"\n".join(e.to_json() for e in events) + b"\n")
     return path
 
 
