@@ -3,9 +3,10 @@
 1. Preload N events into the input topic: real Taobao UserBehavior events, cycled with new
    ids (and new shoppers per cycle) up to N.
 2. Start one worker cold; measure events/s through ingest, detection, Redis and tier
-   changes (from the worker's /metrics), Redis round trips and server CPU per event (INFO),
-   the CPU of the worker and of the broker per event (/proc), and Redis memory per active
-   shopper (MEMORY USAGE of a sample).
+   changes (from its first event until its consumer group has committed every input
+   record, as the Quix Streams run stops at its last), Redis round trips and server CPU
+   per event (INFO), the CPU of the worker and of the broker per event (/proc), and
+   Redis memory per active shopper (MEMORY USAGE of a sample).
 3. At a fixed offered rate (5k events/s), p50/p99 latency from producing an event to
    producing the tier change it causes, once the worker has caught up with the jump from
    the preloaded events' time (2017) to now (`settle`; the catch-up time is reported).
@@ -32,7 +33,7 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -132,48 +133,56 @@ def bench_worker(
         log_path,
         env={**os.environ, **env},
     )
+    offsets = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.stream_group,
+        enable_auto_commit=False,
+    )
+    inputs = [
+        TopicPartition(topic, p)
+        for topic in (settings.topic_clickstream, settings.topic_normalised)
+        for p in sorted(offsets.partitions_for_topic(topic) or [])
+    ]
     started = time.perf_counter()
     first = None
     done_at = None
-    last = (-1.0, -1.0, -1.0, -1.0)
     cpu: dict[str, float] = {}
+    ingested = 0.0
+    next_log = 10.0
     while time.perf_counter() - started < 3600:
-        time.sleep(0.5)
+        time.sleep(0.5 if ingested < n else 0.1)
         if worker.poll() is not None:
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
             raise RuntimeError(
                 f"the worker exited with code {worker.returncode}; the end of "
                 f"{log_path}:\n" + "\n".join(tail)
             )
-        try:
-            m = scrape(settings.metrics_port)
-        except OSError:
-            continue
-        ingested = total(m, "intent_events_total{") + total(m, "intent_events_rejected_total{")
-        detected = m.get('intent_batch_size_events_sum{stage="detect"}', 0.0)
-        signals = total(m, "intent_signals_total{")  # scored in the same batch
-        changes = total(m, "intent_tier_changes_total{")
-        if first is None and ingested > 0:
-            first = time.perf_counter()
-            cpu = phase_cpu(worker.pid, stack)
-            log("worker is consuming")
-        progress = (ingested, detected, signals, changes)
-        if (
-            ingested >= n
-            and detected >= ingested - total(m, "intent_events_rejected_total{")
-            and progress == last
-        ):
+        if ingested < n:  # /metrics costs the worker CPU: scraped every 0.5 s only
+            try:
+                m = scrape(settings.metrics_port)
+            except OSError:
+                continue
+            ingested = total(m, "intent_events_total{") + total(m, "intent_events_rejected_total{")
+            if first is None and ingested > 0:
+                first = time.perf_counter()
+                cpu = phase_cpu(worker.pid, stack)
+                log("worker is consuming")
+            if first is not None and time.perf_counter() - first >= next_log:
+                next_log += 10
+                signals = total(m, "intent_signals_total{")
+                changes = total(m, "intent_tier_changes_total{")
+                log(f"ingested {ingested:,.0f}/{n:,}, signals {signals:,.0f}, "
+                    f"tier changes {changes:,.0f}")  # fmt: skip
+            if ingested < n:
+                continue
+        if unprocessed(offsets, inputs) == 0:
             done_at = time.perf_counter()
             break
-        if int(time.perf_counter() - started) % 10 == 0:
-            log(
-                f"ingested {ingested:,.0f}/{n:,}, detected {detected:,.0f}, "
-                f"signals {signals:,.0f}, tier changes {changes:,.0f}"
-            )
-        last = progress
+    offsets.close()
     assert done_at is not None and first is not None, "the worker did not finish"
-    m = scrape(settings.metrics_port)
-    cpu = phase_cpu(worker.pid, stack, since=cpu)  # from the first event on
+    ended = Mark(done_at, phase_cpu(worker.pid, stack), scrape(settings.metrics_port))
+    m = ended.metrics
+    cpu = {k: v - cpu[k] for k, v in ended.cpu.items()}  # from the first event on
     roundtrips = total(m, "intent_redis_roundtrips_total{")
     scan = client.scan_iter(f"{settings.app_id}:*:score", count=1000)
     sample = [k for k, _ in zip(scan, range(500), strict=False)]  # at most 500 shoppers
@@ -187,6 +196,7 @@ def bench_worker(
         sizes.append(sum(client.memory_usage(k) or 0 for k in keys))
     return {
         "worker": worker,
+        "ended": ended,
         "events_per_s": n / (done_at - first),
         "cold_start_to_done_s": done_at - started,
         "redis_roundtrips_per_event": roundtrips / n,
@@ -200,6 +210,16 @@ def bench_worker(
         "direct_share": m.get("intent_events_direct_total", 0.0)
         / max(1.0, total(m, "intent_events_total{")),
     }
+
+
+def unprocessed(reader: KafkaConsumer, parts: list[TopicPartition]) -> int:
+    """Input records the worker has not processed yet: the ends of its input topics
+    against its consumer group's committed offsets (it commits a batch once the batch is
+    scored and its output acknowledged). The offsets are read first, so the ends of
+    intent.events include what the committed clickstream batches wrote there."""
+    committed = {tp: reader.committed(tp) or 0 for tp in parts}
+    ends = reader.end_offsets(parts)
+    return sum(max(0, ends[tp] - committed[tp]) for tp in parts)
 
 
 def tier_change_reader(settings: Settings) -> KafkaConsumer:
@@ -216,20 +236,31 @@ def tier_change_reader(settings: Settings) -> KafkaConsumer:
     return reader
 
 
+class Mark(NamedTuple):
+    """Where the bulk phase ended: when, each process's CPU so far, the worker's metrics."""
+
+    at: float
+    cpu: dict[str, float]
+    metrics: dict[str, float]
+
+
 def settle(
     settings: Settings,
     worker: int,
     stack: EmbeddedStack,
+    since: Mark,
     quiet_seconds: int = 5,
     timeout: float = 900,
 ) -> dict[str, Any]:
     """Bring the worker to the steady state the latency is measured in.
 
-    The preloaded events are from 2017; the first live event moves event time to now,
-    and every decay and absence of the preloaded shoppers falls due at once. That
+    The preloaded events are from 2017. Once the worker has processed them (`since`, the
+    end of the bulk phase), its sweep still has the deadlines they left in event time to
+    fire; then, with its partitions idle and one live event sent now, event time jumps
+    to now, and every decay and absence of the preloaded shoppers falls due at once. That
     catch-up is real work (a worker back from a long outage does it too), but it is not
-    the latency at a steady offered rate: send one live event, then wait until the
-    worker's output has been still for `quiet_seconds`. Returns how long it took, the
+    the latency at a steady offered rate: wait until the worker's output has been still
+    for `quiet_seconds`. Returns how long it took from the end of the bulk phase, the
     tier changes it made, and each process's CPU per tier change (is it bound by CPU, or
     by waiting?)."""
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
@@ -239,24 +270,22 @@ def settle(
         "type": "product_view",
         "ts": datetime.now(UTC).isoformat(),
     }
-    started = time.perf_counter()
-    cpu = phase_cpu(worker, stack)
     producer.send(settings.topic_clickstream, key=b"settle", value=json.dumps(body).encode())
     producer.flush()
     producer.close()
-    before = scrape(settings.metrics_port)
     last, still = -1.0, 0
     while still < quiet_seconds:
-        if time.perf_counter() - started > timeout:
+        if time.perf_counter() - since.at > timeout:
             raise RuntimeError(f"the worker did not settle within {timeout:.0f} s")
         time.sleep(1)
         m = scrape(settings.metrics_port)
         done = total(m, "intent_tier_changes_total{") + total(m, "intent_signals_total{")
         still = still + 1 if done == last else 0
         last = done
-    changes = total(m, "intent_tier_changes_total{") - total(before, "intent_tier_changes_total{")
-    seconds = time.perf_counter() - started - quiet_seconds
-    spent = phase_cpu(worker, stack, since=cpu)  # includes the quiet seconds: ~idle
+    tier_changes = "intent_tier_changes_total{"
+    changes = total(m, tier_changes) - total(since.metrics, tier_changes)
+    seconds = time.perf_counter() - since.at - quiet_seconds
+    spent = phase_cpu(worker, stack, since=since.cpu)  # includes the quiet seconds: ~idle
     log(
         f"caught up with event time in {seconds:.1f} s ({changes:,.0f} tier changes; "
         f"worker busy {spent['worker'] / seconds:.0%})"
@@ -507,10 +536,11 @@ def main() -> None:
         result: dict[str, Any] = {"time": datetime.now(UTC).isoformat(), "events": args.events}
         work = bench_worker(stack, settings, env, args.events, run_dir)
         worker = work.pop("worker")
+        ended = work.pop("ended")
         result.update(work)
         direct = f"{result['direct_share']:.0%} without the intent.events hop"
         log(f"worker: {result['events_per_s']:,.0f} events/s, {direct}")
-        result.update(settle(settings, worker.pid, stack))
+        result.update(settle(settings, worker.pid, stack, ended))
         cpu = phase_cpu(worker.pid, stack)
         result.update(bench_latency(settings, args.rate, args.latency_seconds))
         result["latency_cpu_us_per_event"] = micros_per(

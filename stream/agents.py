@@ -763,7 +763,7 @@ class StreamLoop(Service):
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             client_id=f"{settings.app_id}-stream",
-            group_id=f"{settings.app_id}-stream",
+            group_id=settings.stream_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=int(settings.session_timeout_seconds * 1000),

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
         }
 
     @property
+    def stream_group(self) -> str:
+        """The stream loop's consumer group: it commits each batch once processed."""
+        return f"{self.app_id}-stream"
+
+    @property
     def bootstrap_servers(self) -> list[str]:
         return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]
 
