@@ -76,7 +76,6 @@ from stream.views import AUDIENCE_PAGE, audience_page, read_shopper
 
 log = logging.getLogger(__name__)
 
-IDLE_GRACE_SECONDS: Final = 1.0  # a partition this long without input is "idle": wall clock rules
 SWEEP_CHUNK: Final = 100  # due shoppers handled under the lock at once (bounds the pause)
 SWEEP_TURN: Final = 2000  # due shoppers of a partition in a row before the next one's turn
 # Most due shoppers of a partition in one sweep: a backlog larger than this (a long
@@ -144,6 +143,7 @@ class SweepPass:
     until: float
     decays: bool = False
     chunks: int = 0
+    handled: int = 0  # due shoppers handled so far
 
 
 @dataclass
@@ -446,7 +446,8 @@ class Pipeline:
         if self.loop.held(partition):
             return None
         watermark = self.watermark.get(partition)
-        quiet = time.monotonic() - self.last_input.get(partition, 0.0) >= IDLE_GRACE_SECONDS
+        idle_for = time.monotonic() - self.last_input.get(partition, 0.0)
+        quiet = idle_for >= self.settings.idle_grace_seconds
         if quiet and self.loop.caught_up:
             now = self.clock().timestamp()
             return max(now, (watermark or now) - self.engine.lateness)
@@ -462,7 +463,7 @@ class Pipeline:
         }
         await self.sweep_partitions(partitions)
 
-    async def sweep_partitions(self, partitions: set[int]) -> None:
+    async def sweep_partitions(self, partitions: set[int]) -> int:
         """Fire everything due on these partitions up to how far event time has certainly
         advanced on each (`until`, taken once per partition for the whole sweep): the
         detection deadlines first, then the decays (`SweepPass`).
@@ -479,13 +480,16 @@ class Pipeline:
         chunks run concurrently (their shoppers are disjoint), so this process computes
         one while Redis runs the other's scripts, and a backlog is worked off in one
         sweep, not a turn per timer tick: in a catch-up, one partition after the other
-        and a turn per tick kept the worker about half busy (`make bench`)."""
+        and a turn per tick kept the worker about half busy (`make bench`).
+
+        Returns how many due shoppers it handled."""
+        passes: list[SweepPass] = []
         try:
-            waiting: list[SweepPass] = []
             for partition in sorted(partitions):
                 until = self.until(partition)
                 if until is not None:
-                    waiting.append(SweepPass(partition, until))
+                    passes.append(SweepPass(partition, until))
+            waiting = list(passes)
             while waiting and not self.loop.should_stop:
                 active = waiting[:PROCESS_GROUPS]
                 # Chunk by chunk, releasing the lock between chunks: a waiting batch of
@@ -507,6 +511,7 @@ class Pipeline:
         except Exception:  # the timer must keep running; the next sweep retries
             self.metrics.up.set(0)
             log.exception("sweep failed")
+        return sum(sweep.handled for sweep in passes)
 
     async def _sweep_chunks(self, sweeps: list[SweepPass]) -> list[int]:
         """One chunk of each partition, concurrently, sent as one; how many shoppers each
@@ -526,10 +531,13 @@ class Pipeline:
         until = min(now, sweep.until)
         if not sweep.decays:
             n = await self._sweep(sweep.partition, until, outbox)
+            sweep.handled += n
             if n == SWEEP_CHUNK:
                 return n
             sweep.decays = True
-        return await self._decay(sweep.partition, until, outbox)
+        n = await self._decay(sweep.partition, until, outbox)
+        sweep.handled += n
+        return n
 
     async def _sweep(self, partition: int, until: float, outbox: Outbox) -> int:
         """Absence deadlines and visit ends due by `until`: signals, scored at once."""

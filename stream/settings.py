@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(
         1.0, gt=0, description="How often the timer fires due absence deadlines and visit ends."
     )
+    idle_grace_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="A partition this long without input (and read to its end) is idle: "
+        "the timer fires up to the wall clock there, not its newest event time.",
+    )
     web_port: int = Field(
         6066, ge=0, le=65535, description="Port of the HTTP views /shoppers, /audiences (0: off)."
     )
