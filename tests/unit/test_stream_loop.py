@@ -336,6 +336,28 @@ def test_the_sweep_waits_for_event_time_until_everything_owned_was_read(
     assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
 
 
+def test_a_partition_is_idle_after_the_grace_the_settings_give(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """INTENT_IDLE_GRACE_SECONDS: how long without input before the wall clock rules (the
+    benchmark sets it long, so its sweep keeps to the preloaded events' time)."""
+    from datetime import UTC, datetime
+
+    pipeline = _pipeline([])
+    pipeline.settings = Settings(idle_grace_seconds=30.0)
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    pipeline.clock = lambda: now
+    event_time = now.timestamp() - 7200 - pipeline.engine.lateness
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(agents.time, "monotonic", lambda: clock["t"])
+    pipeline.loop.caught_up = True
+    pipeline._saw({0: now.timestamp() - 7200})
+    clock["t"] += 29.9  # the default second has long passed
+    assert pipeline.until(0) == event_time
+    clock["t"] += 0.1
+    assert pipeline.until(0) == now.timestamp()
+
+
 def test_a_partition_just_assigned_fires_nothing_until_what_it_held_then_was_read() -> None:
     """Its last owner may have crashed between scoring a batch and sending the output.
     That batch is read again, maybe in parts; a decay fired between the parts would be
