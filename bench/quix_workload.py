@@ -71,7 +71,8 @@ def main() -> None:
         None, settings, default_metrics(), rules, redis_client(settings), sender=send
     )
     # One consumer owns every partition: events skip intent.events, as in the worker.
-    pipeline.loop.own_all(list(range(settings.partitions)))
+    partitions = set(range(settings.partitions))
+    pipeline.loop.own_all(sorted(partitions))
     tune_gc()  # what the worker does once it is up: the same process tuning on both sides
     buffer: list[RawRecord] = []
     counts = {"raw": 0, "events": 0}
@@ -84,7 +85,7 @@ def main() -> None:
         loop.run_until_complete(pipeline.handle(batch))
         if time.monotonic() - marks["swept"] >= settings.sweep_interval_seconds:
             marks["swept"] = time.monotonic()
-            loop.run_until_complete(pipeline.sweep_partitions(set(range(settings.partitions))))
+            loop.run_until_complete(pipeline.sweep_partitions(partitions))
 
     def on_message(value: Any, key: Any, timestamp: int, headers: Any) -> None:
         ctx = message_context()
@@ -104,8 +105,7 @@ def main() -> None:
         if all_ingested and not buffer and counts["events"] >= normalised_sent:
             # What the input left due in event time, as the worker's bulk phase ends
             # (bench/run.py `swept`): sweep until a sweep finds nothing due.
-            everything = set(range(settings.partitions))
-            while loop.run_until_complete(pipeline.sweep_partitions(everything)):
+            while loop.run_until_complete(pipeline.sweep_partitions(partitions)):
                 pass
             seconds = time.perf_counter() - marks["first"]
             with open(result_file + ".tmp", "w") as out:

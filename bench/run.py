@@ -4,9 +4,10 @@
    ids (and new shoppers per cycle) up to N.
 2. Start one worker cold; measure events/s through ingest, detection, Redis and tier
    changes (from its first event until its consumer group has committed every input
-   record, as the Quix Streams run stops at its last), Redis round trips and server CPU
-   per event (INFO), the CPU of the worker and of the broker per event (/proc), and
-   Redis memory per active shopper (MEMORY USAGE of a sample).
+   record and its sweep has fired what they left due in event time, where the Quix
+   Streams run stops too), Redis round trips and server CPU per event (INFO), the CPU
+   of the worker and of the broker per event (/proc), and Redis memory per active
+   shopper (MEMORY USAGE of a sample).
 3. At a fixed offered rate (5k events/s), p50/p99 latency from producing an event to
    producing the tier change it causes, once the worker has caught up with the jump from
    the preloaded events' time (2017) to now (`settle`; the catch-up time is reported).
@@ -22,10 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import itertools
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +54,7 @@ RESULTS = ROOT / "bench" / "results.json"
 # the jump from 2017 to now would run into the end of the bulk phase. `settle` moves event
 # time to now with a live event on every partition instead.
 WORKER_ENV = {"INTENT_IDLE_GRACE_SECONDS": str(10 * 24 * 3600)}
+WORKER_TIMEOUT = 3600.0  # the bulk phase and its sweep, at most
 TYPES = {"pv": "product_view", "cart": "add_to_cart", "fav": "wishlist_add", "buy": "purchase"}
 
 
@@ -154,38 +158,30 @@ def bench_worker(
     cpu: dict[str, float] = {}
     ingested = 0.0
     next_log = 10.0
-    while time.perf_counter() - started < 3600:
-        time.sleep(0.5 if ingested < n else 0.1)
-        if worker.poll() is not None:
-            tail = log_path.read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(
-                f"the worker exited with code {worker.returncode}; the end of "
-                f"{log_path}:\n" + "\n".join(tail)
-            )
-        if ingested < n:  # /metrics costs the worker CPU: scraped every 0.5 s only
-            try:
-                m = scrape(settings.metrics_port)
-            except OSError:
-                continue
-            ingested = total(m, "intent_events_total{") + total(m, "intent_events_rejected_total{")
-            if first is None and ingested > 0:
-                first = time.perf_counter()
-                cpu = phase_cpu(worker.pid, stack)
-                log("worker is consuming")
-            if first is not None and time.perf_counter() - first >= next_log:
-                next_log += 10
-                signals = total(m, "intent_signals_total{")
-                changes = total(m, "intent_tier_changes_total{")
-                log(f"ingested {ingested:,.0f}/{n:,}, signals {signals:,.0f}, "
-                    f"tier changes {changes:,.0f}")  # fmt: skip
-            if ingested < n:
-                continue
-        if unprocessed(offsets, inputs) == 0:
-            break
+    while ingested < n:  # /metrics costs the worker CPU: scraped every 0.5 s only
+        time.sleep(0.5)
+        check_alive(worker, log_path, started)
+        try:
+            m = scrape(settings.metrics_port)
+        except OSError:
+            continue
+        ingested = total(m, "intent_events_total{") + total(m, "intent_events_rejected_total{")
+        if first is None and ingested > 0:
+            first = time.perf_counter()
+            cpu = phase_cpu(worker.pid, stack)
+            log("worker is consuming")
+        if first is not None and time.perf_counter() - first >= next_log:
+            next_log += 10
+            signals, changes = outputs(m)
+            log(f"ingested {ingested:,.0f}/{n:,}, signals {signals:,.0f}, "
+                f"tier changes {changes:,.0f}")  # fmt: skip
+    assert first is not None
+    while unprocessed(offsets, inputs):
+        time.sleep(0.1)
+        check_alive(worker, log_path, started)
     offsets.close()
-    assert first is not None, "the worker did not finish"
     log("every input record processed; waiting for the sweep to catch up with event time")
-    ended = swept(settings, worker.pid, stack)
+    ended = swept(settings, worker.pid, stack, still=3.0, timeout=WORKER_TIMEOUT)
     done_at = ended.at
     m = ended.metrics
     cpu = {k: v - cpu[k] for k, v in ended.cpu.items()}  # from the first event on
@@ -217,13 +213,37 @@ def bench_worker(
     }
 
 
-def swept(settings: Settings, worker: int, stack: EmbeddedStack, still: float = 3.0) -> Mark:
-    """Once every input record is processed: wait until the sweep has fired what the
-    input left due in event time (its counters still for `still` seconds; the bench's
-    worker keeps to event time, `WORKER_ENV`), and return the moment of its last signal
-    or tier change, with the CPU and metrics read then."""
+def check_alive(worker: subprocess.Popen[bytes], log_path: Path, started: float) -> None:
+    if worker.poll() is not None:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(
+            f"the worker exited with code {worker.returncode}; the end of "
+            f"{log_path}:\n" + "\n".join(tail)
+        )
+    if time.perf_counter() - started > WORKER_TIMEOUT:
+        raise RuntimeError(f"the worker did not finish within {WORKER_TIMEOUT:.0f} s")
+
+
+class Mark(NamedTuple):
+    """A moment of the run: when, each process's CPU so far, the worker's metrics."""
+
+    at: float
+    cpu: dict[str, float]
+    metrics: dict[str, float]
+
+
+def swept(
+    settings: Settings, worker: int, stack: EmbeddedStack, still: float, timeout: float
+) -> Mark:
+    """Wait until the worker's output (signals and tier changes) has been still for
+    `still` seconds: its sweep has fired everything due (the bench's worker keeps to
+    event time, `WORKER_ENV`). Returns the moment of its last signal or tier change, with
+    the CPU and metrics read then."""
     mark = Mark(time.perf_counter(), phase_cpu(worker, stack), scrape(settings.metrics_port))
+    began = mark.at
     while time.perf_counter() - mark.at < still:
+        if time.perf_counter() - began > timeout:
+            raise RuntimeError(f"the worker's output did not stop within {timeout:.0f} s")
         time.sleep(0.2)
         m = scrape(settings.metrics_port)
         if outputs(m) != outputs(mark.metrics):
@@ -260,19 +280,11 @@ def tier_change_reader(settings: Settings) -> KafkaConsumer:
     return reader
 
 
-class Mark(NamedTuple):
-    """Where the bulk phase ended: when, each process's CPU so far, the worker's metrics."""
-
-    at: float
-    cpu: dict[str, float]
-    metrics: dict[str, float]
-
-
 def settle(
     settings: Settings,
     worker: int,
     stack: EmbeddedStack,
-    quiet_seconds: int = 5,
+    quiet_seconds: float = 5.0,
     timeout: float = 900,
 ) -> dict[str, Any]:
     """Bring the worker to the steady state the latency is measured in.
@@ -282,19 +294,20 @@ def settle(
     time to now, and every decay and absence of the preloaded shoppers falls due at once.
     That catch-up is real work (a worker back from a long outage does it too), but it is
     not the latency at a steady offered rate: wait until the worker's output has been
-    still for `quiet_seconds`. Returns how long it took, the tier changes it made, and
-    each process's CPU per tier change (is it bound by CPU, or by waiting?)."""
+    still for `quiet_seconds` (`swept`). Returns how long it took (to its last output),
+    the tier changes it made, and each process's CPU per tier change (is it bound by
+    CPU, or by waiting?)."""
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
     partitions = sorted(producer.partitions_for(settings.topic_normalised))
     partitioner = DefaultPartitioner()  # the worker's, for the shopper's intent.events key
     tag = uuid.uuid4().hex[:8]
     shoppers: dict[int, str] = {}
-    while len(shoppers) < len(partitions):
-        shopper = f"settle-{tag}-{len(shoppers)}-{uuid.uuid4().hex[:6]}"
+    for i in itertools.count():
+        if len(shoppers) == len(partitions):
+            break
+        shopper = f"settle-{tag}-{i}"
         shoppers.setdefault(partitioner(shopper.encode(), partitions, partitions), shopper)
-    started = time.perf_counter()
-    cpu = phase_cpu(worker, stack)
-    before = scrape(settings.metrics_port)
+    started = Mark(time.perf_counter(), phase_cpu(worker, stack), scrape(settings.metrics_port))
     for shopper in shoppers.values():
         body = {
             "event_id": f"settle-{uuid.uuid4().hex}",
@@ -306,21 +319,13 @@ def settle(
         producer.send(settings.topic_clickstream, key=shopper.encode(), value=value)
     producer.flush()
     producer.close()
-    last, still = -1.0, 0
-    while still < quiet_seconds:
-        if time.perf_counter() - started > timeout:
-            raise RuntimeError(f"the worker did not settle within {timeout:.0f} s")
-        time.sleep(1)
-        m = scrape(settings.metrics_port)
-        done = sum(outputs(m))
-        still = still + 1 if done == last else 0
-        last = done
-    changes = outputs(m)[1] - outputs(before)[1]
-    seconds = time.perf_counter() - started - quiet_seconds
-    spent = phase_cpu(worker, stack, since=cpu)  # includes the quiet seconds: ~idle
+    ended = swept(settings, worker, stack, quiet_seconds, timeout)
+    changes = outputs(ended.metrics)[1] - outputs(started.metrics)[1]
+    seconds = ended.at - started.at
+    spent = {k: v - started.cpu[k] for k, v in ended.cpu.items()}
     log(
         f"caught up with event time in {seconds:.1f} s ({changes:,.0f} tier changes; "
-        f"worker busy {spent['worker'] / seconds:.0%})"
+        f"worker busy {spent['worker'] / max(seconds, 1e-3):.0%})"
     )
     return {
         "catch_up_s": seconds,
