@@ -5,9 +5,10 @@
 2. Start one worker cold; measure events/s through ingest, detection, Redis and tier
    changes (from its first event until its consumer group has committed every input
    record and its sweep has fired what they left due in event time, where the Quix
-   Streams run stops too), Redis round trips and server CPU per event (INFO), the CPU
-   of the worker and of the broker per event (/proc), and Redis memory per active
-   shopper (MEMORY USAGE of a sample).
+   Streams run stops too; the sweep's part after the last input is reported), Redis
+   round trips and server CPU per event (INFO), the CPU of the worker and of the
+   broker per event (/proc), and Redis memory per active shopper (MEMORY USAGE of a
+   sample).
 3. At a fixed offered rate (5k events/s), p50/p99 latency from producing an event to
    producing the tier change it causes, once the worker has caught up with the jump from
    the preloaded events' time (2017) to now (`settle`; the catch-up time is reported).
@@ -180,9 +181,11 @@ def bench_worker(
         time.sleep(0.1)
         check_alive(worker, log_path, started)
     offsets.close()
+    committed = time.perf_counter()
     log("every input record processed; waiting for the sweep to catch up with event time")
     ended = swept(settings, worker.pid, stack, still=3.0, timeout=WORKER_TIMEOUT)
     done_at = ended.at
+    log(f"the sweep caught up {max(0.0, done_at - committed):.1f} s after the last input")
     m = ended.metrics
     cpu = {k: v - cpu[k] for k, v in ended.cpu.items()}  # from the first event on
     roundtrips = total(m, "intent_redis_roundtrips_total{")
@@ -200,6 +203,8 @@ def bench_worker(
         "worker": worker,
         "events_per_s": n / (done_at - first),
         "cold_start_to_done_s": done_at - started,
+        # the sweep's backlog when every input record was processed (README, Performance)
+        "sweep_after_input_s": max(0.0, done_at - committed),
         "redis_roundtrips_per_event": roundtrips / n,
         "redis_cpu_us_per_event": cpu["redis"] * 1e6 / n,
         "worker_cpu_us_per_event": cpu["worker"] * 1e6 / n,
@@ -623,6 +628,7 @@ def print_table(result: dict[str, Any]) -> None:
         ("redis_bytes_per_shopper", "Redis bytes per active shopper"),
         ("worker_cpu_us_per_event", "worker process CPU per event, us"),
         ("broker_cpu_us_per_event", "broker (Tansu) CPU per event, us"),
+        ("sweep_after_input_s", "sweep's backlog after the last input, s"),
         ("catch_up_s", "catch-up after the jump to live time, s"),
         ("aiokafka_events_per_s", "bare aiokafka consumer, events/s"),
         ("faust_floor_events_per_s", "bare Faust counting agent, events/s"),

@@ -272,11 +272,11 @@ def test_a_sweep_whose_sends_fail_sends_the_same_records_again_until_taken(
     pipeline.send = flaky
     record = ("intent.tier-changes", b"s-1", b'{"change_id": "c1"}', None)
 
-    async def swept(partition: int, until: float, outbox: Any) -> int:
+    async def swept(partition: int, until: float, chunk: int, outbox: Any) -> int:
         outbox.records.append(record)
         return 1
 
-    async def nothing(partition: int, until: float, outbox: Any) -> int:
+    async def nothing(sweep: Any, until: float, chunk: int, outbox: Any) -> int:
         return 0
 
     async def no_sleep(seconds: float) -> None:
@@ -452,7 +452,7 @@ def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
         return []
 
     async def due(partition: int, until: float, limit: int) -> dict[str, float]:
-        return {"s-1": 500.0}
+        return {} if "index" in order else {"s-1": 500.0}  # due until it was indexed
 
     async def apply_many(batch: dict[str, Any]) -> dict[str, Result]:
         order.append("apply")
@@ -486,6 +486,7 @@ def test_the_sweep_fires_everything_due_two_partitions_at_a_time_in_turns(
     sent: list[Any] = []
     pipeline = _pipeline(sent)
     chunk = agents.SWEEP_CHUNK
+    monkeypatch.setattr(pipeline, "sweep_chunk", lambda: chunk)  # input flowing
     turn = agents.SWEEP_TURN // chunk
     # shoppers due at each chunk, in order
     due = {0: [chunk] * (turn + 5) + [1], 1: [chunk] * (turn + 3) + [0], 2: [4], 3: [chunk, 2]}
@@ -493,7 +494,7 @@ def test_the_sweep_fires_everything_due_two_partitions_at_a_time_in_turns(
     calls: list[int] = []
     running = {"now": 0, "most": 0}
 
-    async def swept(partition: int, until: float, outbox: Any) -> int:
+    async def swept(partition: int, until: float, chunk: int, outbox: Any) -> int:
         calls.append(partition)
         running["now"] += 1
         running["most"] = max(running["most"], running["now"])
@@ -502,7 +503,7 @@ def test_the_sweep_fires_everything_due_two_partitions_at_a_time_in_turns(
         outbox.records.append(("intent.tier-changes", f"{partition}".encode(), b"{}", None))
         return due[partition].pop(0)
 
-    async def nothing(partition: int, until: float, outbox: Any) -> int:
+    async def nothing(sweep: Any, until: float, chunk: int, outbox: Any) -> int:
         return 0
 
     monkeypatch.setattr(pipeline, "_sweep", swept)
@@ -528,7 +529,7 @@ def test_a_failing_partition_chunk_stops_the_other_before_anything_is_sent(
     pipeline = _pipeline(sent)
     scored: list[int] = []
 
-    async def swept(partition: int, until: float, outbox: Any) -> int:
+    async def swept(partition: int, until: float, chunk: int, outbox: Any) -> int:
         if partition == 1:
             raise RuntimeError("detector bug")
         await asyncio.sleep(0.05)  # partition 0 is still waiting for Redis
@@ -536,7 +537,7 @@ def test_a_failing_partition_chunk_stops_the_other_before_anything_is_sent(
         outbox.records.append(("intent.tier-changes", b"0", b"{}", None))
         return 1
 
-    async def nothing(partition: int, until: float, outbox: Any) -> int:
+    async def nothing(sweep: Any, until: float, chunk: int, outbox: Any) -> int:
         return 0
 
     monkeypatch.setattr(pipeline, "_sweep", swept)
@@ -568,15 +569,18 @@ def test_a_sweep_fires_every_detection_deadline_before_any_decay_up_to_one_until
     pipeline.clock = lambda: clock["now"]
     start = clock["now"].timestamp()
     chunk = agents.SWEEP_CHUNK
+    monkeypatch.setattr(pipeline, "sweep_chunk", lambda: chunk)
     order: list[tuple[str, float]] = []
-    deadlines, decays = [chunk, chunk, 7], [chunk, 3]
+    # a decay can leave its shopper due again (the next tier boundary): the sweep asks
+    # until nothing is due, not until a chunk comes back short
+    deadlines, decays = [chunk, chunk, 7], [chunk, 3, 0]
 
-    async def swept(partition: int, until: float, outbox: Any) -> int:
+    async def swept(partition: int, until: float, chunk: int, outbox: Any) -> int:
         order.append(("deadlines", until))
         clock["now"] += timedelta(seconds=5)  # a chunk takes time
         return deadlines.pop(0)
 
-    async def decayed(partition: int, until: float, outbox: Any) -> int:
+    async def decayed(sweep: Any, until: float, chunk: int, outbox: Any) -> int:
         order.append(("decays", until))
         clock["now"] += timedelta(seconds=5)
         return decays.pop(0)
@@ -584,7 +588,7 @@ def test_a_sweep_fires_every_detection_deadline_before_any_decay_up_to_one_until
     monkeypatch.setattr(pipeline, "_sweep", swept)
     monkeypatch.setattr(pipeline, "_decay", decayed)
     asyncio.run(pipeline.sweep_partitions({0}))
-    assert [kind for kind, _ in order] == ["deadlines"] * 3 + ["decays"] * 2
+    assert [kind for kind, _ in order] == ["deadlines"] * 3 + ["decays"] * 3
     assert {until for _, until in order} == {start}
 
 
@@ -595,17 +599,127 @@ def test_a_partition_that_stays_due_stops_at_sweep_max(monkeypatch: pytest.Monke
     pipeline.loop.caught_up = True
     calls: list[int] = []
 
-    async def always(partition: int, until: float, outbox: Any) -> int:
+    async def always(partition: int, until: float, chunk: int, outbox: Any) -> int:
         calls.append(partition)
         if len(calls) > 100:  # fail, rather than hang, if nothing stops it
             raise AssertionError("the sweep did not stop")
-        return agents.SWEEP_CHUNK
+        return chunk
 
     monkeypatch.setattr(pipeline, "_sweep", always)
-    monkeypatch.setattr(agents, "SWEEP_MAX", 5 * agents.SWEEP_CHUNK)
+    # no batch has come: the quiet chunk size
+    monkeypatch.setattr(agents, "SWEEP_MAX", 5 * agents.SWEEP_CHUNK_QUIET)
     asyncio.run(pipeline.sweep_partitions({0, 1, 2}))
     assert sorted(calls) == [0] * 5 + [1] * 5 + [2] * 5
     assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
+
+
+def test_a_decay_left_due_goes_out_in_the_same_sweep_and_a_stuck_one_only_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A decay can leave its shopper due again by the same `until`, at the next tier
+    boundary: the sweep asks again until nothing is due, so that one goes out in this
+    sweep, not at the next tick. A shopper whose call leaves its deadline where it was (a
+    fault) is called once per sweep, not until SWEEP_MAX."""
+    from stream.scoring.reference import Result
+
+    pipeline = _pipeline([])
+    pipeline.loop.caught_up = True
+    index = {"chained": 600.0, "stuck": 500.0}  # partition 0's decay index
+    calls: list[tuple[str, float]] = []
+
+    async def no_deadlines(*args: Any) -> list[str]:
+        return []
+
+    async def due(partition: int, until: float, limit: int) -> dict[str, float]:
+        ready = sorted((t, s) for s, t in index.items() if t <= until)
+        return {s: t for t, s in ready[:limit]}
+
+    async def apply_many(batch: dict[str, Any]) -> dict[str, Result]:
+        results = {}
+        for shopper, (_, at) in sorted(batch.items()):
+            calls.append((shopper, at))
+            if shopper == "stuck":
+                deadline: float | None = at  # not moved on
+            else:
+                deadline = {600.0: 700.0, 700.0: 800.0}.get(at)  # two more boundaries
+            results[shopper] = Result("low", "low", 1.0, at, 1, deadline, 3600.0, 0)
+        return results
+
+    async def write(deadlines: dict[str, Any], *rest: Any) -> None:
+        for shopper, (_, deadline) in deadlines.items():
+            if deadline is None:
+                del index[shopper]
+            else:
+                index[shopper] = deadline
+
+    monkeypatch.setattr(pipeline.store, "due", no_deadlines)
+    monkeypatch.setattr(pipeline.scores, "due", due)
+    monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
+    monkeypatch.setattr(pipeline.scores, "index", write)
+    monkeypatch.setattr(pipeline, "until", lambda partition: 1000.0)
+    asyncio.run(pipeline.sweep_partitions({0}))
+    assert calls == [("chained", 600.0), ("stuck", 500.0), ("chained", 700.0), ("chained", 800.0)]
+    assert index == {"stuck": 500.0}
+    asyncio.run(pipeline.sweep_partitions({0}))  # the next tick: once more
+    assert calls[4:] == [("stuck", 500.0)]
+
+
+def test_the_sweep_takes_small_chunks_while_batches_come_and_large_ones_when_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch of live events waits for the chunk being swept, so while input flows the
+    chunks are small (SWEEP_CHUNK). Once no batch has come for SWEEP_QUIET_SECONDS the
+    sweep takes SWEEP_CHUNK_QUIET shoppers at a time, from Redis too: a backlog with
+    nothing waiting goes faster. Decided chunk by chunk: a batch that arrives during a
+    sweep makes the next chunk small again."""
+    pipeline = _pipeline([])
+    pipeline.loop.caught_up = True
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(agents.time, "monotonic", lambda: clock["t"])
+    small, quiet = agents.SWEEP_CHUNK, agents.SWEEP_CHUNK_QUIET
+    assert small < quiet
+
+    assert pipeline.sweep_chunk() == quiet  # no batch yet
+    asyncio.run(pipeline.handle([]))
+    assert pipeline.sweep_chunk() == small
+    clock["t"] += agents.SWEEP_QUIET_SECONDS * 0.9
+    assert pipeline.sweep_chunk() == small
+    clock["t"] += agents.SWEEP_QUIET_SECONDS * 0.1
+    assert pipeline.sweep_chunk() == quiet
+
+    asked: list[int] = []
+
+    async def swept(partition: int, until: float, chunk: int, outbox: Any) -> int:
+        asked.append(chunk)
+        if len(asked) == 1:
+            await pipeline.handle([])  # a batch arrives meanwhile
+        elif len(asked) == 3:
+            clock["t"] += agents.SWEEP_QUIET_SECONDS  # and nothing after it
+        return chunk if len(asked) < 4 else 0
+
+    async def nothing(sweep: Any, until: float, chunk: int, outbox: Any) -> int:
+        return 0
+
+    monkeypatch.setattr(pipeline, "_sweep", swept)
+    monkeypatch.setattr(pipeline, "_decay", nothing)
+    asyncio.run(pipeline.sweep_partitions({0}))
+    assert asked == [quiet, small, small, quiet]
+
+    limits: list[int] = []
+
+    async def due(partition: int, until: float, limit: int) -> Any:
+        limits.append(limit)
+        return []
+
+    monkeypatch.undo()  # the real chunk functions, asking Redis for that many
+    monkeypatch.setattr(agents.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(pipeline.store, "due", due)
+    monkeypatch.setattr(pipeline.scores, "due", due)
+    asyncio.run(pipeline.handle([]))
+    asyncio.run(pipeline.sweep_partitions({0}))
+    clock["t"] += agents.SWEEP_QUIET_SECONDS
+    asyncio.run(pipeline.sweep_partitions({0}))
+    assert limits == [small, small, quiet, quiet]  # deadlines, then decays
 
 
 class Owned(Positions):
