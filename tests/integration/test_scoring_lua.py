@@ -127,8 +127,55 @@ def test_lua_agrees_with_the_reference(client: Any, steps: list[Any]) -> None:
     assert set(components) == set(state["s"])
     for h, (v, r) in state["s"].items():
         assert _close(components[h][0], v) and _close(components[h][1], r)
+    # every other field too: a decay call writes only what moved and deletes what went
+    # (rules and categories pruned, suppressions ended), which must leave what a full
+    # rewrite would
+    named = {kind: {k[2:] for k in stored if k.startswith(f"{kind}|")} for kind in "rcx"}
+    assert named["r"] == set(state["rules"])
+    assert named["x"] == set(state["x"])
+
+    def category(key: str) -> tuple[float, str]:  # "<half-life>|<category>"
+        h, cat = key.split("|", 1)
+        return float(h), cat
+
+    assert {category(k) for k in named["c"]} == {category(k) for k in state["cats"]}
+    plain = {"tier", "seq", "T"} | ({"reset"} if state["reset"] is not None else set())
+    assert {k for k in stored if "|" not in k} == plain
+    assert _close(float(stored["T"]), state["T"] if state["T"] is not None else 0.0)
     assert client.zcard(keys[1]) == len(state["applied"]) <= CFG.applied_cap
     assert client.pttl(keys[0]) > 0
+
+
+def test_a_decay_call_deletes_what_it_pruned_and_leaves_the_rest_as_written(
+    client: Any,
+) -> None:
+    """A call with no new signal writes only the tier, seq and time, and deletes the
+    components, rules, categories and suppressions that went; the rest stays as written,
+    so the hash is what a full rewrite would leave. An old field it does not know goes,
+    as a rewrite would drop it."""
+    shopper = f"prune-{next(_ids)}"
+    keys = [f"prop:{{{shopper}}}:{kind}" for kind in ("score", "applied", "last")]
+    script = client.register_script(lua_source())
+    brief = ScoreSignal(
+        id="a", t=0.0, points=20.0, half_life=3600.0, rule="cart", category="apparel/tops",
+        suppress="category:apparel/tops", until=7200.0,
+    )  # fmt: skip
+    lasting = ScoreSignal(id="b", t=0.0, points=10.0, half_life=259200.0, rule="viewed")
+    script(keys=keys, args=[script_args([brief, lasting], None, CFG)])
+    client.hset(keys[0], "legacy", "1")
+    before = {k.decode(): v.decode() for k, v in client.hgetall(keys[0]).items()}
+    assert {"s|3600", "r|cart", "c|3600|apparel/tops", "x|category:apparel/tops"} <= set(before)
+    result = parse_result(script(keys=keys, args=[script_args([], 86400.0, CFG)]))
+    after = {k.decode(): v.decode() for k, v in client.hgetall(keys[0]).items()}
+    # a day on: the 1-hour class, its rule and category, and the suppression are gone
+    state = reference.new_state()
+    reference.apply(state, [brief, lasting], None, CFG)
+    ref = reference.apply(state, [], 86400.0, CFG)
+    _same(result, ref)
+    assert set(after) == {"tier", "seq", "T", "s|259200", "r|viewed"}
+    assert (after["s|259200"], after["r|viewed"]) == (before["s|259200"], before["r|viewed"])
+    assert (after["tier"], int(after["seq"])) == (state["tier"], state["seq"])
+    assert float(after["T"]) == 86400.0
 
 
 def test_a_decay_call_run_again_hands_back_its_transitions_in_redis(client: Any) -> None:

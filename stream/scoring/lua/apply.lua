@@ -89,7 +89,12 @@ local function score_with(hs, t)  -- hs: the half-lives, sorted (the summation o
   for _, h in ipairs(hs) do total = total + decay(s[h][1], s[h][2], h, t) end
   return total
 end
-local function score_at(t) return score_with(sorted_keys(s), t) end
+local s_order = nil  -- sorted_keys(s), kept until s changes (set to nil there)
+local function s_keys()
+  if s_order == nil then s_order = sorted_keys(s) end
+  return s_order
+end
+local function score_at(t) return score_with(s_keys(), t) end
 
 local function tier_for(sc, prev)
   local up, up_rank = "none", 1
@@ -118,7 +123,7 @@ end
 local function demotion_time(at)
   if thresholds[tier] == nil or next(s) == nil then return nil end
   local floor = thresholds[tier] * (1.0 - cfg.hysteresis)
-  local hs = sorted_keys(s)  -- the summation order
+  local hs = s_keys()  -- the summation order
   for _, h in ipairs(hs) do
     if s[h][1] < 0 then return bisect(hs, at, floor) end
   end
@@ -149,7 +154,9 @@ local function next_deadline()
   return deadline
 end
 
+local top_t, top_last = nil, nil  -- the last top_at, kept until t or the rules change
 local function top_at(t)
+  if top_t == t then return top_last end
   local top = {}
   for rule, c in pairs(rules) do
     local p = decay(c[1], c[2], c[3], t)
@@ -161,6 +168,7 @@ local function top_at(t)
   end)
   local out = {}
   for i = 1, math.min(TOP, #top) do out[i] = {top[i][1], fmt(top[i][2])} end
+  top_t, top_last = t, out
   return out
 end
 
@@ -240,11 +248,14 @@ while i <= #fresh do
       if reset == nil or sig.t > reset then
         reset = sig.t
         s, rules, cats = {}, {}, {}
+        s_order, top_t = nil, nil
         reset_seen = true
       end
     elseif (reset == nil or sig.t >= reset) and sig.p ~= 0 then
       local h = sig.h
+      if s[h] == nil then s_order = nil end
       s[h] = add(s[h], sig.p, sig.t, h)
+      top_t = nil
       local rc = rules[sig.rule]
       local nr = add(rc and {rc[1], rc[2]} or nil, sig.p, sig.t, h)
       rules[sig.rule] = {nr[1], nr[2], h}
@@ -280,7 +291,7 @@ local top_out = top_at(T)
 local ttl = MIN_TTL
 for _, h in ipairs(sorted_keys(s)) do
   local now_v = math.abs(decay(s[h][1], s[h][2], h, T))
-  if now_v < EPSILON then s[h] = nil
+  if now_v < EPSILON then s[h] = nil; s_order = nil
   elseif now_v / EPSILON > 1 then
     ttl = math.max(ttl, h * (math.log(now_v / EPSILON) / math.log(2)))
   end
@@ -297,21 +308,43 @@ for _, u in pairs(x) do ttl = math.max(ttl, u - T) end
 local count = redis.call("ZCARD", KEYS[2])
 if count > cfg.cap then redis.call("ZREMRANGEBYRANK", KEYS[2], 0, count - cfg.cap - 1) end
 
-local fields = {"tier", tier, "seq", seq, "T", fmt(T)}
-if reset ~= nil then fields[#fields + 1] = "reset"; fields[#fields + 1] = fmt(reset) end
-for h, c in pairs(s) do
-  fields[#fields + 1] = "s|" .. fmt(h); fields[#fields + 1] = fmt(c[1]) .. " " .. fmt(c[2])
+if #fresh == 0 then
+  -- No new signal: the components, rules and categories only lost what was pruned, and
+  -- the suppressions what ended. Write what moved and delete what went (and any field
+  -- this version does not write); the stored strings of the rest are what a rewrite
+  -- would give ("%.17g" round-trips). A decay call costs ~15 % less (README, step 21).
+  local kept = {tier = true, seq = true, T = true, reset = reset ~= nil}
+  local gone = {}
+  for i = 1, #flat, 2 do
+    local k = flat[i]
+    local kind, rest = string.match(k, "^(%a)|(.*)$")
+    local keep
+    if kind == "s" then keep = s[tonumber(rest)] ~= nil
+    elseif kind == "r" then keep = rules[rest] ~= nil
+    elseif kind == "c" then keep = cats[rest] ~= nil
+    elseif kind == "x" then keep = x[rest] ~= nil
+    else keep = kept[k] end
+    if not keep then gone[#gone + 1] = k end
+  end
+  if #gone > 0 then redis.call("HDEL", KEYS[1], unpack(gone)) end
+  redis.call("HSET", KEYS[1], "tier", tier, "seq", seq, "T", fmt(T))
+else
+  local fields = {"tier", tier, "seq", seq, "T", fmt(T)}
+  if reset ~= nil then fields[#fields + 1] = "reset"; fields[#fields + 1] = fmt(reset) end
+  for h, c in pairs(s) do
+    fields[#fields + 1] = "s|" .. fmt(h); fields[#fields + 1] = fmt(c[1]) .. " " .. fmt(c[2])
+  end
+  for rule, c in pairs(rules) do
+    fields[#fields + 1] = "r|" .. rule
+    fields[#fields + 1] = fmt(c[1]) .. " " .. fmt(c[2]) .. " " .. fmt(c[3])
+  end
+  for key, c in pairs(cats) do
+    fields[#fields + 1] = "c|" .. key; fields[#fields + 1] = fmt(c[1]) .. " " .. fmt(c[2])
+  end
+  for k, u in pairs(x) do fields[#fields + 1] = "x|" .. k; fields[#fields + 1] = fmt(u) end
+  redis.call("DEL", KEYS[1])
+  redis.call("HSET", KEYS[1], unpack(fields))
 end
-for rule, c in pairs(rules) do
-  fields[#fields + 1] = "r|" .. rule
-  fields[#fields + 1] = fmt(c[1]) .. " " .. fmt(c[2]) .. " " .. fmt(c[3])
-end
-for key, c in pairs(cats) do
-  fields[#fields + 1] = "c|" .. key; fields[#fields + 1] = fmt(c[1]) .. " " .. fmt(c[2])
-end
-for k, u in pairs(x) do fields[#fields + 1] = "x|" .. k; fields[#fields + 1] = fmt(u) end
-redis.call("DEL", KEYS[1])
-redis.call("HSET", KEYS[1], unpack(fields))
 local ttl_ms = math.floor(ttl * 1000)
 redis.call("PEXPIRE", KEYS[1], ttl_ms)
 redis.call("PEXPIRE", KEYS[2], ttl_ms)
