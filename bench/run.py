@@ -305,12 +305,10 @@ def settle(
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
     partitions = sorted(producer.partitions_for(settings.topic_normalised))
     partitioner = DefaultPartitioner()  # the worker's, for the shopper's intent.events key
-    tag = uuid.uuid4().hex[:8]
-    shoppers: dict[int, str] = {}
-    for i in itertools.count():
-        if len(shoppers) == len(partitions):
-            break
-        shopper = f"settle-{tag}-{i}"
+    tag, counter = uuid.uuid4().hex[:8], itertools.count()
+    shoppers: dict[int, str] = {}  # intent.events partition -> a shopper keyed to it
+    while len(shoppers) < len(partitions):
+        shopper = f"settle-{tag}-{next(counter)}"
         shoppers.setdefault(partitioner(shopper.encode(), partitions, partitions), shopper)
     started = Mark(time.perf_counter(), phase_cpu(worker, stack), scrape(settings.metrics_port))
     for shopper in shoppers.values():

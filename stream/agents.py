@@ -149,7 +149,7 @@ class SweepPass:
     until: float
     decays: bool = False
     handled: int = 0  # due shoppers handled so far
-    turn: int = 0  # ... since its current turn began
+    turn_began: int = 0  # `handled` when its current turn began
     decayed: set[tuple[str, float]] = field(default_factory=set)  # (shopper, due time)
 
 
@@ -511,11 +511,10 @@ class Pipeline:
                     chunk = self.sweep_chunk()
                     handled = await self._sweep_chunks(active, chunk)
                 for sweep, n in zip(active, handled, strict=True):
-                    sweep.turn += n
                     if n == 0 or sweep.handled >= SWEEP_MAX:
                         waiting.remove(sweep)  # nothing more due here, or its most
-                    elif sweep.turn >= SWEEP_TURN:
-                        sweep.turn = 0
+                    elif sweep.handled - sweep.turn_began >= SWEEP_TURN:
+                        sweep.turn_began = sweep.handled
                         waiting.remove(sweep)  # its turn is over: to the back
                         waiting.append(sweep)
             self._sweeps += 1
