@@ -451,8 +451,13 @@ class Pipeline:
         batch is read again, perhaps in several parts, and a decay fired in between (in
         event time) would be a transition after the unsent result, so the score script
         could no longer hand that result back, and those changes would be lost.
+
+        Nothing is due either while a batch whose output the broker refused waits to be
+        processed again (`StreamLoop.redo`): its scores are applied and its output is not
+        out, so a decay fired first would lose that output in the same way. Its shoppers
+        may be on any partition (the direct path), so every partition waits.
         """
-        if self.loop.held(partition):
+        if self.loop.held(partition) or self.loop.redo:
             return None
         watermark = self.watermark.get(partition)
         idle_for = time.monotonic() - self.last_input.get(partition, 0.0)
@@ -548,7 +553,7 @@ class Pipeline:
     async def _sweep_chunk(self, sweep: SweepPass, chunk: int, outbox: Outbox) -> int:
         """Up to `chunk` of the partition's detection deadlines; once they are all fired,
         of its decays. Stops at the partition's `until`, or sooner if it is held again (a
-        rebalance in between: `until` is then None)."""
+        rebalance in between, or a batch to process again: `until` is then None)."""
         now = self.until(sweep.partition)
         if now is None:
             return 0
@@ -781,6 +786,9 @@ class StreamLoop(Service):
         # no sweep on them until this worker has read that far (see Pipeline.until)
         self.holds: dict[int, int] = {}
         self.positions: dict[TopicPartition, int] = {}  # as of the last _unread
+        # A batch whose output the broker refused is read again (`_handle`): partition ->
+        # the end of that batch. No sweep until it was processed again (Pipeline.until).
+        self.redo: dict[TopicPartition, int] = {}
         # intent.events partitions this worker owns and has read to their end (as of the
         # last _unread): their clickstream events skip the hop (Pipeline.handle)
         self.direct: set[int] = set()
@@ -863,6 +871,8 @@ class StreamLoop(Service):
         internal = [tp for tp in assigned if tp.topic == self.settings.topic_normalised]
         self.holds = {}
         self.positions = {}
+        # a batch to process again on partitions that went elsewhere is their new owner's
+        self.redo = {tp: end for tp, end in self.redo.items() if tp in assigned}
         if not internal or self.consumer is None:
             return
         try:
@@ -964,17 +974,22 @@ class StreamLoop(Service):
             for messages in batches.values()
             for m in messages
         ]
+        offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
         try:
             await self.pipeline.handle(records)
         except KafkaError:
-            # Not every record reached the broker: go back and process the batch again.
+            # Not every record reached the broker: go back and process the batch again,
+            # and hold the sweep until then (`redo`).
             self.pipeline.metrics.send_errors.labels("batch").inc()
             log.exception("sending a batch failed; it will be processed again")
             for tp, messages in batches.items():
                 consumer.seek(tp, messages[0].offset)
+                self.redo[tp] = max(self.redo.get(tp, 0), offsets[tp])
             await asyncio.sleep(1.0)
             return
-        offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
+        for tp, end in offsets.items():  # processed again, maybe in parts
+            if self.redo.get(tp, end + 1) <= end:
+                del self.redo[tp]
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:  # a rebalance: the next owner redoes it

@@ -99,6 +99,58 @@ def test_a_batch_whose_sends_failed_is_read_again_not_committed(
     assert consumer.seeks == [(tp, ms[0].offset) for tp, ms in batches.items()]
 
 
+def test_no_sweep_until_a_batch_whose_sends_failed_was_processed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its scores are applied and its output is not out: a decay fired before it is
+    processed again would move the shopper's transitions on, and the score script could
+    no longer hand that output back. It may come back in parts."""
+    from datetime import UTC, datetime
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(agents.asyncio, "sleep", no_wait)
+    pipeline = _pipeline([])
+    loop = pipeline.loop
+    fail = {"next": True}
+
+    async def handle(records: list[RawRecord]) -> None:
+        if fail["next"]:
+            fail["next"] = False
+            raise KafkaError("broker unavailable")
+
+    pipeline.handle = handle
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
+    pipeline._saw({0: now - 7200, 5: now - 7200})
+    event_time = now - 7200 - pipeline.engine.lateness
+    assert pipeline.until(0) == pipeline.until(5) == event_time
+
+    consumer = Consumer()
+    batches = _batches()
+    asyncio.run(loop._handle(consumer, batches))  # type: ignore[arg-type]
+    assert consumer.commits == []  # it failed: read again, and no sweep meanwhile
+    assert pipeline.until(0) is None and pipeline.until(5) is None
+
+    first = {tp: ms[:1] for tp, ms in batches.items()}  # the first part comes back
+    asyncio.run(loop._handle(consumer, first))  # type: ignore[arg-type]
+    assert len(consumer.commits) == 1
+    assert pipeline.until(0) is None and pipeline.until(5) is None
+    rest = {tp: ms[1:] for tp, ms in batches.items()}  # then the rest
+    asyncio.run(loop._handle(consumer, rest))  # type: ignore[arg-type]
+    assert pipeline.until(0) == pipeline.until(5) == event_time
+
+    # a rebalance: the batch's partitions went elsewhere, their new owner reads it again
+    fail["next"] = True
+    asyncio.run(loop._handle(consumer, batches))  # type: ignore[arg-type]
+    assert pipeline.until(0) is None
+    (kept,) = [tp for tp in batches if tp.topic == "clickstream.events"]
+    asyncio.run(loop.hold({kept}))
+    assert pipeline.until(0) is None  # the part on a partition still owned: still held
+    asyncio.run(loop.hold(set()))
+    assert pipeline.until(0) == event_time
+
+
 class Balancing:
     """A consumer with set backlogs: intent.events high-water marks and positions."""
 
