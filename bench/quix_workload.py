@@ -16,9 +16,9 @@ pipeline gets the worker's Redis client and GC tuning. So the work per event is 
 same; only the framework differs.
 
 Writes {"events", "seconds"} (from the first record until the last event is detected and
-a sweep finds nothing more due or sends nothing, as the worker's bulk phase in
-bench/run.py) to RESULT_FILE and stops. Not a production path: Quix commits on its own
-interval, not after the buffered batch is sent.
+a sweep sends nothing, as the worker's bulk phase in bench/run.py) to RESULT_FILE and
+stops. Not a production path: Quix commits on its own interval, not after the buffered
+batch is sent.
 """
 
 from __future__ import annotations
@@ -106,12 +106,13 @@ def main() -> None:
         if all_ingested and not buffer and counts["events"] >= normalised_sent:
             # What the input left due in event time, as the worker's bulk phase ends
             # (bench/run.py `swept`: no new signal or tier change): sweep until a sweep
-            # finds nothing due, or sends nothing. A shopper whose call leaves it due (a
-            # fault) is called once per sweep, so "nothing due" alone might never come.
+            # sends nothing. One that finds nothing due sends nothing; "nothing due"
+            # alone might never come, as a shopper whose call leaves it due (a fault) is
+            # called once per sweep.
             while True:
                 before = sent
-                handled = loop.run_until_complete(pipeline.sweep_partitions(partitions))
-                if not handled or sent == before:
+                loop.run_until_complete(pipeline.sweep_partitions(partitions))
+                if sent == before:
                     break
             seconds = time.perf_counter() - marks["first"]
             with open(result_file + ".tmp", "w") as out:

@@ -988,7 +988,7 @@ class StreamLoop(Service):
             await asyncio.sleep(1.0)
             return
         for tp, end in offsets.items():  # processed again, maybe in parts
-            if self.redo.get(tp, end + 1) <= end:
+            if tp in self.redo and end >= self.redo[tp]:
                 del self.redo[tp]
         try:
             await consumer.commit(offsets)
