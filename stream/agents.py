@@ -98,6 +98,10 @@ FETCH_WAIT_MS: Final = 20
 REDIS_STEP_SECONDS: Final = 10.0  # deadline of one Redis step (a round trip); then retried
 PAUSE_BACKLOG_BATCHES: Final = 10  # intent.events batches waiting before ingest pauses
 RESUME_BACKLOG_BATCHES: Final = 5  # ... and at most this many before it resumes
+# After an assignment, clickstream batches per partition read before any sweep: its
+# last owner may have scored up to one batch past its commit without sending the output
+# (and up to two if a commit of its failed and it went on). See `StreamLoop.hold`.
+INTAKE_HOLD_BATCHES: Final = 2
 PROCESS_GROUPS: Final = 2  # shopper groups of a batch detected and scored concurrently
 TIER_GAUGE_EVERY: Final = 5  # sweeps between refreshes of intent_shoppers (SCARD x 4)
 LATE_DETAIL: Final = "older than the allowed lateness"
@@ -450,14 +454,18 @@ class Pipeline:
         last owner may have crashed between scoring a batch and sending its output; that
         batch is read again, perhaps in several parts, and a decay fired in between (in
         event time) would be a transition after the unsent result, so the score script
-        could no longer hand that result back, and those changes would be lost.
+        could no longer hand that result back, and those changes would be lost. The
+        events it took straight from the clickstream are read again from there: nothing
+        is due on any partition until the clickstream partitions it was given have been
+        read a few batches past their commits (`StreamLoop.intake`), and what of that
+        went through intent.events has been read back.
 
         Nothing is due either while a batch whose output the broker refused waits to be
         processed again (`StreamLoop.redo`): its scores are applied and its output is not
         out, so a decay fired first would lose that output in the same way. Its shoppers
         may be on any partition (the direct path), so every partition waits.
         """
-        if self.loop.held(partition) or self.loop.redo:
+        if self.loop.held(partition) or self.loop.redo or self.loop.intake:
             return None
         watermark = self.watermark.get(partition)
         idle_for = time.monotonic() - self.last_input.get(partition, 0.0)
@@ -786,6 +794,9 @@ class StreamLoop(Service):
         # no sweep on them until this worker has read that far (see Pipeline.until)
         self.holds: dict[int, int] = {}
         self.positions: dict[TopicPartition, int] = {}  # as of the last _unread
+        # clickstream partitions just assigned -> the offset to read them to before any
+        # sweep (their last owner's uncommitted batches; see `hold`)
+        self.intake: dict[TopicPartition, int] = {}
         # A batch whose output the broker refused is read again (`_handle`): partition ->
         # the end of that batch. No sweep until it was processed again (Pipeline.until).
         self.redo: dict[TopicPartition, int] = {}
@@ -864,25 +875,82 @@ class StreamLoop(Service):
             self._track(unread)
 
     async def hold(self, assigned: set[TopicPartition]) -> None:
-        """Hold the sweep on the intent.events partitions just assigned until what they
-        held at the assignment has been read (`held`). The embedded broker can report an
-        end offset short of the last batch (FIELD-NOTES), so there the hold may end a
-        batch early; Apache Kafka's is exact."""
+        """After an assignment, hold the sweep until what the last owner may have scored
+        without sending has been read again.
+
+        - On the intent.events partitions assigned: up to their ends as of the
+          assignment (`held`).
+        - On the clickstream partitions assigned: the last owner took its direct events
+          (`direct`) from there, and up to a batch past its commit may be scored but not
+          sent. Until each is read `INTAKE_HOLD_BATCHES` batches past its committed
+          offset (or to its end, if nearer), no partition sweeps (`intake`): those
+          shoppers may be on any of them. Events of those batches that took the hop
+          are then held like the rest: up to what this worker wrote (`_intake_read`).
+
+        A start is an assignment too, so a backlog holds the sweep for its first batches
+        only. The embedded broker can report an end offset short of the last batch
+        (FIELD-NOTES), so there the hold may end a batch early; Apache Kafka's is exact."""
         internal = [tp for tp in assigned if tp.topic == self.settings.topic_normalised]
+        raw = [tp for tp in assigned if tp.topic == self.settings.topic_clickstream]
         self.holds = {}
+        self.intake = {}
         self.positions = {}
         # a batch to process again on partitions that went elsewhere is their new owner's
         self.redo = {tp: end for tp, end in self.redo.items() if tp in assigned}
-        if not internal or self.consumer is None:
+        if not assigned or self.consumer is None:
             return
+        consumer = self.consumer
         try:
-            ends = await self.consumer.end_offsets(internal)
+            ends = await consumer.end_offsets(internal + raw)
+            starts = await self._committed(consumer, raw)
         except KafkaError as exc:  # then only the event-time rule applies, as before
-            log.warning("could not read the end offsets of new partitions (%s)", exc)
+            log.warning("could not read the offsets of new partitions (%s)", exc)
             return
-        self.holds = {tp.partition: end for tp, end in ends.items() if end > 0}
-        if self.holds:
-            log.info("no sweep on %d partitions until read to their ends", len(self.holds))
+        self.holds = {tp.partition: ends[tp] for tp in internal if ends[tp] > 0}
+        span = INTAKE_HOLD_BATCHES * self.settings.batch_size
+        for tp, start in starts.items():
+            if ends[tp] > start:
+                self.intake[tp] = min(ends[tp], start + span)
+        if self.holds or self.intake:
+            log.info(
+                "no sweep until %d intent.events partitions are read to their ends and "
+                "%d clickstream partitions to %d records past their commits",
+                len(self.holds),
+                len(self.intake),
+                span,
+            )
+
+    @staticmethod
+    async def _committed(
+        consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Where the group will read each partition from: its committed offset, or the
+        log's start if nothing was committed (auto_offset_reset earliest)."""
+        found = await asyncio.gather(*(consumer.committed(tp) for tp in partitions))
+        starts = dict(zip(partitions, found, strict=True))
+        fresh = [tp for tp, offset in starts.items() if offset is None]
+        firsts = await consumer.beginning_offsets(fresh) if fresh else {}
+        return {tp: firsts[tp] if offset is None else offset for tp, offset in starts.items()}
+
+    def _intake_read(self) -> None:
+        """Drop the clickstream holds read far enough (`hold`). When the last goes, what
+        ingest sent through intent.events meanwhile is held like a takeover's backlog:
+        its last owner's scored events among it must be detected before a sweep."""
+        if not self.intake:
+            return
+        self.intake = {
+            tp: offset for tp, offset in self.intake.items() if self.positions.get(tp, -1) < offset
+        }
+        if self.intake:
+            return
+        internal = self.settings.topic_normalised
+        for tp, offset in self.written.items():
+            owned = tp.topic == internal and tp in self.assignment
+            if owned and self.positions.get(tp, -1) < offset:
+                self.holds[tp.partition] = max(self.holds.get(tp.partition, 0), offset)
+        log.info(
+            "clickstream read past the last commits; %d partitions still held", len(self.holds)
+        )
 
     def held(self, partition: int) -> bool:
         """Whether the sweep must still wait on this intent.events partition."""
@@ -923,6 +991,7 @@ class StreamLoop(Service):
         is not sends its events through the topic, and becomes direct again only once
         those have been read back, so a shopper's events never overtake each other."""
         self.caught_up = bool(unread) and all(n == 0 for n in unread.values())
+        self._intake_read()
         internal = self.settings.topic_normalised
         if self.settings.always_repartition or self.consumer is None:
             return

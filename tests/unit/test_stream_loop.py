@@ -410,6 +410,30 @@ def test_a_partition_is_idle_after_the_grace_the_settings_give(
     assert pipeline.until(0) == now.timestamp()
 
 
+class Offsets:
+    """A consumer's view of partitions at an assignment: end offsets, committed offsets
+    (None: never committed) and the logs' starts."""
+
+    def __init__(
+        self, ends: dict[TopicPartition, int], committed: dict[TopicPartition, int | None]
+    ) -> None:
+        self.ends, self.committed_ = ends, committed
+        self.asked: list[list[TopicPartition]] = []
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.asked.append(sorted(tps))
+        return {tp: self.ends[tp] for tp in tps}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.committed_[tp]
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 7 for tp in tps}  # the log's start, after retention
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.ends if tp.topic == topic}
+
+
 def test_a_partition_just_assigned_fires_nothing_until_what_it_held_then_was_read() -> None:
     """Its last owner may have crashed between scoring a batch and sending the output.
     That batch is read again, maybe in parts; a decay fired between the parts would be
@@ -420,18 +444,15 @@ def test_a_partition_just_assigned_fires_nothing_until_what_it_held_then_was_rea
     loop = pipeline.loop
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
     events = pipeline.settings.topic_normalised
-    asked: list[Any] = []
-
-    class Ends:
-        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-            asked.append(sorted(tps))
-            return {tp: 0 if tp.partition == 2 else 50 for tp in tps}
-
-    loop.consumer = Ends()  # type: ignore[assignment]
     assigned = {TopicPartition(events, p) for p in (0, 1, 2)}
-    asyncio.run(loop.hold({*assigned, TopicPartition("clickstream.events", 0)}))
-    assert asked == [sorted(assigned)]  # only the internal topic's partitions
+    clicks = TopicPartition("clickstream.events", 0)
+    ends = {tp: 0 if tp.partition == 2 else 50 for tp in assigned}
+    consumer = Offsets({**ends, clicks: 80}, {clicks: 80})  # the clickstream: all committed
+    loop.consumer = consumer  # type: ignore[assignment]
+    asyncio.run(loop.hold({*assigned, clicks}))
+    assert consumer.asked == [sorted([*assigned, clicks])]
     assert loop.holds == {0: 50, 1: 50}  # partition 2 was empty: nothing to wait for
+    assert loop.intake == {}  # nothing past the clickstream's commit
     pipeline._saw({0: now - 7200, 1: now - 7200, 2: now - 7200})  # event time is known
     lateness = pipeline.engine.lateness
     assert pipeline.until(0) is None and pipeline.until(1) is None
@@ -444,6 +465,60 @@ def test_a_partition_just_assigned_fires_nothing_until_what_it_held_then_was_rea
     assert pipeline.until(0) == now - 7200 - lateness
     assert pipeline.until(1) is None  # partition 1 has not been read yet
     assert loop.holds == {1: 50}
+
+
+def test_nothing_fires_until_the_clickstream_was_read_past_what_its_last_owner_scored() -> None:
+    """The last owner took clickstream events straight to detection (the direct path):
+    up to a batch past its commit may be scored and not sent. Those shoppers may be on
+    any partition, so none fires until each clickstream partition given was read a few
+    batches past its commit, and what of it took the hop was read back."""
+    from datetime import UTC, datetime
+
+    pipeline = _pipeline([])
+    loop = pipeline.loop
+    settings = pipeline.settings
+    span = agents.INTAKE_HOLD_BATCHES * settings.batch_size
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
+    events = [TopicPartition(settings.topic_normalised, p) for p in (0, 1)]
+    backlog, short, fresh, empty = (TopicPartition(settings.topic_clickstream, p) for p in range(4))
+    consumer = Offsets(
+        {
+            events[0]: 0,
+            events[1]: 0,
+            backlog: 1000 + 10 * span,
+            short: 130,
+            fresh: 7 + 10 * span,
+            empty: 0,
+        },
+        {backlog: 1000, short: 100, fresh: None, empty: None},
+    )
+    loop.consumer = consumer  # type: ignore[assignment]
+    assigned = {*events, backlog, short, fresh, empty}
+    loop.assignment = set(assigned)
+    asyncio.run(loop.hold(assigned))
+    assert loop.holds == {}  # intent.events held nothing
+    # a backlog: a few batches past the commit; a short one: to its end; never committed:
+    # from the log's start (7 here); an empty one: nothing to wait for
+    assert loop.intake == {backlog: 1000 + span, short: 130, fresh: 7 + span}
+    pipeline._saw({0: now - 7200, 1: now - 7200})
+    event_time = now - 7200 - pipeline.engine.lateness
+    assert pipeline.until(0) is None and pipeline.until(1) is None
+
+    positions = {events[0]: 0, events[1]: 0, short: 130, fresh: 7 + span, empty: 0}
+    positions[backlog] = 1000 + span - 1  # one record short
+    loop._track(asyncio.run(loop._unread(Positions({tp: 10**6 for tp in assigned}, positions))))
+    assert loop.intake == {backlog: 1000 + span}
+    assert pipeline.until(0) is None and pipeline.until(1) is None
+
+    # meanwhile ingest sent events of those batches through intent.events partition 1
+    loop.written = {events[1]: 40}
+    positions[backlog] = 1000 + span
+    loop._track(asyncio.run(loop._unread(Positions({tp: 10**6 for tp in assigned}, positions))))
+    assert loop.intake == {}
+    assert loop.holds == {1: 40}  # ... so partition 1 waits until they are read back
+    assert pipeline.until(0) == event_time and pipeline.until(1) is None
+    loop.positions[events[1]] = 40
+    assert pipeline.until(1) == event_time
 
 
 class Positions:
