@@ -98,10 +98,11 @@ FETCH_WAIT_MS: Final = 20
 REDIS_STEP_SECONDS: Final = 10.0  # deadline of one Redis step (a round trip); then retried
 PAUSE_BACKLOG_BATCHES: Final = 10  # intent.events batches waiting before ingest pauses
 RESUME_BACKLOG_BATCHES: Final = 5  # ... and at most this many before it resumes
-# After an assignment, clickstream batches per partition read before any sweep: its
+# After an assignment, clickstream batches per partition processed before any sweep: its
 # last owner may have scored up to one batch past its commit without sending the output
 # (and up to two if a commit of its failed and it went on). See `StreamLoop.hold`.
 INTAKE_HOLD_BATCHES: Final = 2
+INTAKE_HOLD_WARN_SECONDS: Final = 60.0  # a hold this long is logged (a stuck worker?)
 PROCESS_GROUPS: Final = 2  # shopper groups of a batch detected and scored concurrently
 TIER_GAUGE_EVERY: Final = 5  # sweeps between refreshes of intent_shoppers (SCARD x 4)
 LATE_DETAIL: Final = "older than the allowed lateness"
@@ -455,10 +456,11 @@ class Pipeline:
         batch is read again, perhaps in several parts, and a decay fired in between (in
         event time) would be a transition after the unsent result, so the score script
         could no longer hand that result back, and those changes would be lost. The
-        events it took straight from the clickstream are read again from there: nothing
-        is due on any partition until the clickstream partitions it was given have been
-        read a few batches past their commits (`StreamLoop.intake`), and what of that
-        went through intent.events has been read back.
+        events it took straight from the clickstream are read again from there, by
+        whichever worker owns them now: nothing is due on any partition until the group
+        has processed every clickstream partition a few batches past its commits as of
+        the assignment (`StreamLoop.intake`), and this worker has read back what reached
+        intent.events by then.
 
         Nothing is due either while a batch whose output the broker refused waits to be
         processed again (`StreamLoop.redo`): its scores are applied and its output is not
@@ -478,6 +480,8 @@ class Pipeline:
         return watermark - self.engine.lateness
 
     async def sweep(self) -> None:
+        if self.loop.intake:  # held after an assignment: has the hold ended? (once a tick)
+            await self.loop.intake_read()
         partitions = {
             tp.partition
             for tp in self.loop.assignment
@@ -794,9 +798,11 @@ class StreamLoop(Service):
         # no sweep on them until this worker has read that far (see Pipeline.until)
         self.holds: dict[int, int] = {}
         self.positions: dict[TopicPartition, int] = {}  # as of the last _unread
-        # clickstream partitions just assigned -> the offset to read them to before any
-        # sweep (their last owner's uncommitted batches; see `hold`)
+        # after an assignment, clickstream partitions -> the offset the group must commit
+        # them to before any sweep (a dead owner's unsent batches; see `hold`)
         self.intake: dict[TopicPartition, int] = {}
+        self._held_since = 0.0
+        self._warned = False
         # A batch whose output the broker refused is read again (`_handle`): partition ->
         # the end of that batch. No sweep until it was processed again (Pipeline.until).
         self.redo: dict[TopicPartition, int] = {}
@@ -875,23 +881,25 @@ class StreamLoop(Service):
             self._track(unread)
 
     async def hold(self, assigned: set[TopicPartition]) -> None:
-        """After an assignment, hold the sweep until what the last owner may have scored
-        without sending has been read again.
+        """After an assignment, hold the sweep until what the last owners may have scored
+        without sending has been processed again.
 
         - On the intent.events partitions assigned: up to their ends as of the
           assignment (`held`).
-        - On the clickstream partitions assigned: the last owner took its direct events
-          (`direct`) from there, and up to a batch past its commit may be scored but not
-          sent. Until each is read `INTAKE_HOLD_BATCHES` batches past its committed
-          offset (or to its end, if nearer), no partition sweeps (`intake`): those
-          shoppers may be on any of them. Events of those batches that took the hop
-          are then held like the rest: up to what this worker wrote (`_intake_read`).
+        - On the clickstream: a worker takes the events of the intent.events partitions
+          it owns straight from there (`direct`), and a dead one may have scored up to a
+          batch of them past its last commit without sending their output. Their
+          shoppers may be on any partition, and input not keyed by shopper can put them
+          on a partition another worker now owns. So until the group has committed
+          every clickstream partition `INTAKE_HOLD_BATCHES` batches past where it stood
+          (or to its end, if nearer), whoever owns it, no partition sweeps (`intake`,
+          checked by the sweep: `intake_read`); then what reached intent.events by then
+          is held like the rest.
 
         A start is an assignment too, so a backlog holds the sweep for its first batches
         only. The embedded broker can report an end offset short of the last batch
         (FIELD-NOTES), so there the hold may end a batch early; Apache Kafka's is exact."""
         internal = [tp for tp in assigned if tp.topic == self.settings.topic_normalised]
-        raw = [tp for tp in assigned if tp.topic == self.settings.topic_clickstream]
         self.holds = {}
         self.intake = {}
         self.positions = {}
@@ -900,21 +908,29 @@ class StreamLoop(Service):
         if not assigned or self.consumer is None:
             return
         consumer = self.consumer
+        clickstream = self.settings.topic_clickstream
+        raw = [
+            TopicPartition(clickstream, p) for p in consumer.partitions_for_topic(clickstream) or ()
+        ]
         try:
             ends = await consumer.end_offsets(internal + raw)
-            starts = await self._committed(consumer, raw)
+            committed = await self._committed(consumer, raw)
+            fresh = [tp for tp, offset in committed.items() if offset is None and ends[tp] > 0]
+            firsts = await consumer.beginning_offsets(fresh) if fresh else {}
         except KafkaError as exc:  # then only the event-time rule applies, as before
             log.warning("could not read the offsets of new partitions (%s)", exc)
             return
         self.holds = {tp.partition: ends[tp] for tp in internal if ends[tp] > 0}
         span = INTAKE_HOLD_BATCHES * self.settings.batch_size
-        for tp, start in starts.items():
+        for tp, offset in committed.items():
+            start = firsts.get(tp, 0) if offset is None else offset  # none: the log's start
             if ends[tp] > start:
                 self.intake[tp] = min(ends[tp], start + span)
+        self._held_since, self._warned = time.monotonic(), False
         if self.holds or self.intake:
             log.info(
                 "no sweep until %d intent.events partitions are read to their ends and "
-                "%d clickstream partitions to %d records past their commits",
+                "%d clickstream partitions committed %d records past where they stood",
                 len(self.holds),
                 len(self.intake),
                 span,
@@ -923,34 +939,47 @@ class StreamLoop(Service):
     @staticmethod
     async def _committed(
         consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
-    ) -> dict[TopicPartition, int]:
-        """Where the group will read each partition from: its committed offset, or the
-        log's start if nothing was committed (auto_offset_reset earliest)."""
+    ) -> dict[TopicPartition, int | None]:
+        """The group's committed offset of each partition (None: never committed)."""
         found = await asyncio.gather(*(consumer.committed(tp) for tp in partitions))
-        starts = dict(zip(partitions, found, strict=True))
-        fresh = [tp for tp, offset in starts.items() if offset is None]
-        firsts = await consumer.beginning_offsets(fresh) if fresh else {}
-        return {tp: firsts[tp] if offset is None else offset for tp, offset in starts.items()}
+        return dict(zip(partitions, found, strict=True))
 
-    def _intake_read(self) -> None:
-        """Drop the clickstream holds read far enough (`hold`). When the last goes, what
-        ingest sent through intent.events meanwhile is held like a takeover's backlog:
-        its last owner's scored events among it must be detected before a sweep."""
-        if not self.intake:
+    async def intake_read(self) -> None:
+        """Drop the clickstream holds the group has committed past (`hold`). Once none is
+        left, what reached this worker's intent.events partitions meanwhile (its own
+        writes and other workers') is held like a takeover's backlog: events a dead
+        worker scored may be among it."""
+        if not self.intake or self.consumer is None:
             return
-        self.intake = {
-            tp: offset for tp, offset in self.intake.items() if self.positions.get(tp, -1) < offset
-        }
-        if self.intake:
+        consumer = self.consumer
+        try:
+            committed = await self._committed(consumer, list(self.intake))
+            self.intake = {
+                tp: offset
+                for tp, offset in self.intake.items()
+                if (committed[tp] or 0) < offset  # None: nothing committed yet
+            }
+            if self.intake:
+                waited = time.monotonic() - self._held_since
+                if waited >= INTAKE_HOLD_WARN_SECONDS and not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "no sweep for %.0f s: %d clickstream partitions not yet processed "
+                        "past what their last owners may have left unsent (%s)",
+                        waited,
+                        len(self.intake),
+                        ", ".join(str(tp.partition) for tp in sorted(self.intake)),
+                    )
+                return
+            internal = [tp for tp in self.assignment if tp.topic == self.settings.topic_normalised]
+            ends = await consumer.end_offsets(internal) if internal else {}
+        except KafkaError as exc:  # the next sweep asks again
+            log.warning("could not read the clickstream's committed offsets (%s)", exc)
             return
-        internal = self.settings.topic_normalised
-        for tp, offset in self.written.items():
-            owned = tp.topic == internal and tp in self.assignment
-            if owned and self.positions.get(tp, -1) < offset:
-                self.holds[tp.partition] = max(self.holds.get(tp.partition, 0), offset)
-        log.info(
-            "clickstream read past the last commits; %d partitions still held", len(self.holds)
-        )
+        for tp, end in ends.items():
+            if end > self.positions.get(tp, 0):  # not read that far yet
+                self.holds[tp.partition] = max(self.holds.get(tp.partition, 0), end)
+        log.info("clickstream processed past the last commits; %d partitions held", len(self.holds))
 
     def held(self, partition: int) -> bool:
         """Whether the sweep must still wait on this intent.events partition."""
@@ -991,7 +1020,6 @@ class StreamLoop(Service):
         is not sends its events through the topic, and becomes direct again only once
         those have been read back, so a shopper's events never overtake each other."""
         self.caught_up = bool(unread) and all(n == 0 for n in unread.values())
-        self._intake_read()
         internal = self.settings.topic_normalised
         if self.settings.always_repartition or self.consumer is None:
             return

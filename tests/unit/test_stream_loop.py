@@ -417,6 +417,7 @@ class Offsets:
     def __init__(
         self, ends: dict[TopicPartition, int], committed: dict[TopicPartition, int | None]
     ) -> None:
+        # ends: every partition of both topics; committed: the clickstream's
         self.ends, self.committed_ = ends, committed
         self.asked: list[list[TopicPartition]] = []
 
@@ -467,11 +468,13 @@ def test_a_partition_just_assigned_fires_nothing_until_what_it_held_then_was_rea
     assert loop.holds == {1: 50}
 
 
-def test_nothing_fires_until_the_clickstream_was_read_past_what_its_last_owner_scored() -> None:
-    """The last owner took clickstream events straight to detection (the direct path):
-    up to a batch past its commit may be scored and not sent. Those shoppers may be on
-    any partition, so none fires until each clickstream partition given was read a few
-    batches past its commit, and what of it took the hop was read back."""
+def test_nothing_fires_until_the_clickstream_was_processed_past_what_a_dead_owner_scored() -> None:
+    """A worker takes clickstream events straight to detection (the direct path); a dead
+    one may have scored up to a batch of them past its commit without sending. Those
+    shoppers may be on any partition, and with input not keyed by shopper on a
+    partition of another worker. So none fires until the group has committed every
+    clickstream partition a few batches past where it stood, and what reached this
+    worker's intent.events by then was read back."""
     from datetime import UTC, datetime
 
     pipeline = _pipeline([])
@@ -480,45 +483,83 @@ def test_nothing_fires_until_the_clickstream_was_read_past_what_its_last_owner_s
     span = agents.INTAKE_HOLD_BATCHES * settings.batch_size
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
     events = [TopicPartition(settings.topic_normalised, p) for p in (0, 1)]
-    backlog, short, fresh, empty = (TopicPartition(settings.topic_clickstream, p) for p in range(4))
+    # backlog and short are this worker's; elsewhere and fresh another's, empty nobody's
+    backlog, short, elsewhere, fresh, empty = (
+        TopicPartition(settings.topic_clickstream, p) for p in range(5)
+    )
     consumer = Offsets(
         {
             events[0]: 0,
             events[1]: 0,
             backlog: 1000 + 10 * span,
             short: 130,
+            elsewhere: 500 + span // 2,
             fresh: 7 + 10 * span,
             empty: 0,
         },
-        {backlog: 1000, short: 100, fresh: None, empty: None},
+        {backlog: 1000, short: 100, elsewhere: 500, fresh: None, empty: None},
     )
     loop.consumer = consumer  # type: ignore[assignment]
-    assigned = {*events, backlog, short, fresh, empty}
+    assigned = {*events, backlog, short}
     loop.assignment = set(assigned)
     asyncio.run(loop.hold(assigned))
     assert loop.holds == {}  # intent.events held nothing
     # a backlog: a few batches past the commit; a short one: to its end; never committed:
     # from the log's start (7 here); an empty one: nothing to wait for
-    assert loop.intake == {backlog: 1000 + span, short: 130, fresh: 7 + span}
+    assert loop.intake == {
+        backlog: 1000 + span,
+        short: 130,
+        elsewhere: 500 + span // 2,
+        fresh: 7 + span,
+    }
     pipeline._saw({0: now - 7200, 1: now - 7200})
     event_time = now - 7200 - pipeline.engine.lateness
     assert pipeline.until(0) is None and pipeline.until(1) is None
 
-    positions = {events[0]: 0, events[1]: 0, short: 130, fresh: 7 + span, empty: 0}
-    positions[backlog] = 1000 + span - 1  # one record short
-    loop._track(asyncio.run(loop._unread(Positions({tp: 10**6 for tp in assigned}, positions))))
-    assert loop.intake == {backlog: 1000 + span}
+    # this worker processed its own; another worker's is one record short
+    consumer.committed_.update(
+        {backlog: 1000 + span, short: 130, elsewhere: 500 + span // 2 - 1, fresh: 7 + span}
+    )
+    asyncio.run(loop.intake_read())
+    assert loop.intake == {elsewhere: 500 + span // 2}
     assert pipeline.until(0) is None and pipeline.until(1) is None
 
-    # meanwhile ingest sent events of those batches through intent.events partition 1
-    loop.written = {events[1]: 40}
-    positions[backlog] = 1000 + span
-    loop._track(asyncio.run(loop._unread(Positions({tp: 10**6 for tp in assigned}, positions))))
+    # it got there; meanwhile ingest (here or there) sent 40 records to partition 1
+    consumer.committed_[elsewhere] = 500 + span // 2
+    consumer.ends[events[1]] = 40
+    asyncio.run(loop.intake_read())
     assert loop.intake == {}
     assert loop.holds == {1: 40}  # ... so partition 1 waits until they are read back
     assert pipeline.until(0) == event_time and pipeline.until(1) is None
     loop.positions[events[1]] = 40
     assert pipeline.until(1) == event_time
+
+
+def test_the_sweep_asks_whether_the_clickstream_hold_has_ended(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep is the one thing the hold stops, so it asks the group's commits once a
+    tick, and says so in the log when a hold lasts (a stuck worker elsewhere)."""
+    pipeline = _pipeline([])
+    loop = pipeline.loop
+    settings = pipeline.settings
+    clicks = TopicPartition(settings.topic_clickstream, 0)
+    consumer = Offsets({clicks: 50}, {clicks: 10})
+    loop.consumer = consumer  # type: ignore[assignment]
+    asyncio.run(loop.hold({clicks}))
+    assert loop.intake == {clicks: 50}
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(agents.time, "monotonic", lambda: clock["t"])
+    loop._held_since = clock["t"]
+    asyncio.run(pipeline.sweep())
+    assert loop.intake == {clicks: 50}
+    assert "no sweep for" not in caplog.text
+    clock["t"] += agents.INTAKE_HOLD_WARN_SECONDS
+    asyncio.run(pipeline.sweep())
+    assert "no sweep for 60 s: 1 clickstream partitions" in caplog.text
+    consumer.committed_[clicks] = 50
+    asyncio.run(pipeline.sweep())
+    assert loop.intake == {}
 
 
 class Positions:
