@@ -68,6 +68,7 @@ from stream.detectors.engine import Engine, State
 from stream.ingest import RawRecord, Rejection, ingest_batch, ingest_limits
 from stream.metrics import Metrics
 from stream.patterns import PatternStore, Saved
+from stream.redisbatch import Command, execute
 from stream.runtime import tune_gc
 from stream.scoring.actions import Output, outputs_for, score_signals
 from stream.scoring.reference import ScoreConfig, ScoreSignal
@@ -135,7 +136,7 @@ def _count(metric: Any, counts: Counter[Any]) -> None:
 Deadlines = dict[str, tuple[int, float | None]]  # shopper -> partition, next decay time
 Audiences = list[tuple[str, str, str]]  # (op, audience, shopper)
 Moves = list[tuple[str, str, str]]  # (shopper, from tier, to tier)
-IndexWrite = tuple[Deadlines, Audiences, Moves]  # ScoreStore.index's arguments
+IndexWrite = tuple[Deadlines, Audiences, Moves]  # one of ScoreStore.index's writes
 Headers = list[tuple[str, bytes]]
 OutRecord = tuple[str, bytes | None, bytes, Headers | None]  # topic, key, value, headers
 # An event to detect, its record, its intent.events partition. From ingest directly
@@ -717,10 +718,19 @@ class Pipeline:
         and save detection state."""
         if outbox.records:  # a sweep's last chunk often finds nothing
             await self.send(outbox.records)
-        for write in outbox.index:
-            await self._retry("index", self.scores.index, *write)
-        if outbox.saved:
-            await self._retry("save", self.store.save, outbox.saved)
+        # One round trip, the score indexes before the detection state: Redis runs a
+        # connection's commands in order, so a crash can leave the state unsaved with the
+        # indexes written, never the reverse. The reverse would lose the indexes: the
+        # batch read again would find its events in the saved state, drop them, and
+        # score nothing. Both are safe to write again.
+        commands = self.scores.index_commands(outbox.index)
+        commands += self.store.save_commands(outbox.saved)
+        if commands:
+            await self._retry("index", self._write, commands)
+
+    async def _write(self, commands: list[Command]) -> None:
+        await execute(self.scores.redis, commands)
+        self.metrics.redis_roundtrips.labels("index_save").inc()
 
     async def _flush_until_sent(self, outbox: Outbox) -> None:
         """The sweep's flush. Its changes are already applied in Redis: if the broker

@@ -9,8 +9,9 @@ Key layout (the `{shopper}` hash tag keeps a shopper's keys in one cluster slot)
     <app>:{<shopper>}:patterns     JSON state, expires `Engine.ttl(state)` after writing
     <app>:deadlines:{<partition>}  sorted set: shopper -> next deadline (epoch seconds)
 
-One batch costs two round trips: a pipelined GET of every shopper in it, and a
-pipelined SET + ZADD/ZREM of every changed state.
+A batch reads every shopper's state in one round trip (a pipelined GET), and writes the
+changed ones with SET + ZADD/ZREM in the round trip that also writes its score indexes
+(`Pipeline.flush`).
 """
 
 from __future__ import annotations
@@ -60,10 +61,9 @@ class PatternStore:
         self._trip("patterns_load")
         return {s: orjson.loads(r) for s, r in zip(shoppers, raw, strict=True) if r is not None}
 
-    async def save(self, saved: dict[str, Saved]) -> None:
-        """Write states with their expiry and index their deadlines (one round trip)."""
-        if not saved:
-            return
+    def save_commands(self, saved: dict[str, Saved]) -> list[Command]:
+        """The commands that write states with their expiry and index their deadlines.
+        The caller sends them (`redisbatch.execute`), after the batch's output."""
         due: dict[int, dict[str, float]] = defaultdict(dict)
         undue: dict[int, list[str]] = defaultdict(list)
         for shopper, item in saved.items():
@@ -87,8 +87,7 @@ class PatternStore:
         for partition, mapping in due.items():
             pairs = [x for shopper, at in mapping.items() for x in (at, shopper)]
             commands.append(("ZADD", self.deadline_key(partition), *pairs))
-        await execute(self.redis, commands)
-        self._trip("patterns_save")
+        return commands
 
     async def due(self, partition: int, until: float, limit: int) -> list[str]:
         """Shoppers of a partition whose next deadline is at or before `until`."""

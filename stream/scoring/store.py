@@ -19,7 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
-from stream.redisbatch import Command, Script, execute
+from stream.redisbatch import Command, Script
 from stream.scoring import reference
 from stream.scoring.reference import Change, Result, ScoreConfig, ScoreSignal
 
@@ -173,20 +173,35 @@ class ScoreStore:
     def tier_key(self, tier: str) -> str:
         return f"{self.prefix}:tier:{tier}"
 
-    async def index(
+    def index_commands(
+        self,
+        writes: list[
+            tuple[
+                dict[str, tuple[int, float | None]],
+                list[tuple[str, str, str]],
+                list[tuple[str, str, str]],
+            ]
+        ],
+    ) -> list[Command]:
+        """The commands of index writes, each write's after the one before (a later
+        write of a shopper wins, as if they were made one by one). A write: next decay
+        deadlines (shopper -> partition, time), audience membership changes (op,
+        audience, shopper) and tier moves (shopper, from, to). The caller sends them
+        (`redisbatch.execute`), after the output they index was sent."""
+        return [c for write in writes for c in self._index_commands(*write)]
+
+    def _index_commands(
         self,
         deadlines: dict[str, tuple[int, float | None]],
         audiences: list[tuple[str, str, str]],
-        moves: list[tuple[str, str, str]] | None = None,
-    ) -> None:
-        """Next decay deadlines (shopper -> partition, time), audience membership changes
-        (op, audience, shopper) and tier moves (shopper, from, to), in one round trip."""
-        if not deadlines and not audiences and not moves:
-            return
+        moves: list[tuple[str, str, str]],
+    ) -> list[Command]:
+        """One write's commands. Within it a shopper has at most one move (the results
+        of one scoring call or sweep chunk), so every SREM can go before every SADD."""
         # One command per key, not per shopper, packed by hiredis (`redisbatch`): redis-py
         # packed these arguments in Python, ~5 us per event in `make hotpath`.
         tier_moves: dict[tuple[str, str], list[str]] = defaultdict(list)  # (op, tier)
-        for shopper, old, new in moves or []:
+        for shopper, old, new in moves:
             if old != "none":
                 tier_moves[("rem", old)].append(shopper)
             if new != "none":
@@ -220,8 +235,7 @@ class ScoreStore:
             commands.append(
                 ("SADD" if op == "add" else "SREM", self.audience_key(audience), *shoppers)
             )
-        await execute(self.redis, commands)
-        self._trip("score_index")
+        return commands
 
     async def tier_counts(self, tiers: tuple[str, ...]) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -72,3 +72,23 @@ def test_a_script_the_server_forgot_is_loaded_again(servers: Servers) -> None:
         assert (await client.script_exists(script.sha)) == [True]
 
     _run(servers, body)
+
+
+def test_index_writes_in_one_round_trip_end_as_if_made_one_by_one(servers: Servers) -> None:
+    """A sweep chunk can hold two writes for one shopper (an absence scored, then a
+    decay): its tier set and decay deadline end as the later write left them."""
+    from stream.scoring.reference import ScoreConfig
+    from stream.scoring.store import ScoreStore
+
+    async def body(client: aioredis.Redis, p: str) -> None:
+        store = ScoreStore(client, p, ScoreConfig(10.0, 40.0, 70.0, 2.0))
+        first = ({"s-1": (3, 500.0), "s-2": (3, 600.0)}, [("add", "a", "s-1")], [])
+        first[2].extend([("s-1", "none", "low"), ("s-2", "none", "mid")])
+        later = ({"s-1": (3, None)}, [("remove", "a", "s-1")], [("s-1", "low", "none")])
+        await execute(client, store.index_commands([first, later]))
+        assert await client.smembers(store.tier_key("low")) == set()
+        assert await client.smembers(store.tier_key("mid")) == {b"s-2"}
+        assert await client.zrange(store.decay_key(3), 0, -1, withscores=True) == [(b"s-2", 600.0)]
+        assert await client.smembers(store.audience_key("a")) == set()
+
+    _run(servers, body)

@@ -627,7 +627,7 @@ def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
         change = Change("mid", "low", 13.0, 500.0, 2, "decay", [("r", 13.0)], None)
         return {"s-1": Result("mid", "low", 13.0, 500.0, 2, 9000.0, 3600.0, 0, [change])}
 
-    async def index(*args: Any) -> None:
+    async def write(commands: list[Any]) -> None:  # the indexes and the state
         order.append("index")
 
     async def no_sleep(seconds: float) -> None:
@@ -637,7 +637,7 @@ def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
     monkeypatch.setattr(pipeline.store, "due", no_due_states)
     monkeypatch.setattr(pipeline.scores, "due", due)
     monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
-    monkeypatch.setattr(pipeline.scores, "index", index)
+    monkeypatch.setattr(pipeline, "_write", write)
     monkeypatch.setattr(agents.asyncio, "sleep", no_sleep)
     asyncio.run(pipeline.sweep_partitions({0}))
     assert order == ["apply", "send", "send", "index"]
@@ -813,17 +813,19 @@ def test_a_decay_left_due_goes_out_in_the_same_sweep_and_a_stuck_one_only_once(
             results[shopper] = Result("low", "low", 1.0, at, 1, deadline, 3600.0, 0)
         return results
 
-    async def write(deadlines: dict[str, Any], *rest: Any) -> None:
-        for shopper, (_, deadline) in deadlines.items():
-            if deadline is None:
-                del index[shopper]
-            else:
-                index[shopper] = deadline
+    def write(writes: list[Any]) -> list[Any]:  # as if the round trip ran at once
+        for deadlines, *_ in writes:
+            for shopper, (_, deadline) in deadlines.items():
+                if deadline is None:
+                    del index[shopper]
+                else:
+                    index[shopper] = deadline
+        return []
 
     monkeypatch.setattr(pipeline.store, "due", no_deadlines)
     monkeypatch.setattr(pipeline.scores, "due", due)
     monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
-    monkeypatch.setattr(pipeline.scores, "index", write)
+    monkeypatch.setattr(pipeline.scores, "index_commands", write)
     monkeypatch.setattr(pipeline, "until", lambda partition: 1000.0)
     asyncio.run(pipeline.sweep_partitions({0}))
     assert calls == [("chained", 600.0), ("stuck", 500.0), ("chained", 700.0), ("chained", 800.0)]
@@ -930,3 +932,27 @@ def test_only_owned_partitions_read_to_their_end_take_clickstream_events_directl
     loop.consumer = consumer  # type: ignore[assignment]
     loop._track(asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert loop.direct == set()
+
+
+def test_after_the_send_the_score_indexes_go_before_the_detection_state() -> None:
+    """One round trip, run in order by Redis. A crash that left the state saved and the
+    indexes unwritten would lose them: the batch read again would find its events in
+    the state, drop them, and score nothing."""
+    from stream.agents import Outbox
+    from stream.patterns import Saved
+
+    pipeline = _pipeline([])
+    written: list[list[Any]] = []
+
+    async def write(commands: list[Any]) -> None:
+        written.append(commands)
+
+    pipeline._write = write
+    outbox = Outbox()
+    outbox.index.append(({"s-1": (0, 500.0)}, [("add", "a", "s-1")], [("s-1", "none", "low")]))
+    outbox.saved["s-1"] = Saved({"seen": ["e1"]}, ttl_seconds=3600.0, deadline=900.0, partition=0)
+    asyncio.run(pipeline.flush(outbox))
+    (commands,) = written  # one round trip
+    verbs = [c[0] for c in commands]
+    assert verbs == ["SADD", "ZADD", "SADD", "SET", "ZADD"]
+    assert commands[3][1] == pipeline.store.state_key("s-1")  # the state comes last
