@@ -196,8 +196,9 @@ class ScoreStore:
         audiences: list[tuple[str, str, str]],
         moves: list[tuple[str, str, str]],
     ) -> list[Command]:
-        """One write's commands. Within it a shopper has at most one move (the results
-        of one scoring call or sweep chunk), so every SREM can go before every SADD."""
+        """One write's commands. Within it a shopper has at most one move (a write holds
+        the results of one `apply_many`, one per shopper), so every SREM can go before
+        every SADD."""
         # One command per key, not per shopper, packed by hiredis (`redisbatch`): redis-py
         # packed these arguments in Python, ~5 us per event in `make hotpath`.
         tier_moves: dict[tuple[str, str], list[str]] = defaultdict(list)  # (op, tier)
