@@ -103,7 +103,10 @@ RESUME_BACKLOG_BATCHES: Final = 5  # ... and at most this many before it resumes
 # last owner may have scored up to one batch past its commit without sending the output
 # (and up to two if a commit of its failed and it went on). See `StreamLoop.hold`.
 INTAKE_HOLD_BATCHES: Final = 2
-INTAKE_HOLD_WARN_SECONDS: Final = 60.0  # a hold this long is logged (a stuck worker?)
+# ... but for at most this long, then logged and let go: a worker stuck elsewhere, or a
+# clickstream written with transactions (the group commits past a batch's last record,
+# one short of a commit marker at the end, so an idle partition never gets there).
+INTAKE_HOLD_MAX_SECONDS: Final = 60.0
 PROCESS_GROUPS: Final = 2  # shopper groups of a batch detected and scored concurrently
 TIER_GAUGE_EVERY: Final = 5  # sweeps between refreshes of intent_shoppers (SCARD x 4)
 LATE_DETAIL: Final = "older than the allowed lateness"
@@ -812,7 +815,6 @@ class StreamLoop(Service):
         # them to before any sweep (a dead owner's unsent batches; see `hold`)
         self.intake: dict[TopicPartition, int] = {}
         self._held_since = 0.0
-        self._warned = False
         # A batch whose output the broker refused is read again (`_handle`): partition ->
         # the end of that batch. No sweep until it was processed again (Pipeline.until).
         self.redo: dict[TopicPartition, int] = {}
@@ -907,8 +909,9 @@ class StreamLoop(Service):
           is held like the rest.
 
         A start is an assignment too, so a backlog holds the sweep for its first batches
-        only. The embedded broker can report an end offset short of the last batch
-        (FIELD-NOTES), so there the hold may end a batch early; Apache Kafka's is exact."""
+        only. The clickstream's hold lasts at most `INTAKE_HOLD_MAX_SECONDS`. The
+        embedded broker can report an end offset short of the last batch (FIELD-NOTES),
+        so there the hold may end a batch early; Apache Kafka's is exact."""
         internal = [tp for tp in assigned if tp.topic == self.settings.topic_normalised]
         self.holds = {}
         self.intake = {}
@@ -936,7 +939,7 @@ class StreamLoop(Service):
             start = firsts.get(tp, 0) if offset is None else offset  # none: the log's start
             if ends[tp] > start:
                 self.intake[tp] = min(ends[tp], start + span)
-        self._held_since, self._warned = time.monotonic(), False
+        self._held_since = time.monotonic()
         if self.holds or self.intake:
             log.info(
                 "no sweep until %d intent.events partitions are read to their ends and "
@@ -971,16 +974,17 @@ class StreamLoop(Service):
             }
             if self.intake:
                 waited = time.monotonic() - self._held_since
-                if waited >= INTAKE_HOLD_WARN_SECONDS and not self._warned:
-                    self._warned = True
-                    log.warning(
-                        "no sweep for %.0f s: %d clickstream partitions not yet processed "
-                        "past what their last owners may have left unsent (%s)",
-                        waited,
-                        len(self.intake),
-                        ", ".join(str(tp.partition) for tp in sorted(self.intake)),
-                    )
-                return
+                if waited < INTAKE_HOLD_MAX_SECONDS:
+                    return
+                log.warning(
+                    "no sweep for %.0f s: clickstream partitions %s not processed past "
+                    "what their last owners may have left unsent; sweeping again without "
+                    "them (a stuck worker, or transaction markers: the group's commits "
+                    "stop one short of a marker at a partition's end)",
+                    waited,
+                    ", ".join(str(tp.partition) for tp in sorted(self.intake)),
+                )
+                self.intake = {}
             internal = [tp for tp in self.assignment if tp.topic == self.settings.topic_normalised]
             ends = await consumer.end_offsets(internal) if internal else {}
         except KafkaError as exc:  # the next sweep asks again
