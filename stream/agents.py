@@ -92,7 +92,7 @@ SWEEP_MAX: Final = 50_000
 RETRY_MAX_SECONDS: Final = 30.0
 # How long the broker may hold a fetch while it has no new record. Apache Kafka answers as
 # soon as one arrives; the embedded broker does not, and a record waited up to about half
-# of this there (README, step 11). Not the batch window: on the embedded broker, fetches
+# of this there (bench/HISTORY.md, step 11). Not the batch window: on the embedded broker, fetches
 # of a few ms made the tail worse (one hop at 5k/s, 8 partitions: p99 67-128 ms at 5 ms,
 # 33-36 ms at 20): each fetch costs it CPU.
 FETCH_WAIT_MS: Final = 20
