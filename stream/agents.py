@@ -833,7 +833,7 @@ class StreamLoop(Service):
         self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap_servers,
             client_id=f"{settings.app_id}-stream",
-            linger_ms=settings.producer_linger_ms,
+            # no linger: every batch is complete when handed over (`send_all`)
             max_batch_size=1 << 20,
             max_request_size=8 << 20,
             acks="all",
@@ -1156,6 +1156,11 @@ class StreamLoop(Service):
                     raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
         for (topic, partition), batch in open_batches.items():
             counts.append(batch.record_count())
+            # Closed, a batch goes out at once; open, the producer keeps it for the
+            # linger time in case more records come, and none will (a full batch closes
+            # itself). All of them are queued before the sender runs (nothing here
+            # yields), so they still go out in one request per broker.
+            batch.close()
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         internal = self.settings.topic_normalised
         for meta, count in zip(await asyncio.gather(*futures), counts, strict=True):

@@ -86,9 +86,6 @@ class Settings(BaseSettings):
         description="Send every event through intent.events; off: an event whose "
         "intent.events partition this worker owns, read to its end, is detected at once.",
     )
-    producer_linger_ms: int = Field(
-        2, ge=0, description="How long the producer waits to fill a request (latency vs. size)."
-    )
     # --- consumer group timing (FIELD-NOTES: seconds to start and fail over, not minutes)
     session_timeout_seconds: float = Field(
         6.0, gt=0, description="Kafka consumer session timeout; failover takes about twice this."
