@@ -72,7 +72,7 @@ from stream.redisbatch import Command, execute
 from stream.runtime import tune_gc
 from stream.scoring.actions import Output, outputs_for, score_signals
 from stream.scoring.reference import ScoreConfig, ScoreSignal
-from stream.scoring.store import ScoreStore
+from stream.scoring.store import IndexWrite, Moves, ScoreStore
 from stream.settings import Settings
 from stream.views import AUDIENCE_PAGE, audience_page, read_shopper
 
@@ -136,10 +136,6 @@ def _count(metric: Any, counts: Counter[Any]) -> None:
         metric.labels(*labels).inc(n)
 
 
-Deadlines = dict[str, tuple[int, float | None]]  # shopper -> partition, next decay time
-Audiences = list[tuple[str, str, str]]  # (op, audience, shopper)
-Moves = list[tuple[str, str, str]]  # (shopper, from tier, to tier)
-IndexWrite = tuple[Deadlines, Audiences, Moves]  # one of ScoreStore.index's writes
 Headers = list[tuple[str, bytes]]
 OutRecord = tuple[str, bytes | None, bytes, Headers | None]  # topic, key, value, headers
 # An event to detect, its record, its intent.events partition. From ingest directly
@@ -729,7 +725,7 @@ class Pipeline:
         commands = self.scores.index_commands(outbox.index)
         commands += self.store.save_commands(outbox.saved)
         if commands:
-            await self._retry("index", self._write, commands)
+            await self._retry("index_save", self._write, commands)
 
     async def _write(self, commands: list[Command]) -> None:
         await execute(self.scores.redis, commands)

@@ -23,6 +23,12 @@ from stream.redisbatch import Command, Script
 from stream.scoring import reference
 from stream.scoring.reference import Change, Result, ScoreConfig, ScoreSignal
 
+# What one scoring call leaves to index once its output is sent (`index_commands`).
+Deadlines = dict[str, tuple[int, float | None]]  # shopper -> partition, next decay time
+Audiences = list[tuple[str, str, str]]  # (op, audience, shopper)
+Moves = list[tuple[str, str, str]]  # (shopper, from tier, to tier)
+IndexWrite = tuple[Deadlines, Audiences, Moves]
+
 
 def lua_source() -> str:
     return (
@@ -173,16 +179,7 @@ class ScoreStore:
     def tier_key(self, tier: str) -> str:
         return f"{self.prefix}:tier:{tier}"
 
-    def index_commands(
-        self,
-        writes: list[
-            tuple[
-                dict[str, tuple[int, float | None]],
-                list[tuple[str, str, str]],
-                list[tuple[str, str, str]],
-            ]
-        ],
-    ) -> list[Command]:
+    def index_commands(self, writes: list[IndexWrite]) -> list[Command]:
         """The commands of index writes, each write's after the one before (a later
         write of a shopper wins, as if they were made one by one). A write: next decay
         deadlines (shopper -> partition, time), audience membership changes (op,
@@ -191,10 +188,7 @@ class ScoreStore:
         return [c for write in writes for c in self._index_commands(*write)]
 
     def _index_commands(
-        self,
-        deadlines: dict[str, tuple[int, float | None]],
-        audiences: list[tuple[str, str, str]],
-        moves: list[tuple[str, str, str]],
+        self, deadlines: Deadlines, audiences: Audiences, moves: Moves
     ) -> list[Command]:
         """One write's commands. Within it a shopper has at most one move (a write holds
         the results of one `apply_many`, one per shopper), so every SREM can go before

@@ -82,8 +82,11 @@ def test_index_writes_in_one_round_trip_end_as_if_made_one_by_one(servers: Serve
 
     async def body(client: aioredis.Redis, p: str) -> None:
         store = ScoreStore(client, p, ScoreConfig(10.0, 40.0, 70.0, 2.0))
-        first = ({"s-1": (3, 500.0), "s-2": (3, 600.0)}, [("add", "a", "s-1")], [])
-        first[2].extend([("s-1", "none", "low"), ("s-2", "none", "mid")])
+        first = (
+            {"s-1": (3, 500.0), "s-2": (3, 600.0)},
+            [("add", "a", "s-1")],
+            [("s-1", "none", "low"), ("s-2", "none", "mid")],
+        )
         later = ({"s-1": (3, None)}, [("remove", "a", "s-1")], [("s-1", "low", "none")])
         await execute(client, store.index_commands([first, later]))
         assert await client.smembers(store.tier_key("low")) == set()
