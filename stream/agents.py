@@ -103,9 +103,7 @@ RESUME_BACKLOG_BATCHES: Final = 5  # ... and at most this many before it resumes
 # last owner may have scored up to one batch past its commit without sending the output
 # (and up to two if a commit of its failed and it went on). See `StreamLoop.hold`.
 INTAKE_HOLD_BATCHES: Final = 2
-# ... but for at most this long, then logged and let go: a worker stuck elsewhere, or a
-# clickstream written with transactions (the group commits past a batch's last record,
-# one short of a commit marker at the end, so an idle partition never gets there).
+# ... but for at most this long, then logged and let go (a worker stuck elsewhere).
 INTAKE_HOLD_MAX_SECONDS: Final = 60.0
 PROCESS_GROUPS: Final = 2  # shopper groups of a batch detected and scored concurrently
 TIER_GAUGE_EVERY: Final = 5  # sweeps between refreshes of intent_shoppers (SCARD x 4)
@@ -773,6 +771,14 @@ class Pipeline:
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
+def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """How far a partition can be read, as of the last fetch: its last stable offset (the
+    consumer reads committed records only; records of an open transaction are not there
+    yet), or its high-water mark from a broker that reports none. None: never fetched."""
+    stable: int | None = consumer.last_stable_offset(tp)
+    return stable if stable is not None and stable >= 0 else consumer.highwater(tp)
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, loop: StreamLoop) -> None:
         self.loop = loop
@@ -807,6 +813,9 @@ class StreamLoop(Service):
         # no sweep on them until this worker has read that far (see Pipeline.until)
         self.holds: dict[int, int] = {}
         self.positions: dict[TopicPartition, int] = {}  # as of the last _unread
+        # owned partition -> the offset this worker last committed, or the group's at the
+        # assignment (`_commit_skipped`)
+        self.committed: dict[TopicPartition, int] = {}
         # after an assignment, clickstream partitions -> the offset the group must commit
         # them to before any sweep (a dead owner's unsent batches; see `hold`)
         self.intake: dict[TopicPartition, int] = {}
@@ -844,6 +853,9 @@ class StreamLoop(Service):
             heartbeat_interval_ms=int(settings.heartbeat_interval_seconds * 1000),
             fetch_max_wait_ms=FETCH_WAIT_MS,
             max_partition_fetch_bytes=4 << 20,
+            # A clickstream written with transactions: records of aborted ones are never
+            # read, and those of open ones only once committed. The same for any other.
+            isolation_level="read_committed",
             # Range deals each topic's partitions alike, so the worker that reads
             # clickstream partition n also owns intent.events partition n, and events
             # keyed by shopper skip the hop (`direct`) with any number of workers;
@@ -879,6 +891,7 @@ class StreamLoop(Service):
             )
             if not batches:
                 self._track(await self._unread(consumer))
+                await self._commit_skipped(consumer)
                 continue
             async with self.pipeline.lock:
                 if self.should_stop:
@@ -912,6 +925,7 @@ class StreamLoop(Service):
         self.holds = {}
         self.intake = {}
         self.positions = {}
+        self.committed = {}
         # a batch to process again on partitions that went elsewhere is their new owner's
         self.redo = {tp: end for tp, end in self.redo.items() if tp in assigned}
         if not assigned or self.consumer is None:
@@ -923,12 +937,16 @@ class StreamLoop(Service):
         ]
         try:
             ends = await consumer.end_offsets(internal + raw)
-            committed = await self._committed(consumer, raw)
+            found = await self._committed(consumer, raw + internal)
+            committed = {tp: found[tp] for tp in raw}
             fresh = [tp for tp, offset in committed.items() if offset is None and ends[tp] > 0]
             firsts = await consumer.beginning_offsets(fresh) if fresh else {}
         except KafkaError as exc:  # then only the event-time rule applies, as before
             log.warning("could not read the offsets of new partitions (%s)", exc)
             return
+        self.committed = {
+            tp: offset for tp, offset in found.items() if tp in assigned and offset is not None
+        }
         self.holds = {tp.partition: ends[tp] for tp in internal if ends[tp] > 0}
         span = INTAKE_HOLD_BATCHES * self.settings.batch_size
         for tp, offset in committed.items():
@@ -975,8 +993,7 @@ class StreamLoop(Service):
                 log.warning(
                     "no sweep for %.0f s: clickstream partitions %s not processed past "
                     "what their last owners may have left unsent; sweeping again without "
-                    "them (a stuck worker, or transaction markers: the group's commits "
-                    "stop one short of a marker at a partition's end)",
+                    "them (is a worker stuck?)",
                     waited,
                     ", ".join(str(tp.partition) for tp in sorted(self.intake)),
                 )
@@ -1010,7 +1027,7 @@ class StreamLoop(Service):
         None while unknown: never fetched, or no longer assigned (a rebalance)."""
         unread: dict[TopicPartition, int | None] = {}
         for tp in self.assignment:
-            end = consumer.highwater(tp)
+            end = readable_end(consumer, tp)
             if end is None:
                 unread[tp] = None
                 continue
@@ -1081,7 +1098,7 @@ class StreamLoop(Service):
             for messages in batches.values()
             for m in messages
         ]
-        offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
+        ends = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
         try:
             await self.pipeline.handle(records)
         except KafkaError:
@@ -1091,22 +1108,50 @@ class StreamLoop(Service):
             log.exception("sending a batch failed; it will be processed again")
             for tp, messages in batches.items():
                 consumer.seek(tp, messages[0].offset)
-                self.redo[tp] = max(self.redo.get(tp, 0), offsets[tp])
+                self.redo[tp] = max(self.redo.get(tp, 0), ends[tp])
             await asyncio.sleep(1.0)
             return
-        for tp, end in offsets.items():  # processed again, maybe in parts
+        for tp, end in ends.items():  # processed again, maybe in parts
             if tp in self.redo and end >= self.redo[tp]:
                 del self.redo[tp]
+        # Past the batch's last record, and past what the consumer skipped after it:
+        # transaction markers, aborted records. Committing the last record + 1 left a
+        # partition ending in a marker one short of its end for good.
+        offsets = {tp: max(end, await consumer.position(tp)) for tp, end in ends.items()}
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:  # a rebalance: the next owner redoes it
             log.warning("commit failed (%s); the batch will be processed again", exc)
+        else:
+            self.committed.update(offsets)
         self._consumer_lag(consumer, offsets)
+
+    async def _commit_skipped(self, consumer: AIOKafkaConsumer) -> None:
+        """With nothing to read, commit the partitions whose position moved past what was
+        committed with no record handed over: a transaction's marker that came after its
+        records, or an aborted transaction. Otherwise the group's offset stays short of
+        the partition's end (a lag of 1 for good, and a takeover hold that never ends).
+        A partition the group never committed is committed where it stands, once."""
+        async with self.pipeline.lock:
+            moved = {
+                tp: position
+                for tp, position in self.positions.items()
+                if tp in self.assignment and position > self.committed.get(tp, -1)
+            }
+            if not moved or self.should_stop:
+                return
+            try:
+                await consumer.commit(moved)
+            except (CommitFailedError, KafkaError) as exc:  # a rebalance: asked again after
+                log.info("committing past skipped records failed (%s)", exc)
+                return
+            self.committed.update(moved)
+            self._consumer_lag(consumer, moved)
 
     def _consumer_lag(self, consumer: AIOKafkaConsumer, offsets: dict[Any, int]) -> None:
         gauge = self.pipeline.metrics.consumer_lag
         for tp, offset in offsets.items():
-            end = consumer.highwater(tp)
+            end = readable_end(consumer, tp)
             if end is not None:
                 gauge.labels(tp.topic, str(tp.partition)).set(max(0, end - offset))
 

@@ -91,7 +91,8 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "intent_consumer_lag_messages",
-            "Records not yet processed, per topic partition (broker end offset minus position).",
+            "Records not yet processed, per topic partition (readable end offset minus "
+            "the committed position).",
             ["topic", "partition"],
             registry=registry,
         )

@@ -31,9 +31,10 @@ class Message:
 
 
 class Consumer:
-    def __init__(self) -> None:
+    def __init__(self, at: dict[TopicPartition, int] | None = None) -> None:
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.commits: list[dict[TopicPartition, int]] = []
+        self.at = at or {}  # positions past the batch's last record (skipped records)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
@@ -41,8 +42,14 @@ class Consumer:
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
 
-    def highwater(self, tp: TopicPartition) -> int:
+    async def position(self, tp: TopicPartition) -> int:
+        return self.at.get(tp, 0)
+
+    def last_stable_offset(self, tp: TopicPartition) -> int:
         return 100
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 1000  # an open transaction's records up to here: not readable yet
 
 
 def _loop(handle: Any) -> tuple[StreamLoop, Metrics]:
@@ -79,6 +86,102 @@ def test_a_handled_batch_is_committed_past_its_last_record() -> None:
         "intent_consumer_lag_messages", {"topic": "intent.events", "partition": "3"}
     )
     assert lag == 100 - 43
+
+
+def test_a_handled_batch_is_committed_past_what_the_consumer_skipped_after_it() -> None:
+    """A transaction's marker after the last record (or an aborted transaction's records)
+    is never handed over, but the consumer's position is past it: committing the last
+    record + 1 left the group one short of the partition's end for good."""
+
+    async def handle(records: list[RawRecord]) -> None:
+        return None
+
+    loop, metrics = _loop(handle)
+    batches = _batches()
+    clicks, events = list(batches)
+    consumer = Consumer(at={clicks: 13, events: 43})  # a marker at 12; none after 42
+    asyncio.run(loop._handle(consumer, batches))  # type: ignore[arg-type]
+    assert consumer.commits == [{clicks: 13, events: 43}]
+    assert loop.committed == {clicks: 13, events: 43}
+    lag = metrics.registry.get_sample_value(
+        "intent_consumer_lag_messages", {"topic": "clickstream.events", "partition": "0"}
+    )
+    assert lag == 100 - 13
+
+
+def test_an_idle_worker_commits_what_the_consumer_skipped_since_its_last_commit() -> None:
+    """A marker that comes after its records, or a whole aborted transaction, moves the
+    position with nothing handed over: committed once nothing is left to read."""
+    pipeline = _pipeline([])
+    loop = pipeline.loop
+    tps = [TopicPartition("clickstream.events", p) for p in range(5)]
+    marker, idle, fresh, redo, gone = tps
+    loop.assignment = {marker, idle, fresh, redo}
+    loop.committed = {marker: 12, idle: 40, redo: 30}  # `fresh`: never committed
+    # `redo`: sought back to read a failed batch again; `gone`: no longer owned
+    loop.positions = {marker: 13, idle: 40, fresh: 7, redo: 25, gone: 9}
+    consumer = Consumer()
+    asyncio.run(loop._commit_skipped(consumer))  # type: ignore[arg-type]
+    assert consumer.commits == [{marker: 13, fresh: 7}]
+    assert loop.committed == {marker: 13, idle: 40, fresh: 7, redo: 30}
+    lag = pipeline.metrics.registry.get_sample_value(
+        "intent_consumer_lag_messages", {"topic": "clickstream.events", "partition": "0"}
+    )
+    assert lag == 100 - 13
+    asyncio.run(loop._commit_skipped(consumer))  # type: ignore[arg-type]
+    assert len(consumer.commits) == 1  # nothing moved since
+
+
+def test_an_assignment_takes_the_groups_committed_offsets_of_what_it_owns() -> None:
+    """What `_commit_skipped` compares positions with, so a partition already committed
+    where it stands is not committed again."""
+    pipeline = _pipeline([])
+    loop = pipeline.loop
+    events = pipeline.settings.topic_normalised
+    clicks = [TopicPartition("clickstream.events", p) for p in (0, 1)]
+    internal = [TopicPartition(events, p) for p in (0, 1)]
+    ends = {tp: 50 for tp in clicks + internal}
+    consumer = Offsets(ends, {clicks[0]: 50, clicks[1]: 20, internal[0]: 44})
+    loop.committed = {clicks[1]: 3}  # from an earlier assignment
+    asyncio.run(loop.hold({clicks[0], internal[0], internal[1]}))
+    assert loop.committed == {}  # no consumer yet: nothing read
+    loop.consumer = consumer  # type: ignore[assignment]
+    asyncio.run(loop.hold({clicks[0], internal[0], internal[1]}))
+    assert loop.committed == {clicks[0]: 50, internal[0]: 44}  # clicks[1]: not owned
+
+
+def test_the_stream_consumer_reads_committed_records_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records of an aborted transaction are never scored, and those of an open one only
+    once it commits (the broker and the consumer filter them: read_committed). The
+    embedded broker takes no transactions, so the integration test shows this on Apache
+    Kafka only (tests/integration/test_transactions.py)."""
+    made: dict[str, dict[str, Any]] = {}
+
+    class Client:
+        def __init__(self, **kwargs: Any) -> None:
+            made[type(self).__name__] = kwargs
+
+        async def start(self) -> None:
+            return None
+
+        def subscribe(self, **kwargs: Any) -> None:
+            return None
+
+    class Consumer(Client):
+        pass
+
+    class Producer(Client):
+        pass
+
+    monkeypatch.setattr(agents, "AIOKafkaConsumer", Consumer)
+    monkeypatch.setattr(agents, "AIOKafkaProducer", Producer)
+    monkeypatch.setattr(agents, "tune_gc", lambda: None)
+    loop, _ = _loop(None)
+    asyncio.run(loop.on_start())
+    assert made["Consumer"]["isolation_level"] == "read_committed"
+    assert made["Consumer"]["enable_auto_commit"] is False
 
 
 def test_a_batch_whose_sends_failed_is_read_again_not_committed(
@@ -158,7 +261,7 @@ class Balancing:
         self.waiting = waiting
         self.paused_: set[TopicPartition] = set()
 
-    def highwater(self, tp: TopicPartition) -> int:
+    def last_stable_offset(self, tp: TopicPartition) -> int:
         return 1_000_000
 
     async def position(self, tp: TopicPartition) -> int:
@@ -417,7 +520,8 @@ class Offsets:
     def __init__(
         self, ends: dict[TopicPartition, int], committed: dict[TopicPartition, int | None]
     ) -> None:
-        # ends: every partition of both topics; committed: the clickstream's
+        # ends: every partition of both topics; committed: the clickstream's (intent.events
+        # partitions: never committed)
         self.ends, self.committed_ = ends, committed
         self.asked: list[list[TopicPartition]] = []
 
@@ -426,7 +530,7 @@ class Offsets:
         return {tp: self.ends[tp] for tp in tps}
 
     async def committed(self, tp: TopicPartition) -> int | None:
-        return self.committed_[tp]
+        return self.committed_.get(tp)
 
     async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: 7 for tp in tps}  # the log's start, after retention
@@ -540,8 +644,7 @@ def test_the_sweep_asks_whether_the_clickstream_hold_has_ended(
 ) -> None:
     """The sweep is the one thing the hold stops, so it asks the group's commits once a
     tick. A hold that lasts INTAKE_HOLD_MAX_SECONDS is let go, and said so in the log:
-    a worker stuck elsewhere, or a partition whose commits stop one short of its end (a
-    transaction marker), must not stop every deadline for good."""
+    a worker stuck elsewhere must not stop every deadline for good."""
     pipeline = _pipeline([])
     loop = pipeline.loop
     settings = pipeline.settings
@@ -557,7 +660,7 @@ def test_the_sweep_asks_whether_the_clickstream_hold_has_ended(
     consumer.committed_[clicks[0]] = 50
     asyncio.run(pipeline.sweep())
     assert loop.intake == {clicks[1]: 50}
-    consumer.committed_[clicks[1]] = 49  # stays one short (a marker at the end)
+    consumer.committed_[clicks[1]] = 49  # stays one short (a stuck worker)
     clock["t"] += agents.INTAKE_HOLD_MAX_SECONDS - 0.1
     asyncio.run(pipeline.sweep())
     assert loop.intake == {clicks[1]: 50}
@@ -569,11 +672,25 @@ def test_the_sweep_asks_whether_the_clickstream_hold_has_ended(
 
 
 class Positions:
-    def __init__(self, ends: dict[TopicPartition, int | None], at: dict[TopicPartition, int]):
-        self.ends, self.at = ends, at
+    """Readable ends (None: never fetched) and positions; `stable` False: a broker that
+    reports no last stable offset (-1), so the high-water mark is the end."""
+
+    def __init__(
+        self,
+        ends: dict[TopicPartition, int | None],
+        at: dict[TopicPartition, int],
+        stable: bool = True,
+    ):
+        self.ends, self.at, self.stable = ends, at, stable
+
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        end = self.ends[tp]
+        return end if self.stable or end is None else -1
 
     def highwater(self, tp: TopicPartition) -> int | None:
-        return self.ends[tp]
+        end = self.ends[tp]
+        # past the stable offset: records of an open transaction, not readable yet
+        return end if end is None or not self.stable else end + 10
 
     async def position(self, tp: TopicPartition) -> int:
         return self.at[tp]
@@ -591,15 +708,25 @@ class Positions:
         ({0: 7, 1: 0}, {0: 7, 1: 0}, {0: 7}, True),
     ],
 )
+@pytest.mark.parametrize("stable", [True, False])
 def test_caught_up_means_every_owned_partition_read_to_its_end(
-    ends: dict[int, int | None], at: dict[int, int], written: dict[int, int], caught_up: bool
+    ends: dict[int, int | None],
+    at: dict[int, int],
+    written: dict[int, int],
+    caught_up: bool,
+    stable: bool,
 ) -> None:
+    """Its end is what can be read: the last stable offset (records of an open
+    transaction past it are not handed over yet), or the high-water mark from a broker
+    that reports none."""
     loop, _ = _loop(None)
     tps = {p: TopicPartition("intent.events", p) for p in ends}
     loop.assignment = set(tps.values())
     loop.written = {tps[p]: offset for p, offset in written.items()}
     loop.caught_up = not caught_up
-    consumer = Positions({tps[p]: e for p, e in ends.items()}, {tps[p]: a for p, a in at.items()})
+    consumer = Positions(
+        {tps[p]: e for p, e in ends.items()}, {tps[p]: a for p, a in at.items()}, stable
+    )
     loop._track(asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert loop.caught_up is caught_up
     # the positions read on the way are kept for the sweep's hold (Pipeline.until)
