@@ -1132,12 +1132,10 @@ class StreamLoop(Service):
         records, or an aborted transaction. Otherwise the group's offset stays short of
         the partition's end (a lag of 1 for good, and a takeover hold that never ends).
         A partition the group never committed is committed where it stands, once."""
+        if not self._moved():
+            return  # the usual case: not waiting for the lock a sweep may hold
         async with self.pipeline.lock:
-            moved = {
-                tp: position
-                for tp, position in self.positions.items()
-                if tp in self.assignment and position > self.committed.get(tp, -1)
-            }
+            moved = self._moved()  # again: a rebalance may have come meanwhile
             if not moved or self.should_stop:
                 return
             try:
@@ -1147,6 +1145,13 @@ class StreamLoop(Service):
                 return
             self.committed.update(moved)
             self._consumer_lag(consumer, moved)
+
+    def _moved(self) -> dict[TopicPartition, int]:
+        return {
+            tp: position
+            for tp, position in self.positions.items()
+            if tp in self.assignment and position > self.committed.get(tp, -1)
+        }
 
     def _consumer_lag(self, consumer: AIOKafkaConsumer, offsets: dict[Any, int]) -> None:
         gauge = self.pipeline.metrics.consumer_lag

@@ -131,6 +131,12 @@ def test_an_idle_worker_commits_what_the_consumer_skipped_since_its_last_commit(
     asyncio.run(loop._commit_skipped(consumer))  # type: ignore[arg-type]
     assert len(consumer.commits) == 1  # nothing moved since
 
+    async def during_a_sweep() -> None:  # nothing moved: no wait for the lock
+        async with pipeline.lock:
+            await asyncio.wait_for(loop._commit_skipped(consumer), 1.0)
+
+    asyncio.run(during_a_sweep())
+
 
 def test_an_assignment_takes_the_groups_committed_offsets_of_what_it_owns() -> None:
     """What `_commit_skipped` compares positions with, so a partition already committed
