@@ -836,7 +836,7 @@ class StreamLoop(Service):
     async def on_start(self) -> None:
         settings = self.settings
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **settings.kafka_options(),
             client_id=f"{settings.app_id}-stream",
             # no linger: every batch is complete when handed over (`send_all`)
             max_batch_size=1 << 20,
@@ -844,7 +844,7 @@ class StreamLoop(Service):
             acks="all",
         )
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **settings.kafka_options(),
             client_id=f"{settings.app_id}-stream",
             group_id=settings.stream_group,
             enable_auto_commit=False,

@@ -22,9 +22,27 @@ class IntentApp(faust.App):
     BootStrategy = StreamBoot
 
 
+def faust_credentials(settings: Settings) -> faust.SSLCredentials | faust.SASLCredentials | None:
+    """The Kafka security settings in Faust's terms (its clients connect as ours do)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = settings.kafka_ssl_context()
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    assert settings.kafka_sasl_password is not None  # Settings' validator saw to it
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        ssl_context=context,  # None: SASL_PLAINTEXT
+        mechanism=settings.kafka_sasl_mechanism,
+    )
+
+
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
     config: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in settings.bootstrap_servers],
+        "broker_credentials": faust_credentials(settings),
         "store": "memory://",
         # Faust's default is "<app id>-data" in the working directory.
         "datadir": str(settings.data_dir / settings.app_id),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from schemas.readers import FORMATS
 from stream.errors import IntentError
@@ -23,8 +24,19 @@ def _n(count: int, noun: str) -> str:
 def _settings() -> Settings:
     try:
         return get_settings()
-    except Exception as exc:  # pydantic's ValidationError names the bad INTENT_ variable
-        raise click.ClickException(f"bad INTENT_ setting: {exc}") from exc
+    except ValidationError as exc:
+        raise click.ClickException(f"bad INTENT_ setting: {settings_problems(exc)}") from exc
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """What is wrong with the INTENT_ settings, by variable, without the values given
+    (pydantic's own message repeats them all, secrets included)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        names = [f"INTENT_{str(part).upper()}" for part in error["loc"]]
+        problems.append(f"{', '.join(names)}: {message}" if names else message)
+    return "; ".join(problems)
 
 
 class _Group(click.Group):
@@ -181,7 +193,7 @@ def forget(shopper_id: str, yes: bool) -> None:
         op="forget", scope="shopper", at=now,
     )  # fmt: skip
     ensure_topics(settings)
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer = KafkaProducer(**settings.kafka_options())
     producer.send(settings.topic_suppression, key=shopper_id.encode(), value=record.to_json()).get(
         30
     )

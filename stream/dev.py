@@ -120,7 +120,7 @@ def _servers(settings: Settings, cleanup: ExitStack, out: TextIO) -> dict[str, s
 def _demo_loop(settings: Settings, rate: float, stop: threading.Event) -> None:
     from stream.demo import traffic
 
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    producer = KafkaProducer(**settings.kafka_options(), linger_ms=5)
     t0 = time.monotonic()
     try:
         for at, key, value in traffic(rate, datetime.now(UTC)):
@@ -143,7 +143,7 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes] | None, out: Text
         settings.topic_cart_recovery,
         settings.topic_dead_letter,
     ]
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, consumer_timeout_ms=500)
+    consumer = KafkaConsumer(**settings.kafka_options(), consumer_timeout_ms=500)
     partitions = [
         TopicPartition(topic, p)
         for topic in topics

@@ -167,7 +167,7 @@ class Server:
             return "(no log)"
 
 
-def _tcp_answers(port: int) -> bool:
+def tcp_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
@@ -197,7 +197,7 @@ def tansu_server(port: int, run_dir: Path) -> Server:
             "--storage-engine", "memory://tansu/",
         ],
         log_path=run_dir / "tansu.log",
-        ready=_tcp_answers,
+        ready=tcp_answers,
     )  # fmt: skip
 
 

@@ -37,7 +37,7 @@ class ProduceReport:
 def make_producer(settings: Settings) -> KafkaProducer:
     try:
         return KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **settings.kafka_options(),
             linger_ms=LINGER_MS,
             batch_size=BATCH_BYTES,
             acks=1,
@@ -52,6 +52,7 @@ def make_producer(settings: Settings) -> KafkaProducer:
         raise BrokerUnavailable(
             f"cannot connect to Kafka at {settings.kafka_bootstrap}: {exc}; "
             "is the broker up? (`intent dev --print-env` shows the embedded one)"
+            f"{settings.kafka_security_hint()}"
         ) from exc
 
 

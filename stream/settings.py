@@ -5,10 +5,12 @@ The README's configuration table lists every field here; a unit test keeps the t
 
 from __future__ import annotations
 
+import ssl
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +20,31 @@ class Settings(BaseSettings):
     # --- servers ---------------------------------------------------------------------
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated host:port."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How every Kafka client connects: SSL (TLS), SASL_SSL (TLS and a "
+        "username/password: Confluent Cloud, MSK, Aiven), SASL_PLAINTEXT, or PLAINTEXT.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism, for the SASL_ protocols."
+    )
+    kafka_sasl_username: str | None = Field(
+        None, description="SASL username (Confluent Cloud: the API key); SASL_ protocols."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (Confluent Cloud: the API secret); SASL_ protocols."
+    )
+    kafka_ssl_cafile: FilePath | None = Field(
+        None,
+        description="CA certificates (PEM) that sign the brokers' certificates; the "
+        "system's trusted CAs when unset. For the SSL protocols.",
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        None, description="Client certificate (PEM) for brokers that require one (mutual TLS)."
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(
+        None, description="The client certificate's private key (PEM), unless in the certfile."
     )
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (may hold a password)."
@@ -99,6 +126,70 @@ class Settings(BaseSettings):
         Path(".intent/data"),
         description="The worker's local Faust directory; one subdirectory per app id.",
     )
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"INTENT_KAFKA_SECURITY_PROTOCOL={protocol} needs INTENT_KAFKA_SASL_USERNAME "
+                "and INTENT_KAFKA_SASL_PASSWORD"
+            )
+        tls = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if not protocol.endswith("SSL") and any(tls):
+            raise ValueError(
+                "INTENT_KAFKA_SSL_* files are set but INTENT_KAFKA_SECURITY_PROTOCOL is "
+                f"{protocol}: set it to SSL or SASL_SSL to connect with TLS"
+            )
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("INTENT_KAFKA_SSL_KEYFILE needs INTENT_KAFKA_SSL_CERTFILE")
+        return self
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of every Kafka client (None: the protocol uses no TLS). It
+        verifies the brokers' certificates and host names."""
+        if not self.kafka_security_protocol.endswith("SSL"):
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(
+                str(self.kafka_ssl_certfile),
+                str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        return context
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Where and how every Kafka client connects: keyword arguments that
+        kafka-python's and aiokafka's producers, consumers and admin clients all take."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        context = self.kafka_ssl_context()
+        if context is not None:
+            options["ssl_context"] = context
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None  # the validator saw to it
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        return options
+
+    def kafka_security_hint(self) -> str:
+        """What to check when the brokers do not answer, beyond their address."""
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return ""
+        checks = ["that the brokers take " + protocol]
+        if protocol.endswith("SSL"):
+            checks.append("INTENT_KAFKA_SSL_CAFILE (the CA that signed their certificates)")
+        if protocol.startswith("SASL_"):
+            checks.append(f"the {self.kafka_sasl_mechanism} username and password")
+        return "; check " + ", ".join(checks)
 
     def topic_names(self) -> dict[str, str]:
         """Every topic the processor uses, by setting name."""

@@ -29,13 +29,14 @@ def admin_client(settings: Settings, timeout: float = CONNECT_TIMEOUT_SECONDS) -
     while True:
         try:
             return KafkaAdminClient(
-                bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-admin"
+                **settings.kafka_options(), client_id=f"{settings.app_id}-admin"
             )
         except KafkaError as exc:
             if time.monotonic() >= deadline:
                 raise BrokerUnavailable(
                     f"no Kafka broker answers at {settings.kafka_bootstrap}: start one "
                     "(`intent dev` starts an embedded one) or set INTENT_KAFKA_BOOTSTRAP"
+                    f"{settings.kafka_security_hint()}"
                 ) from exc
             time.sleep(0.5)
 
