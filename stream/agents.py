@@ -779,6 +779,16 @@ def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     return stable if stable is not None and stable >= 0 else consumer.highwater(tp)
 
 
+async def _past_skipped(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> int:
+    """The consumer's position on a partition whose records up to `end` were handled: past
+    `end` by what it skipped after them. `end` if the partition is no longer assigned."""
+    try:
+        position: int = await consumer.position(tp)
+    except IllegalStateError:
+        return end
+    return max(end, position)
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, loop: StreamLoop) -> None:
         self.loop = loop
@@ -1117,7 +1127,7 @@ class StreamLoop(Service):
         # Past the batch's last record, and past what the consumer skipped after it:
         # transaction markers, aborted records. Committing the last record + 1 left a
         # partition ending in a marker one short of its end for good.
-        offsets = {tp: max(end, await consumer.position(tp)) for tp, end in ends.items()}
+        offsets = {tp: await _past_skipped(consumer, tp, end) for tp, end in ends.items()}
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:  # a rebalance: the next owner redoes it

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
 from stream import agents
@@ -43,6 +43,8 @@ class Consumer:
         self.commits.append(dict(offsets))
 
     async def position(self, tp: TopicPartition) -> int:
+        if self.at.get(tp) == -1:
+            raise IllegalStateError("no longer assigned")
         return self.at.get(tp, 0)
 
     def last_stable_offset(self, tp: TopicPartition) -> int:
@@ -107,6 +109,11 @@ def test_a_handled_batch_is_committed_past_what_the_consumer_skipped_after_it() 
         "intent_consumer_lag_messages", {"topic": "clickstream.events", "partition": "0"}
     )
     assert lag == 100 - 13
+
+    # a partition no longer assigned has no position: committed past its last record
+    consumer = Consumer(at={clicks: -1, events: 45})
+    asyncio.run(loop._handle(consumer, batches))  # type: ignore[arg-type]
+    assert consumer.commits == [{clicks: 12, events: 45}]
 
 
 def test_an_idle_worker_commits_what_the_consumer_skipped_since_its_last_commit() -> None:
