@@ -1,7 +1,7 @@
 """Scores in Redis: the only caller of `lua/apply.lua`, and the only place that builds
 score keys. An in-memory twin on the pure reference serves replay and tests.
 
-Key layout (one hash tag per shopper, so it all works on Redis Cluster):
+Key layout (one hash tag per shopper: a shopper's keys would share a Redis Cluster slot):
     <app>:{<shopper>}:score     hash: tier, seq, T, reset, components (see apply.lua)
     <app>:{<shopper>}:applied   sorted set: applied signal ids (dedupe; newest 1000 kept)
     <app>:{<shopper>}:last      string: the last result that applied signals or demoted
