@@ -36,6 +36,9 @@ bench: $(STAMP) ## End-to-end benchmark on the embedded stack (500k events; writ
 hotpath: $(STAMP) ## The pipeline's own µs per event on a real Redis, without the broker (bench/hotpath.py)
 	$(BIN)/python -m bench.hotpath $(HOTPATH_ARGS)
 
+floors: $(STAMP) ## What the machine allows before any rule runs: the transport's floors under the targets
+	$(BIN)/python -m bench.floors $(FLOORS_ARGS)
+
 failover: $(STAMP) ## Two workers, one killed with kill -9 mid-stream: events lost, duplicates, takeover time
 	$(BIN)/python -m bench.failover $(FAILOVER_ARGS)
 
@@ -51,4 +54,4 @@ check: lint typecheck test ## What CI runs
 clean: ## Remove the virtualenv and run folders
 	rm -rf $(VENV) .intent .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install prometheus demo bench hotpath failover test unit lint typecheck check clean
+.PHONY: help install prometheus demo bench hotpath floors failover test unit lint typecheck check clean

@@ -789,6 +789,44 @@ async def _past_skipped(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int
     return max(end, position)
 
 
+def stream_producer(settings: Settings) -> AIOKafkaProducer:
+    """The stream loop's producer (also `bench/floors.py`'s)."""
+    return AIOKafkaProducer(
+        **settings.kafka_options(),
+        client_id=f"{settings.app_id}-stream",
+        # no linger: every batch is complete when handed over (`send_all`)
+        max_batch_size=1 << 20,
+        max_request_size=8 << 20,
+        acks="all",
+    )
+
+
+def stream_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """The stream loop's consumer, in the stream's group, not yet subscribed (also
+    `bench/floors.py`'s)."""
+    return AIOKafkaConsumer(
+        **settings.kafka_options(),
+        client_id=f"{settings.app_id}-stream",
+        group_id=settings.stream_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=int(settings.session_timeout_seconds * 1000),
+        heartbeat_interval_ms=int(settings.heartbeat_interval_seconds * 1000),
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+        max_partition_fetch_bytes=4 << 20,
+        # A clickstream written with transactions: records of aborted ones are never
+        # read, and those of open ones only once committed. The same for any other.
+        isolation_level="read_committed",
+        # Range deals each topic's partitions alike, so the worker that reads
+        # clickstream partition n also owns intent.events partition n, and events
+        # keyed by shopper skip the hop (`direct`) with any number of workers;
+        # round robin (aiokafka's default) pairs them only when the count divides
+        # the partitions. Listed second, it is what a group still running older
+        # workers agrees on during a rolling upgrade.
+        partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
+    )
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, loop: StreamLoop) -> None:
         self.loop = loop
@@ -845,35 +883,8 @@ class StreamLoop(Service):
 
     async def on_start(self) -> None:
         settings = self.settings
-        self.producer = AIOKafkaProducer(
-            **settings.kafka_options(),
-            client_id=f"{settings.app_id}-stream",
-            # no linger: every batch is complete when handed over (`send_all`)
-            max_batch_size=1 << 20,
-            max_request_size=8 << 20,
-            acks="all",
-        )
-        self.consumer = AIOKafkaConsumer(
-            **settings.kafka_options(),
-            client_id=f"{settings.app_id}-stream",
-            group_id=settings.stream_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=int(settings.session_timeout_seconds * 1000),
-            heartbeat_interval_ms=int(settings.heartbeat_interval_seconds * 1000),
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-            max_partition_fetch_bytes=4 << 20,
-            # A clickstream written with transactions: records of aborted ones are never
-            # read, and those of open ones only once committed. The same for any other.
-            isolation_level="read_committed",
-            # Range deals each topic's partitions alike, so the worker that reads
-            # clickstream partition n also owns intent.events partition n, and events
-            # keyed by shopper skip the hop (`direct`) with any number of workers;
-            # round robin (aiokafka's default) pairs them only when the count divides
-            # the partitions. Listed second, it is what a group still running older
-            # workers agrees on during a rolling upgrade.
-            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
-        )
+        self.producer = stream_producer(settings)
+        self.consumer = stream_consumer(settings)
         await self.producer.start()
         await self.consumer.start()
         tune_gc()
