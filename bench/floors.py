@@ -1,6 +1,6 @@
 """What this machine allows before any rule runs: the floors under issue 6's targets.
 
-    python -m bench.floors [--events N] [--rate R] [--seconds S]      (make floors)
+    python -m bench.floors [--events N] [--rate R] [--seconds 5,20]   (make floors)
 
 Each floor is a cost that every design with the worker's transport, canonical events and
 outputs pays, whatever its detection and scoring do, measured on the embedded stack:
@@ -63,6 +63,7 @@ from stream.files import LineError, read_events
 from stream.ingest import RawRecord, ingest_batch
 from stream.metrics import Metrics
 from stream.rulesfile import load_ruleset
+from stream.runtime import tune_gc
 from stream.settings import Settings
 from stream.topics import ensure_topics
 from stream.worker import redis_client
@@ -147,6 +148,14 @@ async def send_cpu(settings: Settings, pipeline: Pipeline, outputs: list[list[Ou
         await producer.stop()
 
 
+def bare_pipeline(settings: Settings) -> Pipeline:
+    """A pipeline that is never run: what `StreamLoop` and `ingest_batch` are given."""
+    return Pipeline(
+        None, settings, Metrics(CollectorRegistry()), load_ruleset(settings),
+        redis_client(settings), sender=lambda records: asyncio.sleep(0),
+    )  # fmt: skip
+
+
 def ingest_cpu(settings: Settings, pipeline: Pipeline, raw: list[RawRecord]) -> float:
     started = time.process_time()
     for i in range(0, len(raw), settings.batch_size):
@@ -187,21 +196,12 @@ def throughput(settings: Settings, n: int) -> dict[str, float]:
     sync.close()
     records = sum(len(batch) for batch in outputs)
     produce(settings.kafka_bootstrap, settings.topic_clickstream, inputs)
-    # Measured with no collection running, as the worker runs (`stream.runtime.tune_gc`
-    # freezes its start-up heap; replay turns collection off).
-    gc.collect()
-    gc.disable()
-    try:
-        log("consume, ingest, send")
-        consume = asyncio.run(consume_cpu(settings, n))
-        pipeline = Pipeline(
-            None, settings, Metrics(CollectorRegistry()), load_ruleset(settings),
-            redis_client(settings), sender=lambda records: asyncio.sleep(0),
-        )  # fmt: skip
-        ingest = ingest_cpu(settings, pipeline, raw)
-        send = asyncio.run(send_cpu(settings, pipeline, outputs))
-    finally:
-        gc.enable()
+    log("consume, ingest, send")
+    pipeline = bare_pipeline(settings)
+    tune_gc()  # as the worker does once it is up (and bench/hotpath.py)
+    consume = asyncio.run(consume_cpu(settings, n))
+    ingest = ingest_cpu(settings, pipeline, raw)
+    send = asyncio.run(send_cpu(settings, pipeline, outputs))
     floor_us = script_floor_us(settings.redis_url.get_secret_value(), calls)
     per_event = {"consume": consume, "ingest": ingest, "send": send}
     transport_us = sum(per_event.values()) * 1e6 / n
@@ -227,11 +227,7 @@ def forward(settings: Settings, ready: Any) -> None:  # pragma: no cover - in a 
 async def _forward(settings: Settings, ready: Any) -> None:  # pragma: no cover - child
     consumer = stream_consumer(settings)
     consumer.subscribe([settings.topic_clickstream])
-    pipeline = Pipeline(
-        None, settings, Metrics(CollectorRegistry()), load_ruleset(settings),
-        redis_client(settings), sender=lambda records: asyncio.sleep(0),
-    )  # fmt: skip
-    loop = StreamLoop(pipeline)
+    loop = StreamLoop(bare_pipeline(settings))
     loop.producer = producer = stream_producer(settings)
     await producer.start()
     await consumer.start()
