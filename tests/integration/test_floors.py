@@ -21,7 +21,7 @@ def test_floors_measure_the_workers_transport_on_its_own_output(settings: Settin
     assert bare["seconds"] == 2
     assert bare["latency_offered"] == bare["latency_samples"] == 400
     assert 0 < bare["p50_ms"] <= bare["p99_ms"] == result["p99_ms"]
-    assert len(bare["broker_cpu_by_second"]) == 2
+    assert 1 <= len(bare["broker_cpu_by_second"]) <= 2  # a sample a second, cut at the run's end
     assert all(share >= 0 for share in bare["broker_cpu_by_second"])
     for key in ("consume", "ingest", "send"):
         assert result[f"{key}_us_per_event"] > 0
