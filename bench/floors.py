@@ -60,7 +60,7 @@ from bench.run import (
 from stream.agents import OutRecord, Pipeline, StreamLoop, stream_consumer, stream_producer
 from stream.embedded import EmbeddedStack
 from stream.files import LineError, read_events
-from stream.ingest import RawRecord, ingest_batch
+from stream.ingest import RawRecord, ingest_batch, ingest_limits
 from stream.metrics import Metrics
 from stream.rulesfile import load_ruleset
 from stream.runtime import tune_gc
@@ -134,9 +134,9 @@ async def consume_cpu(settings: Settings, n: int) -> float:
         await consumer.stop()
 
 
-async def send_cpu(settings: Settings, pipeline: Pipeline, outputs: list[list[OutRecord]]) -> float:
+async def send_cpu(settings: Settings, outputs: list[list[OutRecord]]) -> float:
     """CPU seconds to send every batch's output with the worker's `send_all`."""
-    loop = StreamLoop(pipeline)
+    loop = StreamLoop(bare_pipeline(settings))
     loop.producer = producer = stream_producer(settings)
     await producer.start()
     try:
@@ -149,17 +149,18 @@ async def send_cpu(settings: Settings, pipeline: Pipeline, outputs: list[list[Ou
 
 
 def bare_pipeline(settings: Settings) -> Pipeline:
-    """A pipeline that is never run: what `StreamLoop` and `ingest_batch` are given."""
+    """A pipeline that is never run: what a `StreamLoop` is given."""
     return Pipeline(
         None, settings, Metrics(CollectorRegistry()), load_ruleset(settings),
         redis_client(settings), sender=lambda records: asyncio.sleep(0),
     )  # fmt: skip
 
 
-def ingest_cpu(settings: Settings, pipeline: Pipeline, raw: list[RawRecord]) -> float:
+def ingest_cpu(settings: Settings, raw: list[RawRecord]) -> float:
+    limits = ingest_limits(settings)
     started = time.process_time()
     for i in range(0, len(raw), settings.batch_size):
-        ingest_batch(raw[i : i + settings.batch_size], datetime.now(UTC), pipeline.limits)
+        ingest_batch(raw[i : i + settings.batch_size], datetime.now(UTC), limits)
     return time.process_time() - started
 
 
@@ -197,11 +198,10 @@ def throughput(settings: Settings, n: int) -> dict[str, float]:
     records = sum(len(batch) for batch in outputs)
     produce(settings.kafka_bootstrap, settings.topic_clickstream, inputs)
     log("consume, ingest, send")
-    pipeline = bare_pipeline(settings)
     tune_gc()  # as the worker does once it is up (and bench/hotpath.py)
     consume = asyncio.run(consume_cpu(settings, n))
-    ingest = ingest_cpu(settings, pipeline, raw)
-    send = asyncio.run(send_cpu(settings, pipeline, outputs))
+    ingest = ingest_cpu(settings, raw)
+    send = asyncio.run(send_cpu(settings, outputs))
     floor_us = script_floor_us(settings.redis_url.get_secret_value(), calls)
     per_event = {"consume": consume, "ingest": ingest, "send": send}
     transport_us = sum(per_event.values()) * 1e6 / n
