@@ -19,6 +19,8 @@ MISSING_TIMESTAMP: Final = "missing_timestamp"
 INVALID_EVENT: Final = "invalid_event"
 UNSUPPORTED_EVENT_TYPE: Final = "unsupported_event_type"
 FUTURE_TIMESTAMP: Final = "future_timestamp"
+# past a bound of ingest: a number, string, list, nesting depth, quantity, price or time
+OUT_OF_BOUNDS: Final = "out_of_bounds"
 MALFORMED_LINE: Final = "malformed_line"
 PROCESSING_ERROR: Final = "processing_error"  # a bug of ours, still never silent
 LATE: Final = "late"  # older than the allowed lateness (from the detect stage)
@@ -33,6 +35,7 @@ REASONS: Final = (
     INVALID_EVENT,
     UNSUPPORTED_EVENT_TYPE,
     FUTURE_TIMESTAMP,
+    OUT_OF_BOUNDS,
     MALFORMED_LINE,
     PROCESSING_ERROR,
     LATE,

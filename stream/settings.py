@@ -6,6 +6,7 @@ The README's configuration table lists every field here; a unit test keeps the t
 from __future__ import annotations
 
 import ssl
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +103,28 @@ class Settings(BaseSettings):
     max_clock_skew_seconds: float = Field(
         300.0, ge=0, description="Events stamped further than this in the future are rejected."
     )
+    max_json_depth: int = Field(
+        20, ge=2, le=500, description="Deepest nesting of objects and lists in an input record."
+    )
+    max_string_chars: int = Field(
+        8192, ge=64, description="Longest string anywhere in an input record, in characters."
+    )
+    max_list_items: int = Field(
+        1000, ge=1, description="Most items of any list in an input record (products, items)."
+    )
+    max_number: float = Field(
+        1e18, gt=0, description="Largest magnitude of any number in an input record."
+    )
+    max_quantity: int = Field(
+        100_000, ge=1, description="Largest product quantity; a bigger one is out_of_bounds."
+    )
+    max_price: float = Field(
+        1e10, gt=0, description="Largest product price; a bigger one is out_of_bounds."
+    )
+    min_event_time: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC),
+        description="Events stamped before this are rejected as out_of_bounds.",
+    )
     batch_size: int = Field(
         2000, ge=1, description="Most records the stream loop takes from Kafka in one batch."
     )
@@ -112,6 +135,11 @@ class Settings(BaseSettings):
         False,
         description="Send every event through intent.events; off: an event whose "
         "intent.events partition this worker owns, read to its end, is detected at once.",
+    )
+    output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "none",
+        description="Compression of every record the worker writes (the input may use any "
+        "codec: all four are read).",
     )
     # --- consumer group timing (FIELD-NOTES: seconds to start and fail over, not minutes)
     session_timeout_seconds: float = Field(
