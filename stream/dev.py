@@ -2,7 +2,8 @@
 
 Starts what is missing (nothing, when INTENT_KAFKA_BOOTSTRAP and INTENT_REDIS_URL are
 set), prints validated events and rejections as the worker emits them, and on Ctrl-C
-(or SIGTERM) stops every process it started, in reverse order.
+(or SIGTERM) stops every process it started, in reverse order. A record it cannot read
+or print is shown as unreadable (where it is, a short preview), never fatal.
 """
 
 from __future__ import annotations
@@ -19,18 +20,33 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Final, TextIO
+from typing import Final, Protocol, TextIO
 
 import click
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream.embedded import EmbeddedStack, spawn, stop_process
 from stream.ingest import IngestLimits, RawRecord, ingest_limits, ingest_one
+from stream.produce import compression_type
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
 DEMO_RATE: Final = 20.0  # events/s: readable in a terminal, enough to exercise every path
 WORKER_GRACE_SECONDS: Final = 15.0  # a worker commits offsets and leaves its group on TERM
+PREVIEW_BYTES: Final = 60  # of an unreadable record's value, shown
+
+
+class Record(Protocol):
+    """What the live view reads of a consumed record (kafka-python's ConsumerRecord)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -120,7 +136,9 @@ def _servers(settings: Settings, cleanup: ExitStack, out: TextIO) -> dict[str, s
 def _demo_loop(settings: Settings, rate: float, stop: threading.Event) -> None:
     from stream.demo import traffic
 
-    producer = KafkaProducer(**settings.kafka_options(), linger_ms=5)
+    producer = KafkaProducer(
+        **settings.kafka_options(), linger_ms=5, compression_type=compression_type(settings)
+    )
     t0 = time.monotonic()
     try:
         for at, key, value in traffic(rate, datetime.now(UTC)):
@@ -161,19 +179,62 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes] | None, out: Text
                 )
             for batch in consumer.poll(timeout_ms=500).values():
                 for record in batch:
-                    line = _describe(settings, limits, record.topic, record.value, counts)
-                    if line is not None:
-                        click.echo(line)
+                    show(settings, limits, record, counts)
     finally:
         consumer.close()
 
 
+def show(
+    settings: Settings,
+    limits: IngestLimits,
+    record: Record,
+    counts: dict[str, int],
+    out: TextIO | None = None,
+) -> None:
+    """Print one record's line. One that cannot be read or printed (bytes that are not
+    UTF-8 JSON, a field missing, a string the output cannot encode, a bug of ours) is
+    printed as unreadable instead, and the console goes on with the next."""
+    try:
+        line = _describe(settings, limits, record.topic, record.value, counts)
+        if line is not None:
+            click.echo(line, file=out)
+    except Exception as exc:
+        counts["unreadable"] = counts.get("unreadable", 0) + 1
+        # ASCII only: whatever broke the record's line cannot break this one; only the
+        # output itself failing (a closed pipe) stops the console
+        click.echo(click.style(_unreadable(record, exc), fg="yellow"), file=out)
+
+
+def _unreadable(record: Record, exc: Exception) -> str:
+    def ascii_only(text: str) -> str:
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+    value = record.value
+    if value is None:
+        preview = "no value"
+    else:
+        cut = "..." if len(value) > PREVIEW_BYTES else ""
+        preview = f"{len(value):,} bytes {value[:PREVIEW_BYTES]!r}{cut}"
+    reason = (str(exc).splitlines() or [""])[0][:100]
+    return ascii_only(
+        f"  unreadable   {record.topic}[{record.partition}]@{record.offset}: "
+        f"{type(exc).__name__}: {reason}; {preview}"
+    )
+
+
 def _describe(
-    settings: Settings, limits: IngestLimits, topic: str, value: bytes, counts: dict[str, int]
+    settings: Settings,
+    limits: IngestLimits,
+    topic: str,
+    value: bytes | None,
+    counts: dict[str, int],
 ) -> str | None:
     """One line per record; input as the worker normalises it (None if it rejects it:
     its dead letter gets the line). The worker detects most events without passing them
-    through intent.events, so the input is read from the clickstream."""
+    through intent.events, so the input is read from the clickstream. Raises on a record
+    it cannot read (`show` prints it as unreadable)."""
+    if value is None:
+        raise ValueError("a record without a value")
     if topic == settings.topic_clickstream:
         try:
             event = ingest_one(RawRecord(value), datetime.now(UTC), limits)

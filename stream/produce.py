@@ -34,6 +34,12 @@ class ProduceReport:
         return self.sent / self.seconds if self.seconds else 0.0
 
 
+def compression_type(settings: Settings) -> str | None:
+    """`INTENT_OUTPUT_COMPRESSION` as the clients' `compression_type` (None: uncompressed)."""
+    codec = settings.output_compression
+    return None if codec == "none" else codec
+
+
 def make_producer(settings: Settings) -> KafkaProducer:
     try:
         return KafkaProducer(
@@ -47,6 +53,8 @@ def make_producer(settings: Settings) -> KafkaProducer:
             # idempotent producer would allow five, but the embedded broker rejects it.
             max_in_flight_requests_per_connection=1,
             client_id=f"{settings.app_id}-produce",
+            # what the worker writes with: gzip, snappy, lz4 or zstd, or none
+            compression_type=compression_type(settings),
         )
     except KafkaError as exc:
         raise BrokerUnavailable(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import socket
@@ -9,7 +11,17 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from pydantic_core import PydanticSerializationError
+
+from schemas.events import Event
+from stream import dev
+from stream.ingest import ingest_limits
+from stream.settings import Settings
 
 START_BUDGET_SECONDS = 60  # the issue's promise: events visible within 60 s of a cold start
 
@@ -96,3 +108,72 @@ def test_dev_uses_given_servers_and_starts_none(tmp_path: Path, servers: object)
     assert f"using Kafka at {servers.kafka_bootstrap}" in out  # type: ignore[attr-defined]
     assert "embedded stack up" not in out
     assert not (tmp_path / "run" / "tansu.log").exists()
+
+
+class FakeRecord(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+def test_the_console_prints_an_unreadable_record_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bad bytes, a lone surrogate, a field missing, no value, a serialiser that raises:
+    each record is printed as unreadable (topic, partition, offset, a preview), and the
+    good record after them is still printed."""
+    settings = Settings()
+    now = datetime.now(UTC).isoformat()
+
+    def canonical(shopper: str, name: str = "USB-C cable") -> bytes:
+        return json.dumps(
+            {"shopper_id": shopper, "type": "product_view", "ts": now,
+             "product": {"sku": "CBL-1", "name": name}}
+        ).encode()  # fmt: skip
+
+    change = {
+        "shopper_id": "x\ud800y", "at": now, "from_tier": "none", "to_tier": "mid",
+        "score": 20.0, "reason": "signal", "signals": [{"name": "checkout_started", "points": 20}],
+    }  # fmt: skip
+    to_json = Event.to_json
+
+    def raising(event: Event) -> bytes:
+        if event.shopper_id == "s-serialiser":
+            raise PydanticSerializationError("Error serializing to JSON: surrogates not allowed")
+        return to_json(event)
+
+    monkeypatch.setattr(Event, "to_json", raising)
+    clicks, changes = settings.topic_clickstream, settings.topic_tier_changes
+    records = [
+        FakeRecord(changes, 3, 10, b"\xff\xfe not UTF-8 " + b"x" * 100),
+        FakeRecord(changes, 3, 11, json.dumps(change).encode()),  # "\ud800": a lone surrogate
+        FakeRecord(settings.topic_signals, 0, 7, b"{}"),
+        FakeRecord(settings.topic_dead_letter, 1, 2, None),
+        FakeRecord(clicks, 5, 40, canonical("s-serialiser")),
+        FakeRecord(clicks, 5, 41, b"\xff\xfe"),  # not an event: the worker dead-letters it
+        FakeRecord(clicks, 5, 42, canonical("s-named", "x\ud800y")),
+        FakeRecord(clicks, 6, 43, canonical("s-good")),
+    ]
+    # strict UTF-8, as a terminal's: a lone surrogate cannot be written
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", write_through=True)
+    counts = {"valid": 0, "rejected": 0}
+    for record in records:
+        dev.show(settings, ingest_limits(settings), record, counts, out)
+    lines = out.buffer.getvalue().decode().splitlines()  # type: ignore[attr-defined]
+
+    unreadable = [line.split()[1] for line in lines if line.startswith("  unreadable ")]
+    assert unreadable[:5] == [
+        f"{changes}[3]@10:", f"{changes}[3]@11:", f"{settings.topic_signals}[0]@7:",
+        f"{settings.topic_dead_letter}[1]@2:", f"{clicks}[5]@40:",
+    ]  # fmt: skip
+    assert "UnicodeDecodeError" in lines[0] and "b'\\xff\\xfe not UTF-8 xx" in lines[0]
+    assert lines[0].endswith("...")  # the preview is cut short
+    assert "UnicodeEncodeError" in lines[1]
+    assert "KeyError" in lines[2]
+    assert "no value" in lines[3]
+    assert "PydanticSerializationError" in lines[4]
+    # the event named with a lone surrogate: printed, or unreadable, but one line
+    assert len(lines) == 7
+    assert "s-good" in lines[-1] and "product_view" in lines[-1]
+    assert counts["unreadable"] == len(unreadable) >= 5
