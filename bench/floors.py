@@ -181,10 +181,10 @@ def script_floor_us(redis_url: str, args: list[bytes]) -> float:
     return spent * 1e6 / len(calls)
 
 
-def throughput(settings: Settings, n: int) -> dict[str, float]:
+def throughput(settings: Settings, n: int, taobao: Path = TAOBAO) -> dict[str, float]:
     """The per-event floors of one worker and one Redis on n events (`settings`' topics)."""
     ensure_topics(settings)
-    inputs = events(taobao_rows(), n)
+    inputs = events(taobao_rows(taobao), n)
     raw = [
         RawRecord(value, key, settings.topic_clickstream, i % settings.partitions, i)
         for i, (key, value) in enumerate(inputs)
@@ -312,17 +312,18 @@ def run(
     rate: int,
     seconds: list[int],
     broker_pid: int | None = None,
+    taobao: Path = TAOBAO,
 ) -> dict[str, Any]:
     """Every floor, on the broker and Redis `settings` name; the bare path once for each
     of `seconds` (fresh topics each time), the last one's p50 and p99 at the top."""
     result: dict[str, Any] = {"at": datetime.now(UTC).isoformat(timespec="seconds")}
-    result.update(throughput(settings, events))
+    result.update(throughput(settings, events, taobao))
     result["rate"] = rate
     result["bare_path"] = [latency(settings, rate, s, broker_pid) for s in seconds]
     result["p50_ms"] = result["bare_path"][-1]["p50_ms"]
     result["p99_ms"] = result["bare_path"][-1]["p99_ms"]
     log("reading the Taobao file")
-    result["replay_read_events_per_s"] = replay_read(TAOBAO)
+    result["replay_read_events_per_s"] = replay_read(taobao)
     result["machine"] = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )

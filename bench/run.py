@@ -63,9 +63,9 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def taobao_rows() -> list[tuple[str, str, str, str, int]]:
+def taobao_rows(path: Path = TAOBAO) -> list[tuple[str, str, str, str, int]]:
     rows = []
-    with gzip.open(TAOBAO, "rt") as f:
+    with gzip.open(path, "rt") as f:
         for line in f:
             user, item, category, kind, ts = line.rstrip("\n").split(",")
             rows.append((user, item, category, kind, int(ts)))

@@ -1,5 +1,5 @@
 """Clickstream events whose intent.events partition the worker owns (read to its end)
-skip that topic (`StreamLoop.direct`). On a real Redis and a real sample, the output must
+skip that topic (`StreamLoop.direct`). On a real Redis and a REES46 file, the output must
 be what the hop gives: the same records per shopper, in the same order."""
 
 from __future__ import annotations
@@ -86,9 +86,9 @@ def _per_key(sent: list[agents.OutRecord], skip: str) -> dict[bytes | None, list
 
 
 def test_events_that_skip_intent_events_give_what_the_hop_gives(
-    servers: Servers, shared_data: Path
+    servers: Servers, rees46_file: Path
 ) -> None:
-    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
+    sample = rees46_file
     hop, hop_direct = _run(servers.redis_url, sample, direct=False)
     direct, direct_count = _run(servers.redis_url, sample, direct=True)
     settings = Settings()
@@ -105,7 +105,7 @@ def test_events_that_skip_intent_events_give_what_the_hop_gives(
 
 
 def test_three_workers_each_detect_their_own_input_directly(
-    settings: Settings, env: dict[str, str], start_worker: Any, shared_data: Path
+    settings: Settings, env: dict[str, str], start_worker: Any, rees46_file: Path
 ) -> None:
     """The range assignor gives each worker clickstream partition n together with
     intent.events partition n, so input keyed by shopper skips the hop on every worker.
@@ -120,11 +120,7 @@ def test_three_workers_each_detect_their_own_input_directly(
     ensure_topics(settings)
     wait_for(lambda: all(ready(port) for port in ports), 90, "three workers in the group")
     time.sleep(2 * settings.heartbeat_interval_seconds)  # the last rebalance settles
-    events = [
-        e for e in islice(read_events(shared_data / "rees46_2019-10-01_head.csv.gz", "rees46"),
-                          EVENTS)
-        if isinstance(e, Event)
-    ]  # fmt: skip
+    events = [e for e in islice(read_events(rees46_file, "rees46"), EVENTS) if isinstance(e, Event)]
     produce(
         settings.kafka_bootstrap,
         settings.topic_clickstream,

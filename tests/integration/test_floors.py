@@ -4,14 +4,19 @@ from what really went through the broker and Redis."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from bench import floors
 from stream.settings import Settings
 
 
-def test_floors_measure_the_workers_transport_on_its_own_output(settings: Settings) -> None:
+def test_floors_measure_the_workers_transport_on_its_own_output(
+    settings: Settings, taobao_file: Path
+) -> None:
     # Any process serves to check the per-second CPU samples: this one.
-    result = floors.run(settings, events=2000, rate=200, seconds=[2], broker_pid=os.getpid())
+    result = floors.run(
+        settings, events=2000, rate=200, seconds=[2], broker_pid=os.getpid(), taobao=taobao_file
+    )
     # The worker's pipeline gave its output for these events (a new shopper's product
     # view alone gives a signal, a tier change and an audience add), and it was sent.
     assert result["records_out_per_event"] > 1

@@ -33,14 +33,15 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     settings: Settings,
     env: dict[str, str],
     start_worker: Any,
-    shared_data: Path,
+    rees46_file: Path,
     tmp_path: Path,
     repartition: bool,
 ) -> None:
-    """The REES46 sample (17k events, the first minutes of a day, carts and purchases
-    among them) with 300 generated shoppers who also check out, open the cart page,
-    read emails and opt out, then one event of now: every decay and absence of the sample falls due
-    at once, far more than a sweep chunk per partition. What this test found, each
+    """A REES46 file (19k events of 4,600 shoppers over three hours, views of one second,
+    carts and purchases among them) with 300 generated shoppers who also check out, open
+    the cart page, read emails and opt out, then one event of now: every decay and
+    absence of the file falls due at once, far more than a sweep chunk per partition.
+    What this test found (on the real REES46 sample, in the file's stead then), each
     mended (the commit says how):
     - the sweep fired decays before detection deadlines due earlier (a visit end then
       landed after a demotion it preceded: a promotion and a second demotion that never
@@ -70,9 +71,8 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
 
     Run both ways: events detected directly by the owner of their intent.events
     partition (the default), and every event through that topic."""
-    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
-    events = [e for e in read_events(sample, "rees46") if isinstance(e, Event)]
-    # The sample has no checkout, cart page or email: add generated shoppers that have
+    events = [e for e in read_events(rees46_file, "rees46") if isinstance(e, Event)]
+    # REES46 has no checkout, cart page or email: add generated shoppers that have
     # them, in the same hours, so absences fire too (in the worker, by the events of the
     # shopper, or by the sweep as the partition's event time passes their deadlines).
     rng = random.Random(6)

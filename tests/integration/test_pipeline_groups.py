@@ -78,9 +78,9 @@ def _per_key(sent: list[agents.OutRecord]) -> dict[bytes | None, list[agents.Out
 
 
 def test_concurrent_groups_send_each_shopper_what_one_group_sends(
-    servers: Servers, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+    servers: Servers, rees46_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
+    sample = rees46_file
     one = _run(servers.redis_url, sample, 1, monkeypatch)
     two = _run(servers.redis_url, sample, 2, monkeypatch)
     again = _run(servers.redis_url, sample, 2, monkeypatch)

@@ -1,4 +1,4 @@
-"""`intent produce` sends a real sample to the input topic; bad lines are reported, not fatal."""
+"""`intent produce` sends a file to the input topic; bad lines are reported, not fatal."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from schemas.events import Event
 from stream.files import read_events
 from stream.produce import make_producer
 from stream.settings import Settings
+from tests.conftest import REES46_EVENTS, REES46_TYPES
 from tests.integration.kafka_io import Reader
-
-REES46_EVENTS = 17_434  # PROVENANCE.md: view 17,055, cart 165, purchase 214
 
 
 def produce(path: Path, fmt: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -29,8 +28,8 @@ def produce(path: Path, fmt: str, env: dict[str, str]) -> subprocess.CompletedPr
     )
 
 
-def test_produce_rees46_sample(settings: Settings, env: dict[str, str], shared_data: Path) -> None:
-    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
+def test_produce_rees46_file(settings: Settings, env: dict[str, str], rees46_file: Path) -> None:
+    sample = rees46_file
     done = produce(sample, "rees46", env)
     assert done.returncode == 0, done.stderr
     assert f"sent {REES46_EVENTS:,} events" in done.stdout
@@ -46,7 +45,7 @@ def test_produce_rees46_sample(settings: Settings, env: dict[str, str], shared_d
         reader.close()
     assert len(records) == REES46_EVENTS
     types = Counter(json.loads(r.value)["type"] for r in records)
-    assert types == Counter(product_view=17_055, add_to_cart=165, purchase=214)
+    assert types == Counter(REES46_TYPES)
     assert all(r.key == json.loads(r.value)["shopper_id"].encode() for r in records)
     partitions = {r.partition for r in records}
     assert len(partitions) == settings.partitions  # topics were created with the setting
@@ -62,6 +61,7 @@ def test_produce_rees46_sample(settings: Settings, env: dict[str, str], shared_d
     producer = make_producer(settings)  # and a batch sent again cannot overtake the next
     try:
         assert producer.config["max_in_flight_requests_per_connection"] == 1
+        assert producer.config["compression_type"] is None  # INTENT_OUTPUT_COMPRESSION=none
     finally:
         producer.close()
 
@@ -75,13 +75,13 @@ def test_produce_unknown_file_fails_clearly(env: dict[str, str], tmp_path: Path)
 
 
 def test_produce_in_the_wrong_format_fails_and_names_the_right_one(
-    env: dict[str, str], shared_data: Path, tmp_path: Path
+    env: dict[str, str], taobao_file: Path, tmp_path: Path
 ) -> None:
     """Not one line read (a Taobao export sent as REES46): exit 1, with the format the
     file's first lines do read as, instead of "sent 0 events" and success."""
     import gzip
 
-    with gzip.open(shared_data / "taobao_userbehavior_2017-11-26.csv.gz", "rt") as source:
+    with gzip.open(taobao_file, "rt") as source:
         head = [next(source) for _ in range(30)]
     sample = tmp_path / "taobao_head.csv"
     sample.write_text("".join(head))
@@ -95,13 +95,13 @@ def test_produce_in_the_wrong_format_fails_and_names_the_right_one(
 
 
 def test_a_cut_short_gzip_file_fails_after_sending_what_it_could_read(
-    settings: Settings, env: dict[str, str], shared_data: Path, tmp_path: Path
+    settings: Settings, env: dict[str, str], rees46_file: Path, tmp_path: Path
 ) -> None:
     """A partial download: exit 1 naming the last line read, and the events before it
     are on the topic, as many as the message says (not lost in the producer's buffer)."""
     import zlib
 
-    head = (shared_data / "rees46_2019-10-01_head.csv.gz").read_bytes()[:3000]
+    head = rees46_file.read_bytes()[:3000]
     lines = zlib.decompressobj(wbits=31).decompress(head).count(b"\n")
     cut = tmp_path / "cut.csv.gz"
     cut.write_bytes(head)

@@ -11,14 +11,15 @@ import redis
 from stream.replay import action_lines, replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
+from tests.conftest import REES46_EVENTS
 from tests.integration.servers import Servers
 from tests.scenarios import generated_file
 
 
-def test_memory_and_redis_stores_agree_on_a_real_sample(
-    servers: Servers, shared_data: Path
+def test_memory_and_redis_stores_agree_on_a_rees46_file(
+    servers: Servers, rees46_file: Path
 ) -> None:
-    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
+    sample = rees46_file
     rules = load_rules()
     memory = replay(sample, "rees46", rules)
     # in shards, so the Redis store also serves a run of several (one Redis client, one
@@ -26,7 +27,7 @@ def test_memory_and_redis_stores_agree_on_a_real_sample(
     in_redis = replay(sample, "rees46", rules, redis_url=servers.redis_url, shard_events=5000)
     assert (memory.shards, in_redis.shards) == (1, 5)
     assert redis.Redis.from_url(servers.redis_url).keys("replay-*") == []  # cleaned up
-    assert memory.events == in_redis.events == 17_434
+    assert memory.events == in_redis.events == REES46_EVENTS
     assert len(memory.changes) > 1000  # a real workload, not a trivial one
     assert [c.model_dump() for c in memory.changes] == [c.model_dump() for c in in_redis.changes]
     topics = Settings().topic_names()
@@ -36,11 +37,11 @@ def test_memory_and_redis_stores_agree_on_a_real_sample(
 
 
 def test_the_command_in_two_processes_scores_in_redis_as_in_process(
-    servers: Servers, shared_data: Path, tmp_path: Path
+    servers: Servers, rees46_file: Path, tmp_path: Path
 ) -> None:
     from tests.unit.test_replay_shards import OUTPUT_FILES, run_command
 
-    sample = shared_data / "rees46_2019-10-01_head.csv.gz"
+    sample = rees46_file
     run_command(sample, tmp_path / "memory")
     output = run_command(
         sample, tmp_path / "redis", "--redis", servers.redis_url, "--jobs", "2",

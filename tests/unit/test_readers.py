@@ -309,6 +309,8 @@ def test_malformed_lines(fmt: str, line: str, reason: str, detail: str | None) -
 
 
 # --- read_events on the real samples (PROVENANCE.md) --------------------------------------
+# Marked `samples` (through `shared_data`): skipped without INTENT_SAMPLES_DIR's files.
+# The same reader properties on generated files: tests/unit/test_generated_files.py.
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """What `intent replay` does when something other than a line fails: a cut-short or
 corrupt gzip file, an output path that cannot be written, a Redis that does not answer.
 Each fails with one line naming the cause, as early as it can be known, and leaves an
-earlier output file of the same name as it was."""
+earlier output file of the same name as it was. The input: a generated REES46 file."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ from click.testing import CliRunner
 
 from stream.cli import main
 
-SAMPLE = "rees46_2019-10-01_head.csv.gz"
 
-
-def cut_short(shared_data: Path, tmp_path: Path) -> tuple[Path, int]:
-    """The sample's first 3,000 compressed bytes, and how many whole lines they hold
+def cut_short(sample: Path, tmp_path: Path) -> tuple[Path, int]:
+    """The file's first 3,000 compressed bytes, and how many whole lines they hold
     (counted with zlib, not through the reader)."""
-    head = (shared_data / SAMPLE).read_bytes()[:3000]
+    head = sample.read_bytes()[:3000]
     path = tmp_path / "cut.csv.gz"
     path.write_bytes(head)
     return path, zlib.decompressobj(wbits=31).decompress(head).count(b"\n")
@@ -30,8 +28,8 @@ def replay(*args: str) -> tuple[int, str]:
     return done.exit_code, done.output
 
 
-def test_a_cut_short_gzip_file_names_the_last_line_read(shared_data: Path, tmp_path: Path) -> None:
-    path, lines = cut_short(shared_data, tmp_path)
+def test_a_cut_short_gzip_file_names_the_last_line_read(rees46_file: Path, tmp_path: Path) -> None:
+    path, lines = cut_short(rees46_file, tmp_path)
     assert lines > 10
     code, output = replay(str(path), "--format", "rees46")
     assert code == 1, output
@@ -52,44 +50,44 @@ def test_corrupt_gzip_data_is_named(tmp_path: Path) -> None:
 
 
 def test_an_output_that_cannot_be_written_fails_before_the_replay(
-    shared_data: Path, tmp_path: Path
+    rees46_file: Path, tmp_path: Path
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for option in ("--changes", "--actions", "--report"):
         target = blocker / ("out" if option == "--report" else "out.jsonl")
-        code, output = replay(str(shared_data / SAMPLE), "--format", "rees46", option, str(target))
+        code, output = replay(str(rees46_file), "--format", "rees46", option, str(target))
         assert code == 1, output
         assert f"Error: cannot write {blocker}" in output
         assert "reading" not in output and "Redis" not in output  # before the file is read
 
 
 def test_a_redis_that_does_not_answer_is_named_before_the_replay(
-    shared_data: Path, tmp_path: Path
+    rees46_file: Path, tmp_path: Path
 ) -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"redis://:secret@127.0.0.1:{port}/0"
-    code, output = replay(str(shared_data / SAMPLE), "--format", "rees46", "--redis", url)
+    code, output = replay(str(rees46_file), "--format", "rees46", "--redis", url)
     assert code == 1, output
     assert f"Error: Redis at redis://127.0.0.1:{port}/0 did not answer" in output
     assert "secret" not in output and "reading" not in output
 
 
 def test_a_failed_replay_leaves_the_earlier_output_files_as_they_were(
-    shared_data: Path, tmp_path: Path
+    rees46_file: Path, tmp_path: Path
 ) -> None:
     changes, actions = tmp_path / "changes.jsonl", tmp_path / "actions.jsonl"
     code, output = replay(
-        str(shared_data / SAMPLE), "--format", "rees46",
+        str(rees46_file), "--format", "rees46",
         "--changes", str(changes), "--actions", str(actions),
     )  # fmt: skip
     assert code == 0, output
     before = changes.read_bytes(), actions.read_bytes()
     assert before[0] and before[1]
 
-    path, _ = cut_short(shared_data, tmp_path)
+    path, _ = cut_short(rees46_file, tmp_path)
     for jobs in ("1", "2"):
         code, output = replay(
             str(path), "--format", "rees46", "--jobs", jobs,
@@ -105,14 +103,14 @@ def test_a_failed_replay_leaves_the_earlier_output_files_as_they_were(
 
 
 def test_output_files_replace_the_earlier_ones_only_when_closed(
-    shared_data: Path, tmp_path: Path
+    rees46_file: Path, tmp_path: Path
 ) -> None:
     from stream.replay import OutputFiles
     from stream.replay import replay as run
     from stream.rulesfile import load_rules
     from stream.settings import Settings
 
-    part = run(shared_data / SAMPLE, "rees46", load_rules())
+    part = run(rees46_file, "rees46", load_rules())
     changes = tmp_path / "out" / "changes.jsonl"
     changes.parent.mkdir()
     changes.write_text("earlier\n")

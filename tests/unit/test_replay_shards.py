@@ -15,17 +15,17 @@ from stream.cli import main
 from stream.replay import action_lines, replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
+from tests.conftest import REES46_EVENTS
 
-SAMPLE = "rees46_2019-10-01_head.csv.gz"
 
-
-def test_shards_give_the_results_of_one_piece(shared_data: Path) -> None:
+def test_shards_give_the_results_of_one_piece(rees46_file: Path) -> None:
     rules = load_rules()
-    whole = replay(shared_data / SAMPLE, "rees46", rules)
-    split = replay(shared_data / SAMPLE, "rees46", rules, shard_events=3000)
-    # 17,434 events / 3,000 = 5.8, estimated from the first 2,000 lines, +25 % headroom
-    assert (whole.shards, split.shards) == (1, 8)
-    assert split.events == whole.events == 17_434
+    whole = replay(rees46_file, "rees46", rules)
+    split = replay(rees46_file, "rees46", rules, shard_events=3000)
+    # 15,850 events expected from the first 2,000 lines (19,443 in all) / 3,000 = 5.3,
+    # +25 % headroom
+    assert (whole.shards, split.shards) == (1, 7)
+    assert split.events == whole.events == REES46_EVENTS
     assert (split.shoppers, split.late, split.end) == (whole.shoppers, whole.late, whole.end)
     assert split.line_errors == whole.line_errors == {"malformed_line": 1}
     assert len(whole.changes) > 1000
@@ -53,14 +53,14 @@ OUTPUT_FILES = ("changes.jsonl", "actions.jsonl", "report/report.json", "report/
 @pytest.mark.parametrize(
     ("extra", "shards"),
     [
-        (["--shard-events", "3000"], "8 shards"),  # spilled, replayed one after the other
+        (["--shard-events", "3000"], "7 shards"),  # spilled, replayed one after the other
         (["--jobs", "2"], "2 shards"),  # in memory, split in two for two processes
-        (["--jobs", "2", "--shard-events", "3000"], "8 shards"),  # spilled, two processes
+        (["--jobs", "2", "--shard-events", "3000"], "7 shards"),  # spilled, two processes
     ],
     ids=["spilled", "forked", "spilled-forked"],
 )
 def test_the_command_writes_the_same_files_in_shards_and_processes(
-    shared_data: Path,
+    rees46_file: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     extra: list[str],
@@ -70,8 +70,8 @@ def test_the_command_writes_the_same_files_in_shards_and_processes(
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert "shards" not in run_command(shared_data / SAMPLE, whole)
-    assert shards in run_command(shared_data / SAMPLE, split, *extra)
+    assert "shards" not in run_command(rees46_file, whole)
+    assert shards in run_command(rees46_file, split, *extra)
     for name in OUTPUT_FILES:
         assert (split / name).read_bytes() == (whole / name).read_bytes(), name
     changes = [json.loads(line) for line in (split / "changes.jsonl").read_text().splitlines()]
@@ -81,10 +81,10 @@ def test_the_command_writes_the_same_files_in_shards_and_processes(
     assert list(temp.iterdir()) == []  # no shard, part file or folder left behind
 
 
-def test_a_shard_size_below_one_is_refused(shared_data: Path) -> None:
+def test_a_shard_size_below_one_is_refused(rees46_file: Path) -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        replay(shared_data / SAMPLE, "rees46", load_rules(), shard_events=0)
-    done = CliRunner().invoke(main, ["replay", str(shared_data / SAMPLE), "--shard-events", "0"])
+        replay(rees46_file, "rees46", load_rules(), shard_events=0)
+    done = CliRunner().invoke(main, ["replay", str(rees46_file), "--shard-events", "0"])
     assert done.exit_code == 2 and "--shard-events" in done.output
 
 
@@ -99,7 +99,7 @@ def summaries(run: Any, jobs: int, tmp_path: Path) -> Iterator[Any]:
 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_the_file_is_read_without_cyclic_gc_with_or_without_jobs(
-    shared_data: Path, tmp_path: Path, jobs: int
+    rees46_file: Path, tmp_path: Path, jobs: int
 ) -> None:
     """The whole run holds every event it read: each collection would re-scan them all
     (with --jobs, reading Taobao took 3.4 s instead of 2.0 while the collector ran)."""
@@ -109,21 +109,21 @@ def test_the_file_is_read_without_cyclic_gc_with_or_without_jobs(
 
     enabled: list[bool] = []
     run = Replay(
-        shared_data / SAMPLE,
+        rees46_file,
         "rees46",
         load_rules(),
         progress=lambda _: enabled.append(gc.isenabled()),
     )
     was = gc.isenabled()
     parts = list(summaries(run, jobs, tmp_path))
-    assert len(parts) == jobs and run.events == 17_434
+    assert len(parts) == jobs and run.events == REES46_EVENTS
     assert len(enabled) > 5 and not any(enabled)
     assert gc.isenabled() == was  # switched back on afterwards
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_replay_progress_moves_within_a_shard_and_adds_up(
-    shared_data: Path, tmp_path: Path, jobs: int
+    rees46_file: Path, tmp_path: Path, jobs: int
 ) -> None:
     """`on_replayed` counts REPLAY_UNITS per event in all. In one process it moves while
     the one shard is replayed (the bar sat at 0 % until the whole file was done); with
@@ -131,12 +131,12 @@ def test_replay_progress_moves_within_a_shard_and_adds_up(
     from stream.replay import REPLAY_UNITS, Replay
 
     seen: list[str | int] = []
-    run = Replay(shared_data / SAMPLE, "rees46", load_rules(), on_replayed=seen.append)
+    run = Replay(rees46_file, "rees46", load_rules(), on_replayed=seen.append)
     for _ in summaries(run, jobs, tmp_path):
         seen.append("shard")
     units = [n for n in seen if isinstance(n, int)]
-    assert sum(units) == REPLAY_UNITS * run.events == REPLAY_UNITS * 17_434
+    assert sum(units) == REPLAY_UNITS * run.events == REPLAY_UNITS * REES46_EVENTS
     if jobs == 1:
-        assert seen.index("shard") > 20 and seen[-1] == "shard"  # 52k units, in steps of 2k
+        assert seen.index("shard") > 20 and seen[-1] == "shard"  # 58k units, in steps of 2k
     else:
         assert seen.count("shard") == 2 and len(units) == 2

@@ -53,18 +53,15 @@ def test_constructed_models_stay_frozen() -> None:
         raise AssertionError("a constructed model must stay frozen")
 
 
-def test_outputs_built_without_validation_equal_validated_ones() -> None:
-    """Every output of a real replay (tier changes and audience changes are constructed)
-    is exactly what validating its own fields gives."""
-    from pathlib import Path
-
+def test_outputs_built_without_validation_equal_validated_ones(otto_file: Path) -> None:
+    """Every output of a replay (tier changes and audience changes are constructed) is
+    exactly what validating its own fields gives."""
     from stream.replay import replay
     from stream.rulesfile import load_rules
 
-    sample = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    result = replay(sample / "otto_20_sessions.jsonl.gz", "otto", load_rules())
+    result = replay(otto_file, "otto", load_rules())
     outputs = [*result.changes, *(o.value for o in result.actions)]
-    assert len(result.changes) > 0 and len(result.actions) > 0
+    assert len(result.changes) > 50 and len(result.actions) > 200
     for value in outputs:
         again = type(value).model_validate(value.model_dump())
         assert again == value
@@ -94,24 +91,29 @@ def test_construct_refuses_a_model_that_is_not_frozen() -> None:
         construct(Loose, {"name": "x"})
 
 
-def test_to_json_is_model_dump_json_byte_for_byte(shared_data: Path) -> None:
+def test_to_json_is_model_dump_json_byte_for_byte(
+    rees46_file: Path, otto_file: Path, tmp_path: Path
+) -> None:
     """The wire form skips model_dump_json's round trip through str: the same bytes for
-    every event, signal, tier change and action of a real replay (REES46 and OTTO)."""
+    every event, signal, tier change and action of a replay of REES46 and OTTO files and
+    of canonical events of every type, with pages, properties, sessions and suppressions."""
     from stream.files import read_events
     from stream.replay import replay
     from stream.rulesfile import load_rules
+    from tests.scenarios import generated_file
 
     checked = 0
-    for name, fmt in (
-        ("rees46_2019-10-01_head.csv.gz", "rees46"),
-        ("otto_20_sessions.jsonl.gz", "otto"),
+    for path, fmt in (
+        (rees46_file, "rees46"),
+        (otto_file, "otto"),
+        (generated_file(tmp_path, 3, 300), "canonical"),
     ):
-        result = replay(shared_data / name, fmt, load_rules())
+        result = replay(path, fmt, load_rules())
         for signal in result.signals:
             assert signal.to_json() == signal.model_dump_json(exclude_none=True).encode()
         for value in [*result.changes, *(o.value for o in result.actions)]:
             assert value.to_json() == value.model_dump_json().encode()
-        for event in read_events(shared_data / name, fmt):
+        for event in read_events(path, fmt):
             if not isinstance(event, BaseModel):
                 continue
             assert event.to_json() == event.model_dump_json(exclude_none=True).encode()

@@ -24,6 +24,13 @@ def test_each_sample_is_guessed_as_its_own_format(shared_data: Path, name: str, 
     assert guess_formats(shared_data / name) == [fmt]
 
 
+@pytest.mark.parametrize("fmt", ["rees46", "taobao", "otto"])
+def test_each_generated_file_is_guessed_as_its_own_format(
+    request: pytest.FixtureRequest, fmt: str
+) -> None:
+    assert guess_formats(request.getfixturevalue(f"{fmt}_file")) == [fmt]
+
+
 def test_canonical_json_reads_as_canonical_and_auto(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text(
@@ -32,18 +39,17 @@ def test_canonical_json_reads_as_canonical_and_auto(tmp_path: Path) -> None:
     assert guess_formats(path) == ["auto", "canonical"]
 
 
-def _head(shared_data: Path, name: str, lines: int, tmp_path: Path) -> Path:
-    with gzip.open(shared_data / name, "rt") as source:
-        head = [next(source) for _ in range(lines)]
-    path = tmp_path / name.replace(".gz", "")
+def _head(source: Path, lines: int, path: Path) -> Path:
+    with gzip.open(source, "rt") as whole:
+        head = [next(whole) for _ in range(lines)]
     path.write_text("".join(head))
     return path
 
 
 def test_replay_in_the_wrong_format_exits_1_and_names_the_right_one(
-    shared_data: Path, tmp_path: Path
+    taobao_file: Path, tmp_path: Path
 ) -> None:
-    sample = _head(shared_data, "taobao_userbehavior_2017-11-26.csv.gz", 25, tmp_path)
+    sample = _head(taobao_file, 25, tmp_path / "taobao_head.csv")
     done = CliRunner().invoke(main, ["replay", str(sample), "--format", "rees46"])
     assert done.exit_code == 1, done.output
     # the first ten bad lines in full, then how many more
@@ -51,17 +57,20 @@ def test_replay_in_the_wrong_format_exits_1_and_names_the_right_one(
     assert "... and 15 more unreadable lines" in done.output
     assert "replayed 0 events" in done.output  # the summary still comes first
     assert (
-        "Error: none of the 25 lines of taobao_userbehavior_2017-11-26.csv could be read "
+        "Error: none of the 25 lines of taobao_head.csv could be read "
         "as --format rees46; its first lines read as: taobao"
     ) in done.output
 
 
-def test_a_file_with_some_bad_lines_replays_and_counts_them(shared_data: Path) -> None:
-    done = CliRunner().invoke(
-        main, ["replay", str(shared_data / "rees46_2019-10-01_head.csv.gz"), "--format", "rees46"]
-    )
+def test_a_file_with_some_bad_lines_replays_and_counts_them(rees46_file: Path) -> None:
+    """The last line cut short, as in the REES46 export: reported, and the rest replayed."""
+    with gzip.open(rees46_file, "rt", newline="") as whole:
+        lines = whole.read().splitlines()
+    done = CliRunner().invoke(main, ["replay", str(rees46_file), "--format", "rees46"])
     assert done.exit_code == 0, done.output
-    assert "line 17436: malformed_line: rees46: expected 9 fields, got 8" in done.output
+    assert len(lines) > 10_000
+    assert f"line {len(lines)}: malformed_line: rees46: expected 9 fields, got 8" in done.output
+    assert f"replayed {len(lines) - 2:,} events" in done.output  # not the header, not the cut
     assert "1 unreadable line (malformed_line: 1)" in done.output
 
 
