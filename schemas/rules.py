@@ -21,6 +21,7 @@ Conditions (`when`, `unless`, `steps[]`, `all`, `none`) map a field path to a va
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Final, Literal
 
@@ -40,19 +41,54 @@ _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 
 
 def _seconds(value: Any) -> Any:
-    """'30m', '2h', '3d', '1.5h' or a number of seconds -> seconds (float)."""
+    """'30m', '2h', '3d', '1.5h' or a number of seconds -> seconds (a finite float)."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '30m', '3d'")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    raise ValueError(f"{value!r} is not a duration: use a number of seconds or e.g. '30m', '3d'")
+    seconds: float | None = None
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            match = _DURATION.match(value)
+            if match:
+                seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    except OverflowError:
+        seconds = math.inf
+    if seconds is None:
+        raise ValueError(
+            f"{_shown(value)} is not a duration: use a number of seconds or e.g. '30m', '3d'"
+        )
+    if not math.isfinite(seconds):
+        raise ValueError(f"{_shown(value)} is not a finite duration: use e.g. '30m', '3d'")
+    return seconds
 
 
+def _number(value: Any) -> Any:
+    """An integer too large for a float is refused as infinite, not as "not a number"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{_shown(value)} is not a finite number") from None
+    return value
+
+
+def _finite_values(values: list[Any]) -> None:
+    """NaN equals nothing and infinity is no value an event carries: refused."""
+    for value in values:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite number")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
+
+
+# Floats of the rules file are finite: the models set `allow_inf_nan=False`.
 Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+Number = Annotated[float, BeforeValidator(_number)]
+
 
 FIELD_ROOTS: Final = ("type", "source", "session_id", "page", "product", "properties")
 PRODUCT_FIELDS: Final = ("sku", "category", "price", "variant", "brand", "name", "quantity")
@@ -67,7 +103,7 @@ _OPERATORS: Final = frozenset(
 class Condition(BaseModel):
     """One test on one field. Built from the YAML shorthand by `Match`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     eq: Any = None
     in_: list[Any] | None = Field(default=None, alias="in")
@@ -76,10 +112,10 @@ class Condition(BaseModel):
     prefix: list[str] | None = None
     regex: str | None = None
     exists: bool | None = None
-    gt: float | None = None
-    gte: float | None = None
-    lt: float | None = None
-    lte: float | None = None
+    gt: Number | None = None
+    gte: Number | None = None
+    lt: Number | None = None
+    lte: Number | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -101,6 +137,11 @@ class Condition(BaseModel):
         if isinstance(value, list):
             return {"in": value}
         return {"eq": value}
+
+    @model_validator(mode="after")
+    def _finite(self) -> Condition:
+        _finite_values([self.eq, *(self.in_ or []), *(self.not_in or [])])
+        return self
 
     @field_validator("regex")
     @classmethod
@@ -166,11 +207,11 @@ class Match(BaseModel):
 
 
 class RuleBase(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     id: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{1,63}$")]
     description: str = ""
-    points: float = 0.0
+    points: Number = 0.0
     half_life: Seconds | None = None  # overrides defaults.half_life for this rule's points
     tier_hint: Tier | None = None
     actions: list[str] = Field(default_factory=list)
@@ -267,7 +308,7 @@ RULE_KINDS: Final = ("single", "sequence", "count", "absence", "session", "repea
 
 
 class Defaults(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     half_life: Seconds = 3 * 86400.0  # points halve every 3 days
     session_gap: Seconds = 1800.0  # a visit ends after 30 idle minutes
@@ -278,12 +319,12 @@ class TierThresholds(BaseModel):
     """Read by the scoring stage: the score needed to enter each tier, and how far below
     a threshold (a fraction of it) the score must fall before the shopper leaves the tier."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    low: float = 1.0
-    mid: float = 15.0
-    high: float = 35.0
-    hysteresis: float = Field(0.1, ge=0, lt=1)
+    low: Number = 1.0
+    mid: Number = 15.0
+    high: Number = 35.0
+    hysteresis: Annotated[Number, Field(ge=0, lt=1)] = 0.1
 
     @model_validator(mode="after")
     def _ordered(self) -> TierThresholds:
@@ -293,7 +334,10 @@ class TierThresholds(BaseModel):
 
 
 class RuleSet(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Every number in it is finite (`allow_inf_nan=False`): NaN compares false to
+    everything and infinity never decays, so either would break scoring silently."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     version: Literal[1] = 1
     defaults: Defaults = Field(default_factory=Defaults)

@@ -6,6 +6,8 @@ The default rules (PLAYBOOK.md) ship as package data: `stream/rules/default.yaml
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,15 +51,24 @@ def check_text(text: str) -> tuple[RuleSet | None, list[Problem]]:
         return None, [Problem(line, "", f"not valid YAML: {getattr(exc, 'problem', exc)}")]
     if not isinstance(data, dict):
         return None, [Problem(1, "", "a rules file is a mapping with `rules:` (a list)")]
+    # NaN and infinities anywhere (`.nan`, `.inf`, `-.inf`, 1.0e+999): named as such, once
+    problems = [
+        Problem(node.start_mark.line + 1, _path(data, loc), _NON_FINITE.format(node.value))
+        for loc, node in _non_finite(root, [])
+    ]
     try:
-        return RuleSet.model_validate(data), []
+        ruleset = RuleSet.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        found = list(problems)
         for err in exc.errors():
             loc = [part for part in err["loc"]]
             message = err["msg"].removeprefix("Value error, ")
-            problems.append(Problem(_line(root, loc), _path(data, loc), message))
+            problem = Problem(_line(root, loc), _path(data, loc), message)
+            if not any(_same_value(problem, nan) for nan in found):  # not the NaN again
+                problems.append(problem)
+        problems.sort(key=lambda p: p.line or 0)
         return None, problems
+    return (None, problems) if problems else (ruleset, [])
 
 
 def load_rules(path: Path | None = None) -> RuleSet:
@@ -85,6 +96,11 @@ def load_ruleset(settings: Settings, path: Path | None = None) -> RuleSet:
     `intent replay` both load them here, so they run the same rules."""
     rules = load_rules(path or settings.rules)
     if settings.allowed_lateness_seconds is not None:
+        if not math.isfinite(settings.allowed_lateness_seconds):
+            raise ConfigError(
+                "INTENT_ALLOWED_LATENESS_SECONDS must be a finite number of seconds, "
+                f"not {settings.allowed_lateness_seconds}"
+            )
         defaults = rules.defaults.model_copy(
             update={"allowed_lateness": settings.allowed_lateness_seconds}
         )
@@ -102,6 +118,45 @@ def digest(rules: RuleSet) -> str:
     """A short hash of the rules as loaded: it changes with any value in them (points,
     windows, thresholds, descriptions, settings applied), not with comments or layout."""
     return hashlib.sha256(rules.model_dump_json().encode()).hexdigest()[:12]
+
+
+_NON_FINITE = (
+    "{!r} is NaN or infinite: points, durations, thresholds and all numbers must be finite"
+)
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_FLOATS = yaml.SafeLoader("")  # its constructor reads YAML floats as safe_load does
+
+
+def _non_finite(
+    node: Any, loc: list[Any], seen: set[int] | None = None
+) -> Iterator[tuple[list[Any], yaml.ScalarNode]]:
+    """Where the YAML tree holds a float that is NaN or infinite: its location (keys and
+    indices, as in a pydantic error) and its node. Each node once (aliases)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield from _non_finite(value, [*loc, key.value], seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _non_finite(item, [*loc, index], seen)
+    elif (
+        isinstance(node, yaml.ScalarNode)
+        and node.tag == _FLOAT_TAG
+        and not math.isfinite(_FLOATS.construct_yaml_float(node))
+    ):
+        yield loc, node
+
+
+def _same_value(problem: Problem, non_finite: Problem) -> bool:
+    """Whether a validation error is about a NaN or infinity already named: that value,
+    or the list or condition it is in."""
+    path, inner = problem.path, non_finite.path
+    return problem.line == non_finite.line and (
+        inner == path or inner.startswith((f"{path}.", f"{path}["))
+    )
 
 
 def _descend(node: Any, part: Any) -> Any:

@@ -123,3 +123,133 @@ def test_the_lateness_setting_is_applied_by_the_worker_and_replay_alike(
     custom.write_text(default_rules_text())
     assert load_ruleset(settings, custom).defaults.allowed_lateness == 60
     assert rules_source(settings, custom) == str(custom)
+
+
+# Every number of a rules file is finite: NaN never compares true and infinity never
+# decays, so either would break scoring silently. Named with its line, as YAML spells it.
+NUMBERS = """\
+version: 1
+defaults:
+  half_life: 3d
+  session_gap: 30m
+  allowed_lateness: 5m
+tiers:
+  low: 1
+  mid: 15
+  high: 35
+  hysteresis: 0.1
+rules:
+  - id: viewed
+    kind: single
+    when: {type: product_view, product.price: {gt: 10}}
+    points: 2
+    half_life: 1d
+    cooldown: 1h
+  - id: abandoned
+    kind: absence
+    when: {type: checkout_started}
+    unless: {type: purchase, properties.value: [5, 10]}
+    within: 30m
+    points: 15
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "path"),
+    [
+        ("  half_life: 3d", "  half_life: .inf", 3, "defaults.half_life"),
+        ("session_gap: 30m", "session_gap: .NaN", 4, "defaults.session_gap"),
+        ("allowed_lateness: 5m", "allowed_lateness: -.inf", 5, "defaults.allowed_lateness"),
+        ("low: 1", "low: -.inf", 7, "tiers.low"),
+        ("mid: 15", "mid: .nan", 8, "tiers.mid"),
+        ("high: 35", "high: .inf", 9, "tiers.high"),
+        ("hysteresis: 0.1", "hysteresis: .nan", 10, "tiers.hysteresis"),
+        ("{gt: 10}", "{gt: .nan}", 14, "rules[0] (viewed).when.product.price.gt"),
+        ("points: 2", "points: .nan", 15, "rules[0] (viewed).points"),
+        ("    half_life: 1d", "    half_life: .Inf", 16, "rules[0] (viewed).half_life"),
+        ("cooldown: 1h", "cooldown: .inf", 17, "rules[0] (viewed).cooldown"),
+        ("[5, 10]", "[5, .nan]", 21, "rules[1] (abandoned).unless.properties.value[1]"),
+        ("within: 30m", "within: .inf", 22, "rules[1] (abandoned).within"),
+        ("points: 15", "points: -.INF", 23, "rules[1] (abandoned).points"),
+        ("points: 15", "points: 1.0e+400", 23, "rules[1] (abandoned).points"),  # inf, too
+    ],
+)  # fmt: skip
+def test_nan_and_infinity_are_refused_with_their_line(
+    old: str, new: str, line: int, path: str
+) -> None:
+    assert check_text(NUMBERS)[0] is not None
+    assert NUMBERS.count(old) == 1
+    rules, problems = check_text(NUMBERS.replace(old, new))
+    assert rules is None
+    spelled = new.rpartition(" ")[2].strip("[]{}")
+    assert [(p.line, p.path) for p in problems] == [(line, path)]  # named once
+    assert problems[0].message.startswith(f"'{spelled}' is NaN or infinite")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        ("within: 30m", "within: " + "9" * 400, 22, "is not a finite duration"),
+        ("within: 30m", "within: " + "9" * 400 + "d", 22, "is not a finite duration"),
+        ("points: 15", "points: " + "9" * 400, 23, "is not a finite number"),
+        ("high: 35", "high: " + "9" * 400, 9, "is not a finite number"),
+    ],
+    ids=["seconds", "duration", "points", "threshold"],
+)
+def test_numbers_too_large_for_a_float_are_refused_as_infinite(
+    old: str, new: str, line: int, message: str
+) -> None:
+    rules, problems = check_text(NUMBERS.replace(old, new))
+    assert rules is None
+    [problem] = problems
+    assert problem.line == line and message in problem.message
+    assert len(problem.message) < 120  # the digits are not all repeated
+
+
+def test_several_non_finite_values_each_named_in_line_order() -> None:
+    text = NUMBERS.replace("points: 15", "points: .nan").replace("high: 35", "high: .inf")
+    text = text.replace("within: 30m", "within: 30 minutes")  # and a problem of another kind
+    rules, problems = check_text(text)
+    assert rules is None
+    assert [(p.line, p.path) for p in problems] == [
+        (9, "tiers.high"), (22, "rules[1] (abandoned).within"), (23, "rules[1] (abandoned).points"),
+    ]  # fmt: skip
+    assert "'30 minutes' is not a duration" in problems[1].message
+
+
+def test_rules_check_command_names_the_line_of_a_nan(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(NUMBERS.replace("points: 2", "points: .nan"))
+    done = CliRunner().invoke(main, ["rules", "check", str(path)])
+    assert done.exit_code == 1
+    assert f"{path}: line 15: rules[0] (viewed).points: '.nan' is NaN or infinite" in done.output
+    assert "1 problem(s)" in done.output
+    with pytest.raises(ConfigError, match=r"line 15: rules\[0\] \(viewed\)\.points: '\.nan'"):
+        load_rules(path)
+
+
+def test_the_models_refuse_non_finite_numbers_given_in_python() -> None:
+    """Not only from YAML: a rule set built from values refuses them too."""
+    import yaml
+    from pydantic import ValidationError
+
+    data = yaml.safe_load(NUMBERS)
+    for where, key, value in (
+        (data["tiers"], "high", float("inf")),
+        (data["defaults"], "half_life", float("nan")),
+        (data["rules"][0], "points", float("-inf")),
+        (data["rules"][1]["unless"], "properties.value", [float("nan")]),
+        (data["rules"][1]["unless"], "properties.value", float("inf")),
+    ):
+        before = where[key]
+        where[key] = value
+        with pytest.raises(ValidationError, match="finite"):
+            RuleSet.model_validate(data)
+        where[key] = before
+    assert RuleSet.model_validate(data).tiers.high == 35
+
+
+def test_an_infinite_lateness_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTENT_ALLOWED_LATENESS_SECONDS", "inf")
+    with pytest.raises(ConfigError, match="INTENT_ALLOWED_LATENESS_SECONDS must be a finite"):
+        load_ruleset(Settings())
