@@ -66,7 +66,7 @@ from schemas.signals import Signal
 from stream.clock import Clock, utc_now
 from stream.detectors.engine import Engine, State
 from stream.ingest import RawRecord, Rejection, ingest_batch, ingest_limits
-from stream.metrics import Metrics
+from stream.metrics import Metrics, source_label
 from stream.patterns import PatternStore, Saved
 from stream.redisbatch import Command, execute
 from stream.runtime import tune_gc
@@ -165,16 +165,25 @@ class Outbox:
     # score indexes (decay deadlines, audiences, tier moves), written after the send: a
     # decay whose output was not sent stays due, and its call comes back (apply.lua)
     index: list[IndexWrite] = field(default_factory=list)
+    # shoppers whose sweep raised -> their partition: taken off the timer's indexes
+    quarantined: dict[str, int] = field(default_factory=dict)
 
     def add(
         self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None
     ) -> None:
         self.records.append((topic, key, value, headers))
 
+    def clear(self) -> None:
+        self.records.clear()
+        self.saved.clear()
+        self.index.clear()
+        self.quarantined.clear()
+
     def merge(self, other: Outbox) -> None:
         self.records += other.records
         self.saved.update(other.saved)
         self.index += other.index
+        self.quarantined.update(other.quarantined)
 
 
 async def concurrently(
@@ -245,7 +254,7 @@ class Pipeline:
             app.timer(settings.sweep_interval_seconds, name="sweep")(self.sweep)
 
     def ready(self) -> bool:
-        return bool(self.loop.assignment)
+        return bool(self.loop.assignment) and self.loop.crash_reason is None
 
     # --- one batch of the hot topics ----------------------------------------------------
     async def handle(self, records: list[RawRecord]) -> None:
@@ -312,7 +321,7 @@ class Pipeline:
         placed: dict[bytes, int | None] = {}  # a shopper's key hashed once per batch
         taken: list[Item] = []
         for event, record in zip(result.events, result.sources, strict=True):
-            consumed[event.type, event.source] += 1
+            consumed[event.type, source_label(event.source)] += 1
             lag.observe(max(0.0, now - event.ts.timestamp()))
             key = event.shopper_id.encode()
             partition = None
@@ -366,34 +375,50 @@ class Pipeline:
         ]
         for i, (shopper, items) in enumerate(by_shopper.items()):
             groups[i % len(groups)][shopper] = items
-        lates = await concurrently([partial(self._process_group, g) for g in groups], outbox)
-        for late in lates:
-            rejected += [Rejection(r, errors.LATE, LATE_DETAIL) for r in late]
+        for group_rejected in await concurrently(
+            [partial(self._process_group, g) for g in groups], outbox
+        ):
+            rejected += group_rejected
         self.reject(rejected, outbox)
 
     async def _process_group(
         self, by_shopper: dict[str, list[Item]], outbox: Outbox
-    ) -> list[RawRecord]:
-        """Load, detect and score one group of shoppers; returns the late records."""
+    ) -> list[Rejection]:
+        """Load, detect and score one group of shoppers; returns the records rejected:
+        late ones, and every record of a shopper whose detection or scoring raised (a
+        bug of ours, or input no bound caught: that shopper alone is dead-lettered)."""
         states = await self._retry("load", self.store.load, list(by_shopper))
-        signals, groups, late = self._detect(by_shopper, states, outbox)
+        failed: dict[str, Exception] = {}
+        signals, groups, late = self._detect(by_shopper, states, outbox, failed)
         partitions = {shopper: items[0][2] for shopper, items in by_shopper.items()}
-        await self._score(signals, partitions, outbox, groups)
-        return late
+        await self._score(signals, partitions, outbox, groups, failed)
+        rejected = [Rejection(r, errors.LATE, LATE_DETAIL) for r in late]
+        for shopper, exc in failed.items():
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+            rejected += [
+                Rejection(r, errors.PROCESSING_ERROR, detail) for _, r, _ in by_shopper[shopper]
+            ]
+        return rejected
 
     def _detect(
         self,
         by_shopper: dict[str, list[Item]],
         states: dict[str, State],
         outbox: Outbox,
+        failed: dict[str, Exception],
     ) -> tuple[list[Signal], dict[str, int], list[RawRecord]]:
-        """Signals, their scoring order (`Outcome.groups`) and the late records."""
+        """Signals, their scoring order (`Outcome.groups`) and the late records. A
+        shopper whose detection raises goes into `failed`, its state left as it was."""
         signals: list[Signal] = []
         groups: dict[str, int] = {}
         late: list[RawRecord] = []
         for shopper, items in by_shopper.items():
             state = states.get(shopper) or self.engine.new_state()
-            outcome = self.engine.process(shopper, state, [item[0] for item in items])
+            try:
+                outcome = self.engine.process(shopper, state, [item[0] for item in items])
+            except Exception as exc:
+                self._failed(failed, "detect", shopper, exc)
+                continue
             signals += outcome.signals
             groups.update(outcome.groups)
             if outcome.late:
@@ -420,20 +445,39 @@ class Pipeline:
         partitions: dict[str, int],
         outbox: Outbox,
         groups: dict[str, int] | None = None,
+        failed: dict[str, Exception] | None = None,
     ) -> None:
         """Score new signals, index the results, and queue signals and outputs to send.
-        `groups`: their scoring order (`Outcome.groups`); `ADVANCED` for the rest."""
+        `groups`: their scoring order (`Outcome.groups`); `ADVANCED` for the rest. A
+        shopper whose scoring raises goes into `failed` (with none given, it is logged,
+        counted and left out): its signals and outputs are not sent, its detection state
+        not saved, and nothing of it is indexed."""
+        failed = {} if failed is None else failed
         by_shopper: dict[str, list[Signal]] = defaultdict(list)
         for signal in signals:
             by_shopper[signal.shopper_id].append(signal)
-        if by_shopper:
-            batch: dict[str, tuple[list[ScoreSignal], float | None]] = {
-                s: (score_signals(sigs, groups or {}), None) for s, sigs in by_shopper.items()
-            }
+        batch: dict[str, tuple[list[ScoreSignal], float | None]] = {}
+        for shopper, sigs in by_shopper.items():
+            try:
+                batch[shopper] = (score_signals(sigs, groups or {}), None)
+            except Exception as exc:
+                self._failed(failed, "score", shopper, exc)
+        if batch:
             results = await self._retry("score", self.scores.apply_many, batch)
-            outputs = self._outputs(results, by_shopper, partitions, outbox)
-            self.emit(signals, outbox)
+            outputs = self._outputs(results, by_shopper, partitions, outbox, failed)
+            self.emit([s for s in signals if s.shopper_id not in failed], outbox)
             self.send_outputs(outputs, outbox)
+        for shopper in failed:
+            outbox.saved.pop(shopper, None)
+
+    def _failed(
+        self, failed: dict[str, Exception], stage: str, shopper: str, exc: Exception
+    ) -> None:
+        """One shopper's processing raised: logged with its traceback and counted; the
+        caller leaves that shopper out, and everyone else goes on."""
+        failed[shopper] = exc
+        self.metrics.shopper_failures.labels(stage).inc()
+        log.exception("%s failed for shopper %r; that shopper is left out", stage, shopper)
 
     # --- sweep: deadlines whose time has come, with no further input needed -------------
     def until(self, partition: int) -> float | None:
@@ -567,7 +611,23 @@ class Pipeline:
         now = self.until(sweep.partition)
         if now is None:
             return 0
-        until = min(now, sweep.until)
+        try:
+            return await self._sweep_chunk_until(sweep, min(now, sweep.until), chunk, outbox)
+        except Exception as exc:
+            # Not one shopper's fault (those are left out one by one): what this chunk
+            # queued is dropped (its state and indexes unwritten, so it is all due again
+            # and the score script hands back what it applied), and this partition's
+            # pass ends here; the other partitions' go on.
+            self.metrics.shopper_failures.labels("sweep_chunk").inc()
+            log.exception(
+                "sweeping partition %d failed (%s); again next tick", sweep.partition, exc
+            )
+            outbox.clear()
+            return 0
+
+    async def _sweep_chunk_until(
+        self, sweep: SweepPass, until: float, chunk: int, outbox: Outbox
+    ) -> int:
         if not sweep.decays:
             n = await self._sweep(sweep.partition, until, chunk, outbox)
             sweep.handled += n
@@ -585,12 +645,26 @@ class Pipeline:
             return 0
         states = await self._retry("load", self.store.load, shoppers)
         signals: list[Signal] = []
+        failed: dict[str, Exception] = {}
         for shopper in shoppers:
             state = states.get(shopper) or self.engine.new_state()
-            signals += self.engine.advance(shopper, state, until)
+            try:
+                signals += self.engine.advance(shopper, state, until)
+            except Exception as exc:
+                self._failed(failed, "sweep", shopper, exc)
+                continue
             outbox.saved[shopper] = self._saved(state, partition)
-        await self._score(signals, dict.fromkeys(shoppers, partition), outbox)
+        await self._score(signals, dict.fromkeys(shoppers, partition), outbox, None, failed)
+        self._quarantine(failed, partition, outbox)
         return len(shoppers)
+
+    def _quarantine(self, failed: dict[str, Exception], partition: int, outbox: Outbox) -> None:
+        """Take shoppers whose sweep raised off the timer's indexes (detection deadlines
+        and decays), their state left as it was: the pass goes on without them, and
+        later passes do not fail on them again. Their next event indexes them again."""
+        for shopper in failed:
+            outbox.saved.pop(shopper, None)
+            outbox.quarantined[shopper] = partition
 
     async def _decay(self, sweep: SweepPass, until: float, chunk: int, outbox: Outbox) -> int:
         """Decay demotions and suppression ends due by `until`, at their computed times.
@@ -608,8 +682,10 @@ class Pipeline:
         results = await self._retry(
             "decay", self.scores.apply_many, {s: ([], t) for s, t in due.items()}
         )
-        outputs = self._outputs(results, {}, dict.fromkeys(due, partition), outbox)
+        failed: dict[str, Exception] = {}
+        outputs = self._outputs(results, {}, dict.fromkeys(due, partition), outbox, failed)
         self.send_outputs(outputs, outbox)
+        self._quarantine(failed, partition, outbox)
         return len(due)
 
     def _outputs(
@@ -618,13 +694,20 @@ class Pipeline:
         by_shopper: dict[str, list[Signal]],
         partitions: dict[str, int],
         outbox: Outbox,
+        failed: dict[str, Exception],
     ) -> list[Output]:
-        """The outputs of score results; their index writes go to the outbox."""
+        """The outputs of score results; their index writes go to the outbox. A shopper
+        whose outputs raise goes into `failed`, with nothing of it indexed or sent."""
         outputs: list[Output] = []
         moves: Moves = []
-        for shopper, result in results.items():
+        for shopper, result in list(results.items()):
             signals = by_shopper.get(shopper, [])
-            outputs += outputs_for(shopper, result, signals)
+            try:
+                outputs += outputs_for(shopper, result, signals)
+            except Exception as exc:
+                self._failed(failed, "outputs", shopper, exc)
+                del results[shopper]  # nothing of it indexed or sent
+                continue
             if result.changed:
                 moves.append((shopper, result.from_tier, result.to_tier))
             self._count_purchases(result, signals)
@@ -633,7 +716,9 @@ class Pipeline:
             for o in outputs
             if o.topic == "topic_retargeting"
         ]
-        deadlines = {s: (partitions[s], r.deadline) for s, r in results.items()}
+        deadlines: dict[str, tuple[int, float | None]] = {
+            s: (partitions[s], r.deadline) for s, r in results.items()
+        }
         outbox.index.append((deadlines, audiences, moves))
         return outputs
 
@@ -705,8 +790,8 @@ class Pipeline:
             self.metrics.events_rejected.labels(rejection.reason).inc()
             outbox.add(
                 topic,
-                rejection.record.key,
-                rejection.dead_letter(now),
+                rejection.key(),
+                rejection.dead_letter(now, self.settings.dead_letter_max_bytes),
                 [("intent-reason", rejection.reason.encode())],
             )
 
@@ -722,6 +807,9 @@ class Pipeline:
         # score nothing. Both are safe to write again.
         commands = self.scores.index_commands(outbox.index)
         commands += self.store.save_commands(outbox.saved)
+        if outbox.quarantined:
+            commands += self.store.unindex_commands(outbox.quarantined)
+            commands += self.scores.unindex_commands(outbox.quarantined)
         if commands:
             await self._retry("index_save", self._write, commands)
 
@@ -790,7 +878,8 @@ async def _past_skipped(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int
 
 
 def stream_producer(settings: Settings) -> AIOKafkaProducer:
-    """The stream loop's producer (also `bench/floors.py`'s)."""
+    """The stream loop's producer (also `bench/floors.py`'s and `bench/codecs.py`'s)."""
+    codec = settings.output_compression
     return AIOKafkaProducer(
         **settings.kafka_options(),
         client_id=f"{settings.app_id}-stream",
@@ -798,6 +887,8 @@ def stream_producer(settings: Settings) -> AIOKafkaProducer:
         max_batch_size=1 << 20,
         max_request_size=8 << 20,
         acks="all",
+        # every batch, `send_all`'s from `create_batch` included, is compressed with it
+        compression_type=None if codec == "none" else codec,
     )
 
 
@@ -876,6 +967,10 @@ class StreamLoop(Service):
         self.direct: set[int] = set()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        # What ended the loop, if it crashed; and who is told (`stream.worker` stops the
+        # process). None: the exception goes to the service's supervisor.
+        self.crash_reason: BaseException | None = None
+        self.on_crash: Callable[[BaseException], None] | None = None
         self._partitions: dict[str, list[int]] = {}  # topic -> its partition ids (send_all)
         self._partitioner = DefaultPartitioner()
         # How long getmany waits for records when none are buffered.
@@ -904,6 +999,23 @@ class StreamLoop(Service):
 
     @Service.task
     async def _run(self) -> None:
+        """The loop; if it raises, the worker is not ready any more and `on_crash` is
+        told (the worker process then stops and exits non-zero, so that whatever runs
+        it restarts it). Nothing is lost: the batch in hand was not committed."""
+        try:
+            await self._consume()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.crash_reason = exc
+            self.assignment = set()
+            self.pipeline.metrics.up.set(0)
+            log.critical("the stream loop crashed; the worker stops", exc_info=exc)
+            if self.on_crash is None:
+                raise
+            self.on_crash(exc)
+
+    async def _consume(self) -> None:
         assert self.consumer is not None
         consumer = self.consumer
         while not self.should_stop:

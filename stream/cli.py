@@ -318,7 +318,7 @@ def replay(
         _ping(redis_url)
     size = max(file.stat().st_size, 1)
     tally = Tally()
-    counts = {"signals": 0, "changes": 0, "actions": 0, "late": 0}
+    counts = {"signals": 0, "changes": 0, "actions": 0, "late": 0, "failed": 0}
     with tempfile.TemporaryDirectory(prefix="intent-replay-out-") as work, ExitStack() as bars:
         try:
             outputs = OutputFiles(changes, actions, settings.topic_names(), Path(work))
@@ -380,6 +380,12 @@ def replay(
         f"{reasons}, {counts['late']:,} late): {_n(counts['signals'], 'signal')}, "
         f"{_n(counts['changes'], 'tier change')}, {_n(counts['actions'], 'action')}"
     )
+    if counts["failed"]:
+        click.echo(
+            f"{_n(counts['failed'], 'shopper')} could not be processed (an error of ours, "
+            "logged above) and were left out; every other shopper was replayed",
+            err=True,
+        )
     if run.behind:
         click.echo(
             f"{_n(run.behind, 'event')} came more than the allowed lateness after newer "

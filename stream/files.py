@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, cast
 
-from schemas.errors import InvalidEvent
+from schemas.bounds import DEFAULT_BOUNDS, Bounds
+from schemas.errors import PROCESSING_ERROR, InvalidEvent
 from schemas.events import Event
 from schemas.readers import FORMATS, Format
 from stream.errors import ConfigError
@@ -62,14 +63,18 @@ def _open(path: Path) -> tuple[IO[bytes], IO[str]]:
 
 
 def read_events(
-    path: Path, fmt: str, progress: Callable[[int], None] | None = None
+    path: Path,
+    fmt: str,
+    progress: Callable[[int], None] | None = None,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> Iterator[Event | LineError]:
-    """Events (or line errors) in file order. `progress(bytes_read_of_the_file)` is called
+    """Events (or line errors) in file order, each within `bounds` (a line past one is a
+    line error, `out_of_bounds`). `progress(bytes_read_of_the_file)` is called
     every few thousand lines; compare it with `path.stat().st_size`. A bad format or an
     unreadable file raises `ConfigError` here, before iteration starts."""
     spec = get_format(fmt)
     raw, text = _open(path)
-    return _lines(path, spec, raw, text, progress)
+    return _lines(path, spec, raw, text, progress, bounds)
 
 
 def _lines(
@@ -78,6 +83,7 @@ def _lines(
     raw: IO[bytes],
     text: IO[str],
     progress: Callable[[int], None] | None,
+    bounds: Bounds,
 ) -> Iterator[Event | LineError]:
     line_no = 0
     with raw, text:
@@ -90,9 +96,12 @@ def _lines(
                 if line_no == 1 and spec.header and line.startswith(spec.header):
                     continue
                 try:
-                    yield from spec.parse(line)
+                    yield from spec.read(line, bounds)
                 except InvalidEvent as exc:
                     yield LineError(line_no, exc.reason, exc.detail, line.rstrip("\r\n")[:200])
+                except Exception as exc:  # a bug of ours: the line is reported, not fatal
+                    detail = f"{type(exc).__name__}: {exc}"[:500]
+                    yield LineError(line_no, PROCESSING_ERROR, detail, line.rstrip("\r\n")[:200])
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # click calls EOFError "Aborted!"
             where = f"{path.name} past line {line_no:,}" if line_no else path.name
             why = (

@@ -2,7 +2,10 @@
 server that serves them with /healthz and /ready.
 
 Names follow Prometheus conventions (base units, `_total` counters); labels never
-carry shopper ids. Tests build a `Metrics` on a fresh registry.
+carry shopper ids, and take only known values (`source_label`). The error counters are
+exported at 0 for every known label value from the start, so `rate()` in panels and
+alerts says 0, not "no data", before the first error. Tests build a `Metrics` on a fresh
+registry.
 """
 
 from __future__ import annotations
@@ -20,6 +23,20 @@ from prometheus_client import (
     Histogram,
     make_wsgi_app,
 )
+
+from schemas.errors import REASONS
+
+# The `source` of events: the input formats (schemas.adapters, schemas.readers). A
+# canonical event may carry any source of its own: those count as OTHER_SOURCE, so the
+# label cannot grow a series per value a producer makes up.
+SOURCES: Final = frozenset(
+    {"canonical", "segment", "ga4", "rees46", "retailrocket", "taobao", "otto"}
+)
+OTHER_SOURCE: Final = "other"
+# Label values of the error counters, exported at 0 from the start
+REDIS_STAGES: Final = ("load", "score", "sweep", "decay", "tiers", "index_save")  # `_retry`
+SEND_PATHS: Final = ("batch", "sweep")
+SHOPPER_FAILURE_STAGES: Final = ("detect", "score", "outputs", "sweep", "sweep_chunk")
 
 BATCH_BUCKETS: Final = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000)
 LAG_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 86400)
@@ -128,11 +145,26 @@ class Metrics:
             ["path"],
             registry=registry,
         )
+        self.shopper_failures = Counter(
+            "intent_shopper_failures_total",
+            "Shoppers whose processing raised and who were left out (everyone else went "
+            "on), by stage; sweep_chunk: a partition's sweep chunk that failed as a whole.",
+            ["stage"],
+            registry=registry,
+        )
         self.up = Gauge(
             "intent_worker_ready",
             "1 while the worker has joined its group and Redis answers.",
             registry=registry,
         )
+        for counter, values in (
+            (self.events_rejected, REASONS),
+            (self.redis_errors, REDIS_STAGES),
+            (self.send_errors, SEND_PATHS),
+            (self.shopper_failures, SHOPPER_FAILURE_STAGES),
+        ):
+            for value in values:
+                counter.labels(value)  # a series at 0 from the start
 
     def names(self) -> set[str]:
         """Every sample name this registry can export (for the dashboard tests)."""
@@ -145,6 +177,12 @@ class Metrics:
             base = metric.name.removesuffix("_total") if metric.type == "counter" else metric.name
             out.update(base + suffix for suffix in kinds)
         return out
+
+
+def source_label(source: str) -> str:
+    """The `source` label for an event's source: itself if it is a known input format,
+    else "other"."""
+    return source if source in SOURCES else OTHER_SOURCE
 
 
 _default: Metrics | None = None

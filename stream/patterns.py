@@ -23,7 +23,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
-from stream.redisbatch import Command, execute
+from stream.redisbatch import Command, execute, zrem_by_partition
 
 State = dict[str, Any]
 
@@ -88,6 +88,10 @@ class PatternStore:
             pairs = [x for shopper, at in mapping.items() for x in (at, shopper)]
             commands.append(("ZADD", self.deadline_key(partition), *pairs))
         return commands
+
+    def unindex_commands(self, shoppers: dict[str, int]) -> list[Command]:
+        """The commands that take shoppers (-> their partition) off the deadline index."""
+        return zrem_by_partition(self.deadline_key, shoppers)
 
     async def due(self, partition: int, until: float, limit: int) -> list[str]:
         """Shoppers of a partition whose next deadline is at or before `until`."""

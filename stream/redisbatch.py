@@ -15,7 +15,8 @@ and all of the worker's are.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -23,6 +24,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 Command = Sequence[str | bytes | int | float]
+
+
+def zrem_by_partition(key: Callable[[int], str], members: dict[str, int]) -> list[Command]:
+    """One ZREM per partition's sorted set (`key(partition)`) for members -> partition."""
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for member, partition in members.items():
+        by_partition[partition].append(member)
+    return [("ZREM", key(p), *names) for p, names in by_partition.items()]
 
 
 async def execute(client: aioredis.Redis, commands: list[Command]) -> list[Any]:

@@ -28,6 +28,7 @@ import asyncio
 import gc
 import heapq
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -58,6 +59,7 @@ from stream.scoring.store import MemoryScoreStore, ScoreStore
 SCORE_BATCH: Final = 500  # shoppers per score pipeline when replaying into Redis
 # Replay progress (`on_replayed`) in units, REPLAY_UNITS per event: detected, scored,
 # turned into outputs; handed over in steps of at least PROGRESS_UNITS.
+log = logging.getLogger(__name__)
 REPLAY_UNITS: Final = 3
 PROGRESS_UNITS: Final = 2000
 MAX_SHARDS: Final = 512  # spill files open at once while reading
@@ -72,6 +74,7 @@ class ReplayResult:
     events: int = 0
     line_errors: dict[str, int] = field(default_factory=dict)
     late: int = 0
+    failed: int = 0  # shoppers whose processing raised: left out, each logged
     behind: int = 0  # the whole file's (`Replay.behind`), set by `replay`
     shoppers: int = 0
     signals: list[Signal] = field(default_factory=list)
@@ -92,6 +95,7 @@ class ReplayResult:
         """Take in one shard's results (its shoppers are in no other shard)."""
         self.events += part.events
         self.late += part.late
+        self.failed += part.failed
         self.shoppers += part.shoppers
         self.signals += part.signals
         self.changes += part.changes
@@ -152,9 +156,16 @@ def detect(
         if buys:
             result.purchases[shopper] = buys
         state = engine.new_state()
-        outcome = engine.process(shopper, state, events)
+        try:
+            outcome = engine.process(shopper, state, events)
+            signals = outcome.signals + engine.advance(shopper, state, end)
+        except Exception:  # a bug of ours: this shopper is left out, the run goes on
+            log.exception("shopper %r failed; left out of the replay", shopper)
+            result.failed += 1
+            if tick is not None:
+                tick(len(events))
+            continue
         result.late += len(outcome.late)
-        signals = outcome.signals + engine.advance(shopper, state, end)
         groups.update(outcome.groups)
         if signals:
             out[shopper] = signals
@@ -483,7 +494,7 @@ def _summary(
     tally.add(part)
     counts = {
         "signals": len(part.signals), "changes": len(part.changes),
-        "actions": len(part.actions), "late": part.late,
+        "actions": len(part.actions), "late": part.late, "failed": part.failed,
     }  # fmt: skip
     return tally, counts
 

@@ -125,6 +125,13 @@ class Settings(BaseSettings):
         datetime(2000, 1, 1, tzinfo=UTC),
         description="Events stamped before this are rejected as out_of_bounds.",
     )
+    dead_letter_max_bytes: int = Field(
+        1_000_000,
+        ge=4096,
+        le=1_000_000,  # the stream's producer batches hold 1 MiB; Kafka's default limit
+        description="Largest dead-letter record: keep it under the broker's message.max.bytes; "
+        "an original too big to carry whole is carried as a prefix with its size and SHA-256.",
+    )
     batch_size: int = Field(
         2000, ge=1, description="Most records the stream loop takes from Kafka in one batch."
     )

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import threading
+from typing import Final
 
 import faust
 import redis
@@ -17,6 +21,9 @@ from stream.settings import Settings
 from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
+
+EXIT_CRASHED: Final = 70  # EX_SOFTWARE: the stream loop crashed (logged as critical)
+CRASH_EXIT_SECONDS: Final = 30.0
 
 
 def build(settings: Settings) -> tuple[faust.App, Pipeline]:
@@ -59,7 +66,23 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
                 return False
 
         serve(pipeline.metrics, settings.metrics_port, ready)
-    faust_worker(app, loglevel).execute_from_commandline()
+    pipeline.loop.on_crash = stop_on_crash
+    try:
+        faust_worker(app, loglevel).execute_from_commandline()
+    except SystemExit as exc:
+        if pipeline.loop.crash_reason is not None:
+            raise SystemExit(EXIT_CRASHED) from exc
+        raise
+
+
+def stop_on_crash(reason: BaseException) -> None:
+    """The stream loop crashed: stop the worker as a SIGTERM would (it leaves the
+    group, so its partitions move on at once), and exit EXIT_CRASHED. If the stop
+    itself hangs, the process ends after CRASH_EXIT_SECONDS all the same."""
+    watchdog = threading.Timer(CRASH_EXIT_SECONDS, os._exit, (EXIT_CRASHED,))
+    watchdog.daemon = True
+    watchdog.start()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:

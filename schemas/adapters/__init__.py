@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
@@ -10,6 +9,7 @@ from schemas import errors
 from schemas.adapters.canonical import from_canonical
 from schemas.adapters.ga4 import from_ga4, looks_like_ga4
 from schemas.adapters.segment import from_segment, looks_like_segment
+from schemas.bounds import DEFAULT_BOUNDS, Bounds, check_event, loads
 from schemas.errors import InvalidEvent
 from schemas.events import Event
 
@@ -40,15 +40,14 @@ def to_event(obj: Any, fmt: JsonFormat = "auto") -> Event:
     return ADAPTERS[name](obj)
 
 
-def decode_json(raw: bytes | str, fmt: JsonFormat = "auto") -> Event:
-    """Bytes off the wire (or a file line) to an event: the single decode step."""
+def decode_json(
+    raw: bytes | str, fmt: JsonFormat = "auto", bounds: Bounds = DEFAULT_BOUNDS
+) -> Event:
+    """Bytes off the wire (or a file line) to an event: the single decode step. The
+    record and the event must be within `bounds` (`schemas.bounds`)."""
     if not raw or not raw.strip():
         raise InvalidEvent(errors.EMPTY, "the payload is empty")
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidEvent(errors.MALFORMED_JSON, str(exc)) from exc
-    return to_event(obj, fmt)
+    return check_event(to_event(loads(raw, bounds), fmt), bounds)
 
 
 __all__ = ["ADAPTERS", "JsonFormat", "decode_json", "detect", "to_event"]

@@ -28,6 +28,19 @@ def require(value: Any, reason: str, detail: str) -> Any:
     return value
 
 
+def mapping(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """The object at `obj[name]`: {} when it is missing or null, `invalid_event` when it
+    is anything but an object (a producer's `"properties": "n/a"`)."""
+    value = obj.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidEvent(
+            errors.INVALID_EVENT, f"{name} must be an object, not {type(value).__name__}"
+        )
+    return value
+
+
 def build(fields: dict[str, Any]) -> Event:
     """Validate a canonical dict; map pydantic's error onto `invalid_event` with the field path."""
     require(fields.get("shopper_id"), errors.MISSING_SHOPPER_ID, "no shopper id in the event")
@@ -40,6 +53,8 @@ def build(fields: dict[str, Any]) -> Event:
             for err in exc.errors()[:5]
         )
         raise InvalidEvent(errors.INVALID_EVENT, problems) from exc
+    except TypeError as exc:  # a value of a type the validators cannot even compare
+        raise InvalidEvent(errors.INVALID_EVENT, f"a field has the wrong type ({exc})") from exc
 
 
 def product_from(source: dict[str, Any]) -> dict[str, Any] | None:

@@ -42,8 +42,13 @@ def _words(text: str) -> str:
     return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
 
 
-def infer_page_type(url: str | None = None, hint: str | None = None) -> PageType:
-    """Classify a page. `hint` is an explicit type or a page name ("Returns Policy")."""
+def infer_page_type(url: object = None, hint: object = None) -> PageType:
+    """Classify a page. `hint` is an explicit type or a page name ("Returns Policy").
+    Either, when it is not text (a producer's bad value), is not used."""
+    if not isinstance(url, str):
+        url = None
+    if not isinstance(hint, str):
+        hint = None
     if hint:
         text = hint.strip().lower().replace(" ", "_").replace("-", "_")
         if text in PAGE_TYPES:
@@ -53,10 +58,21 @@ def infer_page_type(url: str | None = None, hint: str | None = None) -> PageType
             if any(f" {name} " in words for name in names):
                 return kind
     if url:
-        path = urlsplit(url).path.lower() if "://" in url else url.lower()
+        path = _path(url)
         if path in {"", "/", "/index.html", "/home"}:
             return "home"
         for kind, keywords in _URL_KEYWORDS:
             if any(word in path for word in keywords):
                 return kind
     return "other"
+
+
+def _path(url: str) -> str:
+    """The URL's path, lower case; the whole text when it is no URL that splits (a "["
+    that opens no IPv6 address)."""
+    if "://" not in url:
+        return url.lower()
+    try:
+        return urlsplit(url).path.lower()
+    except ValueError:
+        return url.lower()

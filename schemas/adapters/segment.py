@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from schemas import errors
-from schemas.adapters.common import build, first, product_from
+from schemas.adapters.common import build, first, mapping, product_from
 from schemas.adapters.pages import infer_page_type
 from schemas.errors import InvalidEvent
 from schemas.events import Event
@@ -42,18 +42,22 @@ TRACK_EVENTS: Final[dict[str, str]] = {
 }
 
 _SESSION_KEYS: Final = ("session_id", "sessionId")
+SEGMENT_CALLS: Final = frozenset({"track", "page", "identify", "screen", "group", "alias"})
 
 
 def looks_like_segment(obj: dict[str, Any]) -> bool:
-    return obj.get("type") in {"track", "page", "identify", "screen", "group", "alias"} and (
-        "userId" in obj or "anonymousId" in obj or "event" in obj or "messageId" in obj
+    call = obj.get("type")
+    return (
+        isinstance(call, str)
+        and call in SEGMENT_CALLS
+        and ("userId" in obj or "anonymousId" in obj or "event" in obj or "messageId" in obj)
     )
 
 
 def from_segment(obj: dict[str, Any]) -> Event:
     call = obj.get("type")
-    props: dict[str, Any] = dict(obj.get("properties") or {})
-    context: dict[str, Any] = obj.get("context") or {}
+    props = dict(mapping(obj, "properties"))
+    context = mapping(obj, "context")
     fields: dict[str, Any] = {
         "event_id": obj.get("messageId"),
         "shopper_id": first(obj, "userId", "anonymousId"),
@@ -62,7 +66,7 @@ def from_segment(obj: dict[str, Any]) -> Event:
         "source": "segment",
     }
     if call == "page":
-        page_ctx: dict[str, Any] = context.get("page") or {}
+        page_ctx = mapping(context, "page")
         url = first(props, "url", "path") or first(page_ctx, "url", "path")
         hint = first(props, "page_type") or obj.get("name") or obj.get("category")
         fields["type"] = "page_view"

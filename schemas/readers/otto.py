@@ -18,7 +18,7 @@ MS_PER_SECOND: Final = 1000
 def parse_otto(line: str) -> list[Event]:
     try:
         obj: Any = json.loads(line)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or past the digit limit
         raise InvalidEvent(errors.MALFORMED_LINE, f"otto: not JSON ({exc})") from exc
     if not isinstance(obj, dict) or "session" not in obj or not isinstance(obj.get("events"), list):
         raise InvalidEvent(errors.MALFORMED_LINE, "otto: expected {'session', 'events': [...]}")

@@ -19,7 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
-from stream.redisbatch import Command, Script
+from stream.redisbatch import Command, Script, zrem_by_partition
 from stream.scoring import reference
 from stream.scoring.reference import Change, Result, ScoreConfig, ScoreSignal
 
@@ -238,6 +238,10 @@ class ScoreStore:
                 pipe.scard(self.tier_key(tier))
             counts = await pipe.execute()
         return {tier: int(n) for tier, n in zip(tiers, counts, strict=True)}
+
+    def unindex_commands(self, shoppers: dict[str, int]) -> list[Command]:
+        """The commands that take shoppers (-> their partition) off the decay index."""
+        return zrem_by_partition(self.decay_key, shoppers)
 
     async def due(self, partition: int, until: float, limit: int) -> dict[str, float]:
         """Shoppers whose score leaves its tier (or a suppression ends) by `until`."""

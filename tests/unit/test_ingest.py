@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -163,6 +164,8 @@ def test_dead_letter_holds_everything_needed_to_replay() -> None:
     assert base64.b64decode(letter["value_b64"]) == original
     assert letter["value_preview"] == original.decode("utf-8", errors="replace")
     assert letter["size_bytes"] == len(original)
+    assert letter["sha256"] == hashlib.sha256(original).hexdigest()
+    assert letter["truncated"] is False
     assert letter["rejected_at"] == "2026-11-23T10:00:01+00:00"
     assert set(letter) == {
         "reason",
@@ -172,6 +175,8 @@ def test_dead_letter_holds_everything_needed_to_replay() -> None:
         "value_b64",
         "value_preview",
         "size_bytes",
+        "sha256",
+        "truncated",
         "rejected_at",
     }
 
@@ -212,7 +217,7 @@ def test_dead_letter_key_that_is_not_utf8_is_replaced_not_fatal() -> None:
 def test_unexpected_exception_becomes_processing_error(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes | str] = []
 
-    def explode(raw: bytes | str, fmt: str = "auto") -> Event:
+    def explode(raw: bytes | str, fmt: str = "auto", bounds: object = None) -> Event:
         calls.append(raw)
         raise RuntimeError("adapter bug")
 
@@ -235,7 +240,7 @@ def test_unexpected_exception_becomes_processing_error(monkeypatch: pytest.Monke
 
 
 def test_processing_error_does_not_stop_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    def flaky(raw: bytes | str, fmt: str = "auto") -> Event:
+    def flaky(raw: bytes | str, fmt: str = "auto", bounds: object = None) -> Event:
         if b"boom" in (raw if isinstance(raw, bytes) else raw.encode()):
             raise KeyError("boom")
         return decode_json(raw)
@@ -249,3 +254,31 @@ def test_processing_error_does_not_stop_the_batch(monkeypatch: pytest.MonkeyPatc
     assert [(r.record.offset, r.reason, r.detail) for r in result.rejected] == [
         (1, errors.PROCESSING_ERROR, "KeyError: 'boom'")
     ]
+
+
+@pytest.mark.parametrize("size", [4096, 70_000, 1_500_000])
+@pytest.mark.parametrize("max_bytes", [4096, 100_000, 1_000_000])
+def test_a_dead_letter_always_fits_and_says_what_it_left_out(size: int, max_bytes: int) -> None:
+    original = bytes(range(256)) * (size // 256)
+    key = b"k" * 5000  # a key that would not fit either
+    rejection = Rejection(record(original, 7, key=key), errors.OVERSIZED, "x" * 10_000)
+
+    value = rejection.dead_letter(NOW, max_bytes)
+    letter = json.loads(value)
+
+    assert len(value) <= max_bytes
+    carried = base64.b64decode(letter["value_b64"])
+    assert original.startswith(carried)
+    assert letter["truncated"] is (carried != original)
+    assert letter["truncated"] is (len(base64.b64encode(original)) > max_bytes)
+    assert letter["size_bytes"] == len(original)
+    assert letter["sha256"] == hashlib.sha256(original).hexdigest()
+    if letter["truncated"]:  # as much as fits, not a token prefix
+        assert len(value) > max_bytes - 8
+    assert rejection.key() == hashlib.sha256(key).hexdigest().encode()
+    assert len(letter["key"]) == 1024
+
+
+def test_a_short_key_stays_the_dead_letters_key() -> None:
+    assert Rejection(record(b"x", 0, key=b"s-1"), errors.EMPTY, "").key() == b"s-1"
+    assert Rejection(record(b"x", 0, key=None), errors.EMPTY, "").key() is None

@@ -394,19 +394,19 @@ def test_a_bug_in_one_group_stops_the_other_groups_before_they_score(
             await asyncio.sleep(0.05)  # this group is waiting on Redis when the other fails
         return {}
 
-    detect = pipeline.engine.process
+    detect = pipeline._detect
 
-    def process(shopper: str, *args: Any) -> Any:
-        if shopper == "s-2":
+    def group_detect(by_shopper: dict[str, Any], *args: Any) -> Any:
+        if "s-2" in by_shopper:  # not one shopper's failure: the group's own
             raise RuntimeError("detector bug")
-        return detect(shopper, *args)
+        return detect(by_shopper, *args)
 
     async def apply_many(*args: Any) -> Any:
         scored.append(args)
         return {}
 
     monkeypatch.setattr(pipeline.store, "load", states)
-    monkeypatch.setattr(pipeline.engine, "process", process)
+    monkeypatch.setattr(pipeline, "_detect", group_detect)
     monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
     monkeypatch.setattr(agents, "PROCESS_GROUPS", 2)
 
@@ -833,18 +833,19 @@ def test_the_sweep_fires_everything_due_two_partitions_at_a_time_in_turns(
     assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
 
 
-def test_a_failing_partition_chunk_stops_the_other_before_anything_is_sent(
+def test_a_failing_partition_chunk_leaves_the_other_partitions_sweep_going_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A bug in one partition's chunk cancels the chunk running beside it before it
-    scores, nothing of either goes out, and the sweep says it failed (and retries at
-    its next tick)."""
+    """A bug in one partition's chunk ends that partition's pass, with nothing of it
+    sent (all of it is due again at the next tick); the chunk running beside it goes on
+    and its output goes out, and the failure is counted."""
     sent: list[Any] = []
     pipeline = _pipeline(sent)
     scored: list[int] = []
 
     async def swept(partition: int, until: float, chunk: int, outbox: Any) -> int:
         if partition == 1:
+            outbox.records.append(("intent.tier-changes", b"1", b"{}", None))
             raise RuntimeError("detector bug")
         await asyncio.sleep(0.05)  # partition 0 is still waiting for Redis
         scored.append(partition)
@@ -854,17 +855,20 @@ def test_a_failing_partition_chunk_stops_the_other_before_anything_is_sent(
     async def nothing(sweep: Any, until: float, chunk: int, outbox: Any) -> int:
         return 0
 
+    async def no_writes(commands: Any) -> None:
+        return None
+
     monkeypatch.setattr(pipeline, "_sweep", swept)
     monkeypatch.setattr(pipeline, "_decay", nothing)
+    monkeypatch.setattr(pipeline, "_write", no_writes)
     pipeline.loop.caught_up = True
-
-    async def run() -> None:
-        await pipeline.sweep_partitions({0, 1})
-        await asyncio.sleep(0.1)  # time enough for a chunk left running to score
-
-    asyncio.run(run())
-    assert scored == [] and sent == []
-    assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 0
+    asyncio.run(pipeline.sweep_partitions({0, 1}))
+    assert scored == [0]
+    assert [key for _, key, _, _ in sent] == [b"0"]
+    registry = pipeline.metrics.registry
+    assert registry.get_sample_value("intent_worker_ready") == 1
+    failures = registry.get_sample_value("intent_shopper_failures_total", {"stage": "sweep_chunk"})
+    assert failures == 1
 
 
 def test_a_sweep_fires_every_detection_deadline_before_any_decay_up_to_one_until(

@@ -1,0 +1,107 @@
+"""What a fresh worker exports before anything happened: every error series at 0 (so
+`rate()` says 0, not "no data"), and a `source` label that takes only known values."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from schemas.errors import REASONS
+from stream.metrics import (
+    OTHER_SOURCE,
+    REDIS_STAGES,
+    SEND_PATHS,
+    SHOPPER_FAILURE_STAGES,
+    SOURCES,
+    Metrics,
+    source_label,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def scrape() -> dict[str, float]:
+    """The exposition text of a new `Metrics`, as sample -> value."""
+    text = generate_latest(Metrics(CollectorRegistry()).registry).decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+@pytest.mark.parametrize(
+    ("metric", "label", "values"),
+    [
+        ("intent_events_rejected_total", "reason", REASONS),
+        ("intent_redis_errors_total", "stage", REDIS_STAGES),
+        ("intent_send_errors_total", "path", SEND_PATHS),
+        ("intent_shopper_failures_total", "stage", SHOPPER_FAILURE_STAGES),
+    ],
+)
+def test_error_counters_are_exported_at_zero_for_every_known_value(
+    metric: str, label: str, values: tuple[str, ...]
+) -> None:
+    samples = scrape()
+    series = {k: v for k, v in samples.items() if k.startswith(metric + "{")}
+    assert series == {f'{metric}{{{label}="{value}"}}': 0.0 for value in values}
+
+
+def test_the_out_of_bounds_reason_and_the_sweeps_failures_are_there() -> None:
+    samples = scrape()
+    assert samples['intent_events_rejected_total{reason="out_of_bounds"}'] == 0.0
+    assert samples['intent_shopper_failures_total{stage="sweep"}'] == 0.0
+
+
+def test_the_redis_stages_are_the_ones_the_worker_retries() -> None:
+    """Every `_retry("<stage>", ...)` of stream/agents.py has its zero series, and no
+    stage is zeroed that the worker never counts."""
+    tree = ast.parse((ROOT / "stream" / "agents.py").read_text())
+    stages = {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "_retry"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert stages == set(REDIS_STAGES)
+
+
+def test_the_send_paths_are_the_ones_the_worker_counts() -> None:
+    text = (ROOT / "stream" / "agents.py").read_text()
+    assert set(re.findall(r"send_errors\.labels\(\"(\w+)\"\)", text)) == set(SEND_PATHS)
+
+
+def test_known_sources_keep_their_name_and_any_other_is_other() -> None:
+    for source in SOURCES:
+        assert source_label(source) == source
+    for made_up in ("test", "my-shop", "", "Segment", "canonical "):
+        assert source_label(made_up) == OTHER_SOURCE == "other"
+    assert OTHER_SOURCE not in SOURCES
+
+
+def test_every_source_the_readers_and_adapters_set_is_known() -> None:
+    """The `"source": "..."` of schemas/readers and schemas/adapters, and the canonical
+    default: none would be counted as "other"."""
+    set_in_code = set()
+    for path in (ROOT / "schemas").glob("[ra]*/*.py"):  # readers/, adapters/
+        set_in_code |= set(re.findall(r"\"source\"(?::|,) \"(\w+)\"", path.read_text()))
+    assert "canonical" in set_in_code and "rees46" in set_in_code
+    assert set_in_code <= SOURCES
+    from schemas.readers import FORMATS
+
+    assert set(FORMATS) - {"auto"} == SOURCES  # every format names its own source
+
+
+def test_the_shopper_failure_stages_are_the_ones_the_worker_counts() -> None:
+    text = (ROOT / "stream" / "agents.py").read_text()
+    stages = set(re.findall(r"_failed\(failed, \"(\w+)\"", text))
+    stages |= set(re.findall(r"shopper_failures\.labels\(\"(\w+)\"\)", text))
+    assert stages == set(SHOPPER_FAILURE_STAGES)
