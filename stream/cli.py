@@ -172,6 +172,7 @@ def forget(shopper_id: str, yes: bool) -> None:
     from kafka import KafkaProducer
 
     from schemas.outputs import SuppressionRecord
+    from stream.produce import compression_type
     from stream.topics import ensure_topics
     from stream.views import forget as erase
 
@@ -193,7 +194,9 @@ def forget(shopper_id: str, yes: bool) -> None:
         op="forget", scope="shopper", at=now,
     )  # fmt: skip
     ensure_topics(settings)
-    producer = KafkaProducer(**settings.kafka_options())
+    producer = KafkaProducer(
+        **settings.kafka_options(), compression_type=compression_type(settings)
+    )
     producer.send(settings.topic_suppression, key=shopper_id.encode(), value=record.to_json()).get(
         30
     )
@@ -305,6 +308,7 @@ def replay(
 
     from redis.exceptions import RedisError
 
+    from stream.ingest import ingest_bounds
     from stream.replay import REPLAY_UNITS, OutputFiles, Replay
     from stream.report import Tally
     from stream.rulesfile import load_ruleset, rules_source
@@ -343,7 +347,8 @@ def replay(
 
         run = Replay(file, fmt, rules, redis_url=redis_url, progress=advance, on_read=read,
                      on_replayed=lambda units: replaying[0].update(units),
-                     shard_events=shard_events, order=order)  # fmt: skip
+                     shard_events=shard_events, order=order,
+                     bounds=ingest_bounds(settings))  # fmt: skip
 
         def go() -> None:
             for shard_tally, shard_counts in run.summaries(jobs, outputs):

@@ -46,6 +46,7 @@ from typing import IO, Any, Final
 
 import orjson
 
+from schemas.bounds import DEFAULT_BOUNDS, Bounds
 from schemas.events import Event
 from schemas.outputs import TierChange
 from schemas.rules import RuleSet
@@ -240,6 +241,7 @@ class Replay:
         shard_events: int = SHARD_EVENTS,
         spill_dir: Path | None = None,
         order: str = "time",
+        bounds: Bounds = DEFAULT_BOUNDS,
     ) -> None:
         if shard_events < 1:
             raise ValueError("shard_events must be at least 1")
@@ -250,6 +252,7 @@ class Replay:
         self._unreported = 0  # progress units not yet handed to `on_replayed`
         self.shard_events = shard_events
         self.spill_dir = spill_dir
+        self.bounds = bounds  # what an event may hold (`schemas.bounds`), as in the worker
         tiers = rules.tiers
         self.cfg = ScoreConfig(tiers.low, tiers.mid, tiers.high, tiers.hysteresis)
         self.engine = Engine(rules)
@@ -377,7 +380,7 @@ class Replay:
         newest: dict[str, float] | None = {} if self.order == "file" else None
         lateness = self.engine.lateness
         spill: list[IO[str]] = []
-        for item in read_events(self.path, self.fmt, self._progress):
+        for item in read_events(self.path, self.fmt, self._progress, self.bounds):
             if isinstance(item, LineError):
                 errors[item.reason] += 1
                 if len(self.first_errors) < SHOW_LINE_ERRORS:

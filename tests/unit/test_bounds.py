@@ -206,3 +206,23 @@ def test_a_page_url_that_does_not_split_or_is_no_text(url: Any) -> None:
         assert exc.reason == errors.INVALID_EVENT
     else:
         assert event.page is not None
+
+
+def test_intent_replay_takes_the_bounds_from_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from stream.cli import main
+
+    lines = [
+        event(ts="2026-12-05T10:00:00Z"),
+        event(ts="2026-12-05T10:01:00Z", product={"sku": "p", "quantity": 3}),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    monkeypatch.setenv("INTENT_MAX_QUANTITY", "2")
+    done = CliRunner().invoke(main, ["replay", str(path), "--format", "canonical"])
+    assert done.exit_code == 0, done.output
+    assert "1 unreadable line (out_of_bounds: 1)" in done.output
+    assert "product.quantity 3 is over 2" in done.output
