@@ -1,4 +1,4 @@
-"""What this machine allows before any rule runs: the floors under issue 6's targets.
+"""What this machine allows before any rule runs: the floors under the README's targets.
 
     python -m bench.floors [--events N] [--rate R] [--seconds 5,20]   (make floors)
 

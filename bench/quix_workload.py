@@ -1,4 +1,4 @@
-"""The same workload in Quix Streams (the `bench` extra): the comparison the issue asks for.
+"""The same workload in Quix Streams (the `bench` extra), for the target worker >= 1.3x Quix.
 
     python -m bench.quix_workload N RESULT_FILE     (settings from the INTENT_* environment)
 

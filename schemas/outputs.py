@@ -1,5 +1,5 @@
-"""What the processor emits for other teams (CONTRACT.md, "Topics"). Add fields freely;
-never rename or drop one without a versioned schema."""
+"""What the processor emits for other teams (the README's "Topics" and "Outputs"). Add
+fields freely; never rename or drop one without a versioned schema."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The rules file: what counts as an intent signal (PLAYBOOK.md), as data users edit.
+"""The rules file: what counts as an intent signal, as data users edit.
 
 A rules file is YAML: `version`, `defaults`, optional `tiers` (read by the scoring
 stage), and a list of `rules`, each one of seven kinds:

@@ -47,13 +47,13 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         # Faust's default is "<app id>-data" in the working directory.
         "datadir": str(settings.data_dir / settings.app_id),
         "topic_partitions": settings.partitions,
-        # FIELD-NOTES: Faust's 60 s session means a 30 s start and ~90 s failover on the
-        # embedded broker; 6 s / 1 s gives ~5 s and ~10 s and stays stable.
+        # Measured on the embedded broker: Faust's 60 s session means a 30 s start and ~90 s
+        # failover; 6 s / 1 s gives ~5 s and ~10 s and stays stable.
         "broker_session_timeout": settings.session_timeout_seconds,
         "broker_heartbeat_interval": settings.heartbeat_interval_seconds,
         "consumer_auto_offset_reset": "earliest",
-        # FIELD-NOTES: exactly_once crashes on the embedded broker; every effect is
-        # idempotent instead.
+        # exactly_once crashes the worker at start-up on the embedded broker (it rejects the
+        # idempotent/transactional producer); every effect is idempotent instead.
         "processing_guarantee": "at_least_once",
         "topic_disable_leader": True,
         "web_enabled": settings.web_port != 0,

@@ -1,4 +1,4 @@
-"""The `intent` command (CONTRACT.md, "Commands")."""
+"""The `intent` command (the README's "Commands")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Demo traffic: shoppers walking through the PLAYBOOK scenarios, live.
+"""Demo traffic: shoppers walking through the scenarios the default rules must get right
+(returns risk, size help, a subscription, an abandoned checkout, a blog reader, an opt-out,
+a buyer), live.
 
 Journeys interleave, each step a few seconds apart, in all three JSON shapes the
 processor accepts (canonical, Segment, GA4), with a little bad input mixed in so the
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-# (type, page type, product, properties) steps of each PLAYBOOK scenario.
+# (type, page type, product, properties) steps of each scenario.
 Step = tuple[str, str | None, dict[str, Any] | None, dict[str, Any]]
 CABLE: Final = {
     "sku": "CBL-USB-C",

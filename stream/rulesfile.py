@@ -1,6 +1,6 @@
 """Load and check rules files. Errors name the YAML line and the field path.
 
-The default rules (PLAYBOOK.md) ship as package data: `stream/rules/default.yaml`.
+The default rules ship as package data: `stream/rules/default.yaml`.
 """
 
 from __future__ import annotations

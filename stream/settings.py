@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     partitions: int = Field(
         8, ge=1, le=256, description="Partitions of every topic created (cap on workers)."
     )
-    # --- topics (CONTRACT.md) -------------------------------------------------------------
+    # --- topics (public names: the README's "Topics") ------------------------------------
     topic_clickstream: str = Field("clickstream.events", description="Input clickstream topic.")
     topic_normalised: str = Field(
         "intent.events", description="Internal: validated canonical events keyed by shopper."
@@ -148,7 +148,7 @@ class Settings(BaseSettings):
         description="Compression of every record the worker writes (the input may use any "
         "codec: all four are read).",
     )
-    # --- consumer group timing (FIELD-NOTES: seconds to start and fail over, not minutes)
+    # --- consumer group timing (measured: seconds to start and fail over, not minutes)
     session_timeout_seconds: float = Field(
         6.0, gt=0, description="Kafka consumer session timeout; failover takes about twice this."
     )

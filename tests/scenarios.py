@@ -1,5 +1,6 @@
-"""The six PLAYBOOK scenarios as event scripts, with the signals that must fire and
-the ones that must not. Shared by the pure engine tests and the integration tests."""
+"""The six scenarios the default rules must get right, as event scripts, with the signals
+that must fire and the ones that must not. Shared by the pure engine tests and the
+integration tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The canonical event as it is (CONTRACT.md)."""
+"""The canonical event as it is (the README's "Canonical event")."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from stream import dev
 from stream.ingest import ingest_limits
 from stream.settings import Settings
 
-START_BUDGET_SECONDS = 60  # the promise: events visible within 60 s of a cold start
+START_BUDGET_SECONDS = 60  # the promise: events visible within 60 s of a cold start
 
 
 def _port_open(hostport: str) -> bool:

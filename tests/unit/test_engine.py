@@ -45,7 +45,7 @@ def at(minutes: float) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-# --- the six PLAYBOOK scenarios on the default rules ------------------------------------
+# --- the six scenarios of tests/scenarios.py on the default rules -----------------------
 @pytest.mark.parametrize("case", scenarios(), ids=lambda c: c.name)
 def test_default_rules_get_the_playbook_scenarios_right(case: Any) -> None:
     eng = Engine(load_rules())
