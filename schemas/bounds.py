@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 # a \u escape of a surrogate in JSON text; pairs decode to one character, lone ones stay
 _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_TEXT: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +90,17 @@ def _needs_walk(raw: bytes | str, bounds: Bounds) -> bool:
     """Whether the text can break a bound the number hooks do not check. Most records
     are small and flat: they cannot hold a string longer than themselves, more list
     items than they have commas, or more levels than they have brackets."""
-    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if len(data) > bounds.max_string_chars:
-        return True
-    if data.count(b",") + 1 > bounds.max_list_items:
-        return True
-    if data.count(b"{") + data.count(b"[") > bounds.max_depth:
-        return True
-    return _SURROGATE_ESCAPE.search(data) is not None or (
-        isinstance(raw, str) and _SURROGATE.search(raw) is not None
+    if isinstance(raw, str):  # a file's line, checked as it is (no encoding per line)
+        commas, brackets = raw.count(","), raw.count("{") + raw.count("[")
+        surrogate = bool(_SURROGATE_ESCAPE_TEXT.search(raw) or _SURROGATE.search(raw))
+    else:  # a record off the wire, checked as bytes (no decoding per record)
+        commas, brackets = raw.count(b","), raw.count(b"{") + raw.count(b"[")
+        surrogate = _SURROGATE_ESCAPE.search(raw) is not None
+    return (
+        len(raw) > bounds.max_string_chars
+        or commas + 1 > bounds.max_list_items
+        or brackets > bounds.max_depth
+        or surrogate
     )
 
 

@@ -444,15 +444,13 @@ class Pipeline:
         signals: list[Signal],
         partitions: dict[str, int],
         outbox: Outbox,
-        groups: dict[str, int] | None = None,
-        failed: dict[str, Exception] | None = None,
+        groups: dict[str, int] | None,
+        failed: dict[str, Exception],
     ) -> None:
         """Score new signals, index the results, and queue signals and outputs to send.
-        `groups`: their scoring order (`Outcome.groups`); `ADVANCED` for the rest. A
-        shopper whose scoring raises goes into `failed` (with none given, it is logged,
-        counted and left out): its signals and outputs are not sent, its detection state
-        not saved, and nothing of it is indexed."""
-        failed = {} if failed is None else failed
+        `groups`: their scoring order (`Outcome.groups`); None: `ADVANCED` for all. A
+        shopper whose scoring raises goes into `failed`: its signals and outputs are not
+        sent, its detection state not saved, and nothing of it is indexed."""
         by_shopper: dict[str, list[Signal]] = defaultdict(list)
         for signal in signals:
             by_shopper[signal.shopper_id].append(signal)
