@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ssl
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,7 +243,7 @@ class Settings(BaseSettings):
         return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]
 
 
-@lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read from the environment once."""
+    """The settings, read from the environment now: a command that runs sees the
+    environment it was started with, never one cached by an earlier command."""
     return Settings()

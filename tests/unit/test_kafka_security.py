@@ -139,15 +139,9 @@ def test_the_cli_names_the_setting_to_fix_and_never_echoes_a_secret(
     from click.testing import CliRunner
 
     from stream.cli import main
-    from stream.settings import get_settings
-
     monkeypatch.setenv("INTENT_KAFKA_SASL_PASSWORD", "hunter2")
     monkeypatch.setenv("INTENT_KAFKA_SSL_CAFILE", str(pems["ca"]))  # but PLAINTEXT
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(main, ["shopper", "s-1"])
-    finally:
-        get_settings.cache_clear()
+    result = CliRunner().invoke(main, ["shopper", "s-1"])
     assert result.exit_code == 1
     assert "bad INTENT_ setting: INTENT_KAFKA_SSL_* files are set but" in result.output
     assert "hunter2" not in result.output
