@@ -35,12 +35,12 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
 from bench.run import ROOT, events, log, taobao_rows
-from stream.embedded import EmbeddedStack
+from stream.devstack.embedded import EmbeddedStack
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
 if TYPE_CHECKING:
-    from stream.agents import OutRecord
+    from stream.worker.pipeline import OutRecord
 
 # `stored_batches` is light (the tests read topics raw with it); the worker's pipeline,
 # Faust and the bench's workload are imported where the bench needs them.
@@ -143,7 +143,7 @@ def run(settings: Settings, n: int, rounds: int, batch_sizes: list[int]) -> dict
     each input batch size (the worker takes up to INTENT_BATCH_SIZE events a batch: full
     ones with a backlog, a few per fetch wait at a live rate)."""
     from bench.floors import capture
-    from stream.ingest import RawRecord
+    from stream.core.ingest import RawRecord
 
     inputs = events(taobao_rows(), n)
     raw = [

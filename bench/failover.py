@@ -29,7 +29,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from bench.run import tier_change_reader
-from stream.embedded import EmbeddedStack, free_port, spawn, stop_process
+from stream.devstack.embedded import EmbeddedStack, free_port, spawn, stop_process
 from stream.settings import Settings
 from stream.topics import ensure_topics
 

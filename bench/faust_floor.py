@@ -14,7 +14,7 @@ import time
 import faust
 
 from stream.settings import Settings
-from stream.worker import faust_worker
+from stream.worker.main import faust_worker
 
 bootstrap, topic_name, total, app_id, result_file = sys.argv[1:6]
 N = int(total)
@@ -47,6 +47,6 @@ async def count(stream):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    # As the intent worker runs it (stream.worker.faust_worker): no terminal spinner,
+    # As the intent worker runs it (stream.worker.main.faust_worker): no terminal spinner,
     # which at warning level sets the root logger to DEBUG.
     faust_worker(app, "warning").execute_from_commandline()

@@ -57,16 +57,16 @@ from bench.run import (
     redis_cpu,
     taobao_rows,
 )
-from stream.agents import OutRecord, Pipeline, StreamLoop, stream_consumer, stream_producer
-from stream.embedded import EmbeddedStack
-from stream.files import LineError, read_events
-from stream.ingest import RawRecord, ingest_batch, ingest_limits
+from stream.core.ingest import RawRecord, ingest_batch, ingest_limits
+from stream.devstack.embedded import EmbeddedStack
 from stream.metrics import Metrics
+from stream.offline.files import LineError, read_events
 from stream.rulesfile import load_ruleset
-from stream.runtime import tune_gc
 from stream.settings import Settings
 from stream.topics import ensure_topics
-from stream.worker import redis_client
+from stream.worker.main import redis_client
+from stream.worker.pipeline import OutRecord, Pipeline, StreamLoop, stream_consumer, stream_producer
+from stream.worker.runtime import tune_gc
 
 FLOORS = ROOT / "bench" / "floors.json"
 TARGETS: Final = {"events_per_s": 60_000, "p99_ms": 50.0, "replay_events_per_s": 200_000}

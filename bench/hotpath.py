@@ -27,14 +27,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry
 
 from bench.run import events, log, redis_cpu, taobao_rows
-from stream.agents import OutRecord, Pipeline
-from stream.embedded import free_port, redis_server
-from stream.ingest import RawRecord
+from stream.core.ingest import RawRecord
+from stream.devstack.embedded import free_port, redis_server
 from stream.metrics import Metrics
 from stream.rulesfile import load_ruleset
-from stream.runtime import tune_gc
 from stream.settings import Settings
-from stream.worker import redis_client
+from stream.worker.main import redis_client
+from stream.worker.pipeline import OutRecord, Pipeline
+from stream.worker.runtime import tune_gc
 
 
 async def run(n: int, redis_url: str, profile: str | None, hop: bool = False) -> dict[str, float]:

@@ -32,13 +32,13 @@ from typing import Any
 
 from quixstreams import Application, message_context
 
-from stream.agents import OutRecord, Pipeline
-from stream.ingest import RawRecord
+from stream.core.ingest import RawRecord
 from stream.metrics import default_metrics
 from stream.rulesfile import load_ruleset
-from stream.runtime import tune_gc
 from stream.settings import Settings
-from stream.worker import redis_client
+from stream.worker.main import redis_client
+from stream.worker.pipeline import OutRecord, Pipeline
+from stream.worker.runtime import tune_gc
 
 
 def main() -> None:

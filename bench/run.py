@@ -43,7 +43,7 @@ import redis
 from aiokafka.partitioner import DefaultPartitioner
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from stream.embedded import EmbeddedStack, free_port, spawn, stop_process
+from stream.devstack.embedded import EmbeddedStack, free_port, spawn, stop_process
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
@@ -525,7 +525,7 @@ def bench_quix(env: dict[str, str], n: int, run_dir: Path) -> float | None:
 
 
 def bench_replay() -> float:
-    from stream.replay import replay
+    from stream.offline.replay import replay
     from stream.rulesfile import load_rules
 
     result = replay(TAOBAO, "taobao", load_rules())
@@ -535,7 +535,7 @@ def bench_replay() -> float:
 def bench_replay_jobs(jobs: int) -> float:
     """`intent replay --jobs N` without output files: events over the wall clock, reading
     the file included (it is read in one process, then replayed in N forks)."""
-    from stream.replay import OutputFiles, Replay
+    from stream.offline.replay import OutputFiles, Replay
     from stream.rulesfile import load_rules
 
     run = Replay(TAOBAO, "taobao", load_rules())

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from schemas.readers import FORMATS
 from stream.errors import IntentError
-from stream.files import SHARD_EVENTS, unreadable_file
+from stream.offline.files import SHARD_EVENTS, unreadable_file
 from stream.settings import Settings, get_settings
 
 
@@ -63,7 +63,7 @@ def main() -> None:
 @click.option("--no-worker", is_flag=True, help="Start no worker (others already run).")
 def dev(no_demo: bool, print_env: bool, rate: float, no_worker: bool) -> None:
     """Embedded broker + Redis, one worker and demo traffic. Ctrl-C stops it all."""
-    from stream.dev import run_dev
+    from stream.devstack.dev import run_dev
 
     run_dev(_settings(), demo=not no_demo, print_env=print_env, rate=rate, worker=not no_worker)
 
@@ -72,7 +72,7 @@ def dev(no_demo: bool, print_env: bool, rate: float, no_worker: bool) -> None:
 @click.option("--loglevel", default="info", show_default=True)
 def worker(loglevel: str) -> None:
     """Run one stream worker against the configured Kafka and Redis."""
-    from stream.worker import run_worker
+    from stream.worker.main import run_worker
 
     run_worker(_settings(), loglevel=loglevel)
 
@@ -85,7 +85,7 @@ def worker(loglevel: str) -> None:
 @click.option("--topic", help="Send here instead of INTENT_TOPIC_CLICKSTREAM.")
 def produce(file: Path, fmt: str, topic: str | None) -> None:
     """Send the events of FILE to the input topic."""
-    from stream.produce import produce_file
+    from stream.devstack.produce import produce_file
 
     settings = _settings()
     report = produce_file(file, fmt, settings, topic=topic, show_progress=sys.stderr.isatty())
@@ -144,8 +144,8 @@ def shopper(shopper_id: str) -> None:
     import json as _json
     import time
 
-    from stream.scoring.store import ScoreStore
-    from stream.views import read_shopper
+    from stream.state.scores import ScoreStore
+    from stream.worker.views import read_shopper
 
     settings = _settings()
 
@@ -172,9 +172,9 @@ def forget(shopper_id: str, yes: bool) -> None:
     from kafka import KafkaProducer
 
     from schemas.outputs import SuppressionRecord
-    from stream.produce import compression_type
+    from stream.devstack.produce import compression_type
     from stream.topics import ensure_topics
-    from stream.views import forget as erase
+    from stream.worker.views import forget as erase
 
     settings = _settings()
     if not yes and sys.stdin.isatty():
@@ -308,9 +308,9 @@ def replay(
 
     from redis.exceptions import RedisError
 
-    from stream.ingest import ingest_bounds
-    from stream.replay import REPLAY_UNITS, OutputFiles, Replay
-    from stream.report import Tally
+    from stream.core.ingest import ingest_bounds
+    from stream.offline.replay import REPLAY_UNITS, OutputFiles, Replay
+    from stream.offline.report import Tally
     from stream.rulesfile import load_ruleset, rules_source
 
     settings = _settings()
@@ -402,7 +402,7 @@ def replay(
     if bad and not tally.events:
         raise click.ClickException(unreadable_file(file, fmt, bad))
     if report_dir:
-        from stream.report import write
+        from stream.offline.report import write
 
         try:
             source = rules_source(settings, rules_path)

@@ -2,7 +2,7 @@
 
 Each format turns one line into zero or more canonical events, or raises
 `InvalidEvent` (reason `malformed_line` or the adapter's reason). Reading files,
-decompression, header skipping and counting live in `stream.files`; these are pure.
+decompression, header skipping and counting live in `stream.offline.files`; these are pure.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.embedded import free_port, spawn, stop_process
+from stream.devstack.embedded import free_port, spawn, stop_process
 from stream.settings import Settings
 from tests.integration.servers import Servers, test_servers
 

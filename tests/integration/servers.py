@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from stream.embedded import EmbeddedStack
+from stream.devstack.embedded import EmbeddedStack
 
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"  # Apache Kafka (community build) with KRaft
 REDIS_IMAGE = "redis:7"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from stream.produce import produce_file
+from stream.devstack.produce import produce_file
 from stream.settings import Settings
 from stream.topics import ensure_topics
 from tests.integration.kafka_io import (

@@ -19,8 +19,8 @@ import pytest
 from pydantic_core import PydanticSerializationError
 
 from schemas.events import Event
-from stream import dev
-from stream.ingest import ingest_limits
+from stream.core.ingest import ingest_limits
+from stream.devstack import dev
 from stream.settings import Settings
 
 START_BUDGET_SECONDS = 60  # the promise: events visible within 60 s of a cold start

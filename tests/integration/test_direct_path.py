@@ -17,15 +17,15 @@ from prometheus_client import CollectorRegistry
 
 from bench.failover import ready
 from schemas.events import Event
-from stream import agents
-from stream.embedded import free_port
-from stream.files import read_events
-from stream.ingest import RawRecord
+from stream.core.ingest import RawRecord
+from stream.devstack.embedded import free_port
 from stream.metrics import Metrics
+from stream.offline.files import read_events
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from stream.topics import ensure_topics
-from stream.worker import redis_client
+from stream.worker import pipeline as agents
+from stream.worker.main import redis_client
 from tests.integration.conftest import scrape_metrics, wait_for
 from tests.integration.kafka_io import produce
 from tests.integration.servers import Servers, drop_keys

@@ -9,8 +9,8 @@ import pytest
 import redis
 from kafka import KafkaAdminClient
 
-from stream import embedded
-from stream.embedded import EmbeddedStack
+from stream.devstack import embedded
+from stream.devstack.embedded import EmbeddedStack
 from stream.errors import BinaryNotFound, PortInUse, ServerFailed
 
 

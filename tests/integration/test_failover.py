@@ -12,7 +12,7 @@ from argparse import Namespace
 from typing import Any
 
 from bench.failover import ready, traffic
-from stream.embedded import free_port
+from stream.devstack.embedded import free_port
 from stream.settings import Settings
 from stream.topics import ensure_topics
 from tests.integration.conftest import wait_for

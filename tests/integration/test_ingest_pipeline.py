@@ -136,6 +136,6 @@ def test_mixed_input_is_normalised_or_dead_lettered(
 
 
 def _is_valid(raw: bytes, now: datetime) -> bool:
-    from stream.ingest import IngestLimits, RawRecord, ingest_batch
+    from stream.core.ingest import IngestLimits, RawRecord, ingest_batch
 
     return bool(ingest_batch([RawRecord(raw)], now, IngestLimits()).events)

@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from schemas import errors
-from stream import agents
-from stream.ingest import RawRecord
+from stream.core.ingest import RawRecord
 from stream.metrics import Metrics
 from stream.rulesfile import load_rules
 from stream.settings import Settings
-from stream.worker import redis_client
+from stream.worker import pipeline as agents
+from stream.worker.main import redis_client
 from tests import fuzzing
 from tests.integration.servers import Servers, drop_keys
 from tests.scenarios import ev

@@ -31,7 +31,7 @@ import pytest
 import trustme
 from kafka import KafkaConsumer, TopicPartition
 
-from stream.embedded import Server, free_port, tansu_binary, tcp_answers
+from stream.devstack.embedded import Server, free_port, tansu_binary, tcp_answers
 from stream.errors import BrokerUnavailable
 from stream.settings import Settings
 from stream.topics import admin_client

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from schemas.events import Event
-from stream.files import read_events
-from stream.replay import action_lines, replay
+from stream.offline.files import read_events
+from stream.offline.replay import action_lines, replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from stream.topics import ensure_topics

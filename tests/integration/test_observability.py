@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
-from stream.demo import traffic
-from stream.embedded import free_port, spawn, stop_process
+from stream.devstack.demo import traffic
+from stream.devstack.embedded import free_port, spawn, stop_process
 from stream.settings import Settings
 from stream.topics import ensure_topics
 from tests.integration.conftest import wait_for

@@ -17,13 +17,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.events import Event
-from stream import agents
-from stream.files import read_events
-from stream.ingest import RawRecord
+from stream.core.ingest import RawRecord
 from stream.metrics import Metrics
+from stream.offline.files import read_events
 from stream.rulesfile import load_rules
 from stream.settings import Settings
-from stream.worker import redis_client
+from stream.worker import pipeline as agents
+from stream.worker.main import redis_client
 from tests.integration.servers import Servers, drop_keys
 
 EVENTS = 6000

@@ -10,8 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 from schemas.events import Event
-from stream.files import read_events
-from stream.produce import make_producer
+from stream.devstack.produce import make_producer
+from stream.offline.files import read_events
 from stream.settings import Settings
 from tests.conftest import REES46_EVENTS, REES46_TYPES
 from tests.integration.kafka_io import Reader

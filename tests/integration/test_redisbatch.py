@@ -1,4 +1,4 @@
-"""`stream.redisbatch` on a real Redis: replies in order and undecoded, an error reply
+"""`stream.state.redisbatch` on a real Redis: replies in order and undecoded, an error reply
 raises and leaves no stray replies behind, a forgotten script is loaded again."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from stream.redisbatch import Script, execute
+from stream.state.redisbatch import Script, execute
 from tests.integration.servers import Servers
 
 ECHO = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])"
@@ -77,8 +77,8 @@ def test_a_script_the_server_forgot_is_loaded_again(servers: Servers) -> None:
 def test_index_writes_in_one_round_trip_end_as_if_made_one_by_one(servers: Servers) -> None:
     """A sweep chunk can hold two writes for one shopper (an absence scored, then a
     decay): its tier set and decay deadline end as the later write left them."""
-    from stream.scoring.reference import ScoreConfig
-    from stream.scoring.store import ScoreStore
+    from stream.core.scoring import ScoreConfig
+    from stream.state.scores import ScoreStore
 
     async def body(client: aioredis.Redis, p: str) -> None:
         store = ScoreStore(client, p, ScoreConfig(10.0, 40.0, 70.0, 2.0))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from stream.replay import action_lines, replay
+from stream.offline.replay import action_lines, replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from tests.conftest import REES46_EVENTS

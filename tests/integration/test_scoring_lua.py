@@ -11,10 +11,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.detectors.engine import ADVANCED
-from stream.scoring import reference
-from stream.scoring.reference import Result, ScoreConfig, ScoreSignal
-from stream.scoring.store import lua_source, parse_result, script_args
+from stream.core import scoring as reference
+from stream.core.detectors.engine import ADVANCED
+from stream.core.scoring import Result, ScoreConfig, ScoreSignal
+from stream.state.scores import lua_source, parse_result, script_args
 from tests.integration.servers import Servers
 
 CFG = ScoreConfig(low=1.0, mid=15.0, high=35.0, hysteresis=0.1, applied_cap=20)

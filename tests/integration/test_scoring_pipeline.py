@@ -17,12 +17,12 @@ import pytest
 import redis
 
 from schemas.signals import Signal
-from stream.scoring import reference
-from stream.scoring.actions import to_score_signal
-from stream.scoring.reference import ScoreConfig
+from stream.core import scoring as reference
+from stream.core.outputs import to_score_signal
+from stream.core.scoring import ScoreConfig
 from stream.settings import Settings
 from stream.topics import ensure_topics
-from stream.views import shopper_view
+from stream.worker.views import shopper_view
 from tests.integration.conftest import wait_for
 from tests.integration.kafka_io import Reader, produce
 from tests.scenarios import ev, scenarios

@@ -13,10 +13,10 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stream.embedded import spawn, stop_process
+from stream.devstack.embedded import spawn, stop_process
 from stream.settings import Settings
 from stream.topics import ensure_topics
-from stream.worker import EXIT_CRASHED
+from stream.worker.main import EXIT_CRASHED
 from tests.integration.conftest import wait_for
 from tests.integration.kafka_io import produce
 from tests.scenarios import ev
@@ -24,7 +24,7 @@ from tests.scenarios import ev
 # The worker, with its batch handling broken for records of one shopper: an exception
 # no stage catches, as a bug in the loop itself would raise.
 CRASHING_WORKER = """
-import stream.agents as agents
+import stream.worker.pipeline as agents
 handle = agents.Pipeline.handle
 async def broken(self, records):
     if any(r.key == b"crash-me" for r in records):

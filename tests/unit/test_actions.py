@@ -9,10 +9,10 @@ from typing import Any
 from schemas.adapters import to_event
 from schemas.outputs import AudienceChange, SuppressionRecord
 from schemas.signals import Signal
-from stream.detectors.engine import Engine
+from stream.core.detectors.engine import Engine
+from stream.core.outputs import outputs_for, score_signals
+from stream.core.scoring import Result, ScoreConfig, apply, new_state
 from stream.rulesfile import load_rules
-from stream.scoring.actions import outputs_for, score_signals
-from stream.scoring.reference import Result, ScoreConfig, apply, new_state
 from tests.scenarios import T0, ev
 
 PHONE = {"sku": "PH-1", "category": "electronics/phones"}

@@ -33,11 +33,11 @@ from typing import Any
 import pytest
 
 from schemas.events import Event
-from stream.detectors.engine import Engine
-from stream.files import read_events
+from stream.core.detectors.engine import Engine
+from stream.core.outputs import Output, outputs_for, score_signals
+from stream.core.scoring import ScoreConfig, apply, new_state, next_deadline
+from stream.offline.files import read_events
 from stream.rulesfile import load_rules
-from stream.scoring.actions import Output, outputs_for, score_signals
-from stream.scoring.reference import ScoreConfig, apply, new_state, next_deadline
 from tests.scenarios import IN_ORDER_STEPS, STEPS, generated_shopper
 
 RULES = load_rules()

@@ -14,9 +14,9 @@ from schemas import errors
 from schemas.adapters import decode_json
 from schemas.bounds import DEFAULT_BOUNDS, Bounds
 from schemas.errors import InvalidEvent
-from stream.files import LineError, read_events
-from stream.ingest import RawRecord, ingest_batch, ingest_limits
-from stream.replay import replay
+from stream.core.ingest import RawRecord, ingest_batch, ingest_limits
+from stream.offline.files import LineError, read_events
+from stream.offline.replay import replay
 from stream.rulesfile import load_ruleset
 from stream.settings import Settings
 

@@ -1,4 +1,4 @@
-"""`stream.demo.traffic`: the demo schedule is deterministic, valid and covers the playbook."""
+"""The demo schedule (`stream.devstack.demo`) is deterministic, valid, covers the playbook."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from schemas import errors
 from schemas.adapters import decode_json
 from schemas.errors import InvalidEvent
 from schemas.events import Event
-from stream.demo import BACKDATE_SECONDS, BAD_INPUT, SCENARIOS, traffic
+from stream.devstack.demo import BACKDATE_SECONDS, BAD_INPUT, SCENARIOS, traffic
 
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 N = 500

@@ -14,7 +14,7 @@ from schemas.adapters import to_event
 from schemas.events import Event
 from schemas.rules import RuleSet
 from schemas.signals import Signal
-from stream.detectors.engine import Engine
+from stream.core.detectors.engine import Engine
 from stream.rulesfile import load_rules
 from tests.scenarios import T0, ev, scenarios
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from schemas import errors
 from schemas.events import Event
-from stream.files import PROGRESS_EVERY_LINES, LineError, read_events
+from stream.offline.files import PROGRESS_EVERY_LINES, LineError, read_events
 from tests.conftest import (
     REES46_COLUMNS,
     REES46_EVENTS,

@@ -1,4 +1,4 @@
-"""`stream.ingest`: a batch of raw records in, events and rejections out, nothing lost."""
+"""`stream.core.ingest`: a batch of raw records in, events and rejections out, nothing lost."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from schemas import errors
 from schemas.adapters import decode_json
 from schemas.events import Event
-from stream import ingest
-from stream.ingest import PREVIEW_CHARS, IngestLimits, RawRecord, Rejection, ingest_batch
+from stream.core import ingest
+from stream.core.ingest import PREVIEW_CHARS, IngestLimits, RawRecord, Rejection, ingest_batch
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 LIMITS = IngestLimits()

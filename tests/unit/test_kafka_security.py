@@ -11,8 +11,8 @@ import trustme
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from pydantic import ValidationError
 
-from stream.app import create_app, faust_credentials
 from stream.settings import Settings
+from stream.worker.app import create_app, faust_credentials
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +139,7 @@ def test_the_cli_names_the_setting_to_fix_and_never_echoes_a_secret(
     from click.testing import CliRunner
 
     from stream.cli import main
+
     monkeypatch.setenv("INTENT_KAFKA_SASL_PASSWORD", "hunter2")
     monkeypatch.setenv("INTENT_KAFKA_SSL_CAFILE", str(pems["ca"]))  # but PLAINTEXT
     result = CliRunner().invoke(main, ["shopper", "s-1"])

@@ -22,6 +22,7 @@ from stream.metrics import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+WORKER_SOURCE = "\n".join(p.read_text() for p in sorted((ROOT / "stream" / "worker").glob("*.py")))
 
 
 def scrape() -> dict[str, float]:
@@ -59,15 +60,15 @@ def test_the_out_of_bounds_reason_and_the_sweeps_failures_are_there() -> None:
 
 
 def test_the_redis_stages_are_the_ones_the_worker_retries() -> None:
-    """Every `_retry("<stage>", ...)` of stream/agents.py has its zero series, and no
+    """Every `retry("<stage>", ...)` of the worker's modules has its zero series, and no
     stage is zeroed that the worker never counts."""
-    tree = ast.parse((ROOT / "stream" / "agents.py").read_text())
+    tree = ast.parse(WORKER_SOURCE)
     stages = {
         node.args[0].value
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "_retry"
+        and node.func.attr in ("retry", "_retry")
         and node.args
         and isinstance(node.args[0], ast.Constant)
     }
@@ -75,7 +76,7 @@ def test_the_redis_stages_are_the_ones_the_worker_retries() -> None:
 
 
 def test_the_send_paths_are_the_ones_the_worker_counts() -> None:
-    text = (ROOT / "stream" / "agents.py").read_text()
+    text = WORKER_SOURCE
     assert set(re.findall(r"send_errors\.labels\(\"(\w+)\"\)", text)) == set(SEND_PATHS)
 
 
@@ -101,7 +102,7 @@ def test_every_source_the_readers_and_adapters_set_is_known() -> None:
 
 
 def test_the_shopper_failure_stages_are_the_ones_the_worker_counts() -> None:
-    text = (ROOT / "stream" / "agents.py").read_text()
+    text = WORKER_SOURCE
     stages = set(re.findall(r"_failed\(failed, \"(\w+)\"", text))
     stages |= set(re.findall(r"shopper_failures\.labels\(\"(\w+)\"\)", text))
     assert stages == set(SHOPPER_FAILURE_STAGES)

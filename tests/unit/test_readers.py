@@ -1,4 +1,4 @@
-"""Line parsers of every file format, and `stream.files.read_events` on real samples."""
+"""Line parsers of every file format, and `stream.offline.files.read_events` on real samples."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from schemas.errors import InvalidEvent
 from schemas.events import Event, Product
 from schemas.readers import FORMATS
 from stream.errors import ConfigError
-from stream.files import PROGRESS_EVERY_LINES, LineError, get_format, read_events
+from stream.offline.files import PROGRESS_EVERY_LINES, LineError, get_format, read_events
 
 REES46_FILE = "rees46_2019-10-01_head.csv.gz"
 TAOBAO_FILE = "taobao_userbehavior_2017-11-26.csv.gz"

@@ -105,8 +105,8 @@ def test_a_failed_replay_leaves_the_earlier_output_files_as_they_were(
 def test_output_files_replace_the_earlier_ones_only_when_closed(
     rees46_file: Path, tmp_path: Path
 ) -> None:
-    from stream.replay import OutputFiles
-    from stream.replay import replay as run
+    from stream.offline.replay import OutputFiles
+    from stream.offline.replay import replay as run
     from stream.rulesfile import load_rules
     from stream.settings import Settings
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from schemas.events import Event
 from stream.cli import main
-from stream.replay import Replay, replay
+from stream.offline.replay import Replay, replay
 from stream.rulesfile import load_rules
 from tests.scenarios import generated_file
 

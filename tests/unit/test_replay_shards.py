@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from stream.cli import main
-from stream.replay import action_lines, replay
+from stream.offline.replay import action_lines, replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from tests.conftest import REES46_EVENTS
@@ -90,7 +90,7 @@ def test_a_shard_size_below_one_is_refused(rees46_file: Path) -> None:
 
 def summaries(run: Any, jobs: int, tmp_path: Path) -> Iterator[Any]:
     """`Replay.summaries` with no output files: what `intent replay` iterates."""
-    from stream.replay import OutputFiles
+    from stream.offline.replay import OutputFiles
 
     outputs = OutputFiles(None, None, Settings().topic_names(), tmp_path)
     yield from run.summaries(jobs, outputs)
@@ -105,7 +105,7 @@ def test_the_file_is_read_without_cyclic_gc_with_or_without_jobs(
     (with --jobs, reading Taobao took 3.4 s instead of 2.0 while the collector ran)."""
     import gc
 
-    from stream.replay import Replay
+    from stream.offline.replay import Replay
 
     enabled: list[bool] = []
     run = Replay(
@@ -128,7 +128,7 @@ def test_replay_progress_moves_within_a_shard_and_adds_up(
     """`on_replayed` counts REPLAY_UNITS per event in all. In one process it moves while
     the one shard is replayed (the bar sat at 0 % until the whole file was done); with
     jobs, once per shard as it comes back."""
-    from stream.replay import REPLAY_UNITS, Replay
+    from stream.offline.replay import REPLAY_UNITS, Replay
 
     seen: list[str | int] = []
     run = Replay(rees46_file, "rees46", load_rules(), on_replayed=seen.append)

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from schemas.outputs import TierChange
 from stream.cli import main
-from stream.replay import Replay, replay
-from stream.report import MIN_SUPPORT, Tally, compute, markdown, with_rules, write
+from stream.offline.replay import Replay, replay
+from stream.offline.report import MIN_SUPPORT, Tally, compute, markdown, with_rules, write
 from stream.rulesfile import digest, load_rules
 from tests.scenarios import ev
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from stream.scoring import reference
-from stream.scoring.reference import ScoreConfig, ScoreSignal, apply, new_state, tier_for
+from stream.core import scoring as reference
+from stream.core.scoring import ScoreConfig, ScoreSignal, apply, new_state, tier_for
 
 CFG = ScoreConfig(low=1.0, mid=15.0, high=35.0, hysteresis=0.1)
 DAY = 86400.0

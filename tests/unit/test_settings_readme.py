@@ -40,7 +40,7 @@ def test_bad_setting_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_worker_keeps_its_local_data_under_the_data_dir(tmp_path: Path) -> None:
-    from stream.app import create_app
+    from stream.worker.app import create_app
 
     settings = Settings(app_id="shop-a", data_dir=tmp_path / "data")
     app = create_app(settings)

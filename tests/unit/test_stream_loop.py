@@ -14,11 +14,11 @@ from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
-from stream import agents
-from stream.agents import StreamLoop
-from stream.ingest import RawRecord
+from stream.core.ingest import RawRecord
 from stream.metrics import Metrics
 from stream.settings import Settings
+from stream.worker import pipeline as agents
+from stream.worker.pipeline import StreamLoop
 
 
 @dataclass
@@ -325,8 +325,8 @@ def test_ingest_pauses_on_what_it_wrote_itself_before_a_fetch_has_seen_it() -> N
 def _pipeline(sent: list[Any]) -> Any:
     import redis.asyncio as aioredis
 
-    from stream.agents import Pipeline
     from stream.rulesfile import load_rules
+    from stream.worker.pipeline import Pipeline
 
     async def send(records: list[Any]) -> None:
         sent.extend(records)
@@ -751,7 +751,7 @@ def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
 ) -> None:
     """Until the broker has the demotion, the decay index keeps the shopper due: a crash
     in between leaves the call to be made again, and apply.lua hands its output back."""
-    from stream.scoring.reference import Change, Result
+    from stream.core.scoring import Change, Result
 
     order: list[str] = []
     pipeline = _pipeline([])
@@ -938,7 +938,7 @@ def test_a_decay_left_due_goes_out_in_the_same_sweep_and_a_stuck_one_only_once(
     boundary: the sweep asks again until nothing is due, so that one goes out in this
     sweep, not at the next tick. A shopper whose call leaves its deadline where it was (a
     fault) is called once per sweep, not until SWEEP_MAX."""
-    from stream.scoring.reference import Result
+    from stream.core.scoring import Result
 
     pipeline = _pipeline([])
     pipeline.loop.caught_up = True
@@ -1088,8 +1088,8 @@ def test_after_the_send_the_score_indexes_go_before_the_detection_state() -> Non
     """One round trip, run in order by Redis. A crash that left the state saved and the
     indexes unwritten would lose them: the batch read again would find its events in
     the state, drop them, and score nothing."""
-    from stream.agents import Outbox
-    from stream.patterns import Saved
+    from stream.state.patterns import Saved
+    from stream.worker.pipeline import Outbox
 
     pipeline = _pipeline([])
     written: list[list[Any]] = []

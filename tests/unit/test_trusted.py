@@ -56,7 +56,7 @@ def test_constructed_models_stay_frozen() -> None:
 def test_outputs_built_without_validation_equal_validated_ones(otto_file: Path) -> None:
     """Every output of a replay (tier changes and audience changes are constructed) is
     exactly what validating its own fields gives."""
-    from stream.replay import replay
+    from stream.offline.replay import replay
     from stream.rulesfile import load_rules
 
     result = replay(otto_file, "otto", load_rules())
@@ -97,8 +97,8 @@ def test_to_json_is_model_dump_json_byte_for_byte(
     """The wire form skips model_dump_json's round trip through str: the same bytes for
     every event, signal, tier change and action of a replay of REES46 and OTTO files and
     of canonical events of every type, with pages, properties, sessions and suppressions."""
-    from stream.files import read_events
-    from stream.replay import replay
+    from stream.offline.files import read_events
+    from stream.offline.replay import replay
     from stream.rulesfile import load_rules
     from tests.scenarios import generated_file
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from stream.cli import main
-from stream.files import guess_formats, unreadable_file
+from stream.offline.files import guess_formats, unreadable_file
 
 SAMPLES = {
     "rees46_2019-10-01_head.csv.gz": "rees46",

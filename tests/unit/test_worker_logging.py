@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import faust
 import pytest
 
-from stream.worker import faust_worker
+from stream.worker.main import faust_worker
 
 
 @pytest.fixture

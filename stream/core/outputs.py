@@ -22,8 +22,8 @@ from schemas.outputs import (
 )
 from schemas.signals import Signal
 from schemas.trusted import construct
-from stream.detectors.engine import ADVANCED
-from stream.scoring.reference import Change, Result, ScoreSignal
+from stream.core.detectors.engine import ADVANCED
+from stream.core.scoring import Change, Result, ScoreSignal
 
 POINT_TIERS: Final = ("low", "mid", "high")
 DEPTH_AUDIENCES: Final = ("viewed_product", "added_to_cart", "started_checkout")

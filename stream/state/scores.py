@@ -19,9 +19,9 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
-from stream.redisbatch import Command, Script, zrem_by_partition
-from stream.scoring import reference
-from stream.scoring.reference import Change, Result, ScoreConfig, ScoreSignal
+from stream.core import scoring as reference
+from stream.core.scoring import Change, Result, ScoreConfig, ScoreSignal
+from stream.state.redisbatch import Command, Script, zrem_by_partition
 
 # What one scoring call leaves to index once its output is sent (`index_commands`).
 Deadlines = dict[str, tuple[int, float | None]]  # shopper -> partition, next decay time
@@ -33,7 +33,7 @@ IndexWrite = tuple[Deadlines, Audiences, Moves]
 def lua_source() -> str:
     return (
         resources.files("stream")
-        .joinpath("scoring")
+        .joinpath("state")
         .joinpath("lua")
         .joinpath("apply.lua")
         .read_text()

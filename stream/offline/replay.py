@@ -51,11 +51,11 @@ from schemas.events import Event
 from schemas.outputs import TierChange
 from schemas.rules import RuleSet
 from schemas.signals import Signal
-from stream.detectors.engine import Engine
-from stream.files import SHARD_EVENTS, SHOW_LINE_ERRORS, LineError, read_events
-from stream.scoring.actions import Output, outputs_for, score_signals
-from stream.scoring.reference import Result, ScoreConfig, ScoreSignal
-from stream.scoring.store import MemoryScoreStore, ScoreStore
+from stream.core.detectors.engine import Engine
+from stream.core.outputs import Output, outputs_for, score_signals
+from stream.core.scoring import Result, ScoreConfig, ScoreSignal
+from stream.offline.files import SHARD_EVENTS, SHOW_LINE_ERRORS, LineError, read_events
+from stream.state.scores import MemoryScoreStore, ScoreStore
 
 SCORE_BATCH: Final = 500  # shoppers per score pipeline when replaying into Redis
 # Replay progress (`on_replayed`) in units, REPLAY_UNITS per event: detected, scored,
@@ -490,7 +490,7 @@ def _summary(
     part: ReplayResult, outputs: OutputFiles, shards: int, index: int
 ) -> tuple[Any, dict[str, int]]:
     """A shard's lines written, and what the command keeps of it: the report's counts."""
-    from stream.report import Tally  # report imports this module
+    from stream.offline.report import Tally  # report imports this module
 
     outputs.add(part, shards, index)
     tally = Tally()

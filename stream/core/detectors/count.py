@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.rules import CountRule
-from stream.detectors.base import Detector, Ev, Fired, RuleState, insert_sorted, key_of
-from stream.detectors.match import compile_match, field_value
+from stream.core.detectors.base import Detector, Ev, Fired, RuleState, insert_sorted, key_of
+from stream.core.detectors.match import compile_match, field_value
 
 
 class CountDetector(Detector):

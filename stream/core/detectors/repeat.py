@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from schemas.rules import RepeatRule
-from stream.detectors.base import Detector, Ev, Fired, RuleState
-from stream.detectors.match import compile_match
+from stream.core.detectors.base import Detector, Ev, Fired, RuleState
+from stream.core.detectors.match import compile_match
 
 MAX_KEYS: Final = 50  # products/categories remembered per shopper for one rule
 

@@ -25,9 +25,9 @@ from typing import Final, Protocol, TextIO
 import click
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from stream.embedded import EmbeddedStack, spawn, stop_process
-from stream.ingest import IngestLimits, RawRecord, ingest_limits, ingest_one
-from stream.produce import compression_type
+from stream.core.ingest import IngestLimits, RawRecord, ingest_limits, ingest_one
+from stream.devstack.embedded import EmbeddedStack, spawn, stop_process
+from stream.devstack.produce import compression_type
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
@@ -134,7 +134,7 @@ def _servers(settings: Settings, cleanup: ExitStack, out: TextIO) -> dict[str, s
 
 
 def _demo_loop(settings: Settings, rate: float, stop: threading.Event) -> None:
-    from stream.demo import traffic
+    from stream.devstack.demo import traffic
 
     producer = KafkaProducer(
         **settings.kafka_options(), linger_ms=5, compression_type=compression_type(settings)
@@ -287,7 +287,7 @@ def _describe(
 def _ports(env: dict[str, str]) -> dict[str, str]:
     """The worker's metrics and views ports: as configured, else the defaults when free,
     else free ones (so a second `intent dev` on the same machine still starts)."""
-    from stream.embedded import free_port, port_is_free
+    from stream.devstack.embedded import free_port, port_is_free
 
     out = {}
     for name, default in (("INTENT_METRICS_PORT", 9108), ("INTENT_WEB_PORT", 6066)):

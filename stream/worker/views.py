@@ -11,9 +11,9 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 
-from stream.patterns import PatternStore
-from stream.scoring.reference import decay
-from stream.scoring.store import ScoreStore, _text
+from stream.core.scoring import decay
+from stream.state.patterns import PatternStore
+from stream.state.scores import ScoreStore, _text
 
 TOP: Final = 5
 AUDIENCE_PAGE: Final = 100  # members per page of GET /audiences/{name}

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.rules import SuppressionRule
-from stream.detectors.base import Detector, Ev, Fired, RuleState
-from stream.detectors.match import compile_match, field_value
+from stream.core.detectors.base import Detector, Ev, Fired, RuleState
+from stream.core.detectors.match import compile_match, field_value
 
 
 class SuppressionDetector(Detector):

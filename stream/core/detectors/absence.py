@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.rules import AbsenceRule
-from stream.detectors.base import Detector, Ev, Fired, RuleState, key_of
-from stream.detectors.match import compile_match
+from stream.core.detectors.base import Detector, Ev, Fired, RuleState, key_of
+from stream.core.detectors.match import compile_match
 
 
 class AbsenceDetector(Detector):

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.rules import SequenceRule
-from stream.detectors.base import Detector, Ev, Fired, RuleState, insert_sorted, key_of
-from stream.detectors.match import compile_match
+from stream.core.detectors.base import Detector, Ev, Fired, RuleState, insert_sorted, key_of
+from stream.core.detectors.match import compile_match
 
 
 class SequenceDetector(Detector):

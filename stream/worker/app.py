@@ -1,4 +1,4 @@
-"""Builds the Faust app: broker, group timing, partitions. The stream is `stream.agents`."""
+"""Builds the Faust app: broker, group timing, partitions. The stream: `stream.worker`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from stream.settings import Settings
 
 class StreamBoot(BootStrategy):
     """Faust's own consumer, topic conductor and tables stay off: the hot topics are read
-    in batches by `stream.agents.StreamLoop`, a service of this app (see its docstring
+    in batches by `stream.worker.pipeline.StreamLoop`, a service of this app (see its docstring
     for why). The worker, web server, views and timer are Faust's as usual."""
 
     enable_kafka_consumer = False

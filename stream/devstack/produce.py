@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from stream.errors import BrokerUnavailable, ConfigError
-from stream.files import SHOW_LINE_ERRORS, LineError, read_events
+from stream.offline.files import SHOW_LINE_ERRORS, LineError, read_events
 from stream.settings import Settings
 from stream.topics import ensure_topics
 

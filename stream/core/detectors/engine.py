@@ -21,14 +21,14 @@ from schemas.events import EVENT_TYPES, Event
 from schemas.rules import AbsenceRule, RuleBase, RuleSet, SequenceRule, SessionRule
 from schemas.signals import Signal, Suppression, signal_id
 from schemas.trusted import construct
-from stream.detectors.absence import AbsenceDetector
-from stream.detectors.base import Detector, Ev, Fired
-from stream.detectors.count import CountDetector
-from stream.detectors.repeat import RepeatDetector
-from stream.detectors.sequence import SequenceDetector
-from stream.detectors.session import Sessions
-from stream.detectors.single import SingleDetector
-from stream.detectors.suppression import SuppressionDetector
+from stream.core.detectors.absence import AbsenceDetector
+from stream.core.detectors.base import Detector, Ev, Fired
+from stream.core.detectors.count import CountDetector
+from stream.core.detectors.repeat import RepeatDetector
+from stream.core.detectors.sequence import SequenceDetector
+from stream.core.detectors.session import Sessions
+from stream.core.detectors.single import SingleDetector
+from stream.core.detectors.suppression import SuppressionDetector
 
 STATE_VERSION: Final = 1
 # The score group of signals `advance` fires (a visit's end, an absence): scored after

@@ -64,17 +64,17 @@ from schemas.outputs import TierChange
 from schemas.rules import RuleSet
 from schemas.signals import Signal
 from stream.clock import Clock, utc_now
-from stream.detectors.engine import Engine, State
-from stream.ingest import RawRecord, Rejection, ingest_batch, ingest_limits
+from stream.core.detectors.engine import Engine, State
+from stream.core.ingest import RawRecord, Rejection, ingest_batch, ingest_limits
+from stream.core.outputs import Output, outputs_for, score_signals
+from stream.core.scoring import ScoreConfig, ScoreSignal
 from stream.metrics import Metrics, source_label
-from stream.patterns import PatternStore, Saved
-from stream.redisbatch import Command, execute
-from stream.runtime import tune_gc
-from stream.scoring.actions import Output, outputs_for, score_signals
-from stream.scoring.reference import ScoreConfig, ScoreSignal
-from stream.scoring.store import IndexWrite, Moves, ScoreStore
 from stream.settings import Settings
-from stream.views import AUDIENCE_PAGE, audience_page, read_shopper
+from stream.state.patterns import PatternStore, Saved
+from stream.state.redisbatch import Command, execute
+from stream.state.scores import IndexWrite, Moves, ScoreStore
+from stream.worker.runtime import tune_gc
+from stream.worker.views import AUDIENCE_PAGE, audience_page, read_shopper
 
 log = logging.getLogger(__name__)
 
@@ -965,7 +965,7 @@ class StreamLoop(Service):
         self.direct: set[int] = set()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
-        # What ended the loop, if it crashed; and who is told (`stream.worker` stops the
+        # What ended the loop, if it crashed; and who is told (`stream.worker.main` stops the
         # process). None: the exception goes to the service's supervisor.
         self.crash_reason: BaseException | None = None
         self.on_crash: Callable[[BaseException], None] | None = None

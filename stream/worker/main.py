@@ -13,12 +13,12 @@ import faust
 import redis
 import redis.asyncio as aioredis
 
-from stream.agents import Pipeline
-from stream.app import create_app
 from stream.metrics import default_metrics, serve
 from stream.rulesfile import load_ruleset
 from stream.settings import Settings
 from stream.topics import ensure_topics
+from stream.worker.app import create_app
+from stream.worker.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def build(settings: Settings) -> tuple[faust.App, Pipeline]:
 
 def redis_client(settings: Settings) -> aioredis.Redis:
     """The pipeline's client. No per-reply socket timeout: every Redis step of the
-    pipeline runs under one deadline of its own (`stream.agents.REDIS_STEP_SECONDS`),
+    pipeline runs under one deadline of its own (`stream.worker.pipeline.REDIS_STEP_SECONDS`),
     which costs one timer per round trip instead of one per reply (a batch pipelines
     thousands of commands; the per-reply timers were 4.5 % of the hot path)."""
     return aioredis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=None)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from schemas.rules import SingleRule
-from stream.detectors.base import Detector, Ev, Fired, RuleState
-from stream.detectors.match import compile_match
+from stream.core.detectors.base import Detector, Ev, Fired, RuleState
+from stream.core.detectors.match import compile_match
 
 
 class SingleDetector(Detector):

@@ -21,8 +21,8 @@ from typing import Any, Final
 
 from schemas.events import Event
 from schemas.rules import SessionRule
-from stream.detectors.base import Fired
-from stream.detectors.match import compile_match
+from stream.core.detectors.base import Fired
+from stream.core.detectors.match import compile_match
 
 OFFSITE_TYPES: Final = frozenset(
     {"email_open", "email_click", "email_bounce", "spam_complaint", "opt_out", "consent_update",

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from schemas.outputs import CartRecovery
 from schemas.rules import RuleSet
-from stream.replay import ReplayResult
+from stream.offline.replay import ReplayResult
 from stream.rulesfile import digest
 
 TIERS: Final = ("low", "mid", "high")

@@ -23,7 +23,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
-from stream.redisbatch import Command, execute, zrem_by_partition
+from stream.state.redisbatch import Command, execute, zrem_by_partition
 
 State = dict[str, Any]
 
