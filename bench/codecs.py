@@ -4,7 +4,7 @@
 
 The worker's own output for N Taobao events (its pipeline on a real Redis, one worker
 owning every partition: signals, tier changes, actions, as `bench/floors.py` captures
-them) is sent, batch by batch, with the worker's producer and `StreamLoop.send_all`
+them) is sent, batch by batch, with the worker's producer and `BatchSender.send_all`
 (acks awaited), once per codec and round, each codec to its own topics on the embedded
 broker. Bytes on the wire are the record batches as the broker stores and serves them
 (read back with raw fetches: what the producer sent, compressed); CPU is this process's
@@ -40,7 +40,7 @@ from stream.settings import Settings
 from stream.topics import ensure_topics
 
 if TYPE_CHECKING:
-    from stream.worker.pipeline import OutRecord
+    from stream.worker.outbox import OutRecord
 
 # `stored_batches` is light (the tests read topics raw with it); the worker's pipeline,
 # Faust and the bench's workload are imported where the bench needs them.

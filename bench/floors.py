@@ -1,4 +1,4 @@
-"""What this machine allows before any rule runs: the floors under the README's targets.
+"""What this machine allows before any rule runs: the floors under the targets.
 
     python -m bench.floors [--events N] [--rate R] [--seconds 5,20]   (make floors)
 
@@ -8,7 +8,7 @@ outputs pays, whatever its detection and scoring do, measured on the embedded st
 1. One worker's events/s (target >= 60,000). CPU of this process per event to consume
    the input (aiokafka `getmany`, the worker's consumer settings), to ingest it (bytes to
    validated canonical events, `ingest_batch`), and to send the records the worker's own
-   pipeline gives for those events (`StreamLoop.send_all`, acks awaited). With detection,
+   pipeline gives for those events (`BatchSender.send_all`, acks awaited). With detection,
    scoring and Redis free, one worker could do at most 1e6 / their sum events/s.
    Redis: a score script that does one HSET, called as often per event as the worker
    calls the real one (counted on the same events), bounds what one Redis takes.
@@ -64,9 +64,12 @@ from stream.offline.files import LineError, read_events
 from stream.rulesfile import load_ruleset
 from stream.settings import Settings
 from stream.topics import ensure_topics
+from stream.worker.kafka import stream_consumer, stream_producer
 from stream.worker.main import redis_client
-from stream.worker.pipeline import OutRecord, Pipeline, StreamLoop, stream_consumer, stream_producer
+from stream.worker.outbox import OutRecord
+from stream.worker.pipeline import Pipeline
 from stream.worker.runtime import tune_gc
+from stream.worker.sender import BatchSender
 
 FLOORS = ROOT / "bench" / "floors.json"
 TARGETS: Final = {"events_per_s": 60_000, "p99_ms": 50.0, "replay_events_per_s": 200_000}
@@ -92,7 +95,7 @@ async def capture(
 
     rules = load_ruleset(settings)
     pipeline = Pipeline(None, settings, Metrics(CollectorRegistry()), rules, client, sender=send)
-    pipeline.loop.own_all(list(range(settings.partitions)))
+    pipeline.loop.routing.own_all(list(range(settings.partitions)))
     calls: list[bytes] = []
     run_all = pipeline.scores.script.run_all
 
@@ -136,7 +139,7 @@ async def consume_cpu(settings: Settings, n: int) -> float:
 
 async def send_cpu(settings: Settings, outputs: list[list[OutRecord]]) -> float:
     """CPU seconds to send every batch's output with the worker's `send_all`."""
-    loop = StreamLoop(bare_pipeline(settings))
+    loop = BatchSender(settings.topic_normalised)
     loop.producer = producer = stream_producer(settings)
     await producer.start()
     try:
@@ -146,14 +149,6 @@ async def send_cpu(settings: Settings, outputs: list[list[OutRecord]]) -> float:
         return time.process_time() - started
     finally:
         await producer.stop()
-
-
-def bare_pipeline(settings: Settings) -> Pipeline:
-    """A pipeline that is never run: what a `StreamLoop` is given."""
-    return Pipeline(
-        None, settings, Metrics(CollectorRegistry()), load_ruleset(settings),
-        redis_client(settings), sender=lambda records: asyncio.sleep(0),
-    )  # fmt: skip
 
 
 def ingest_cpu(settings: Settings, raw: list[RawRecord]) -> float:
@@ -227,7 +222,7 @@ def forward(settings: Settings, ready: Any) -> None:  # pragma: no cover - in a 
 async def _forward(settings: Settings, ready: Any) -> None:  # pragma: no cover - child
     consumer = stream_consumer(settings)
     consumer.subscribe([settings.topic_clickstream])
-    loop = StreamLoop(bare_pipeline(settings))
+    loop = BatchSender(settings.topic_normalised)
     loop.producer = producer = stream_producer(settings)
     await producer.start()
     await consumer.start()

@@ -7,7 +7,7 @@ outputs) on Taobao events in batches of `INTENT_BATCH_SIZE`, with a sender that 
 what would go to Kafka in memory: what ingest writes to intent.events is fed back as
 the next stage's input, partitioned by key as the producer would (with `--hop`; by
 default the pipeline owns every partition, as one worker does, and events skip
-intent.events, `StreamLoop.direct`). So the figure is
+intent.events, `Routing`). So the figure is
 the Python cost of the pipeline alone, the part a faster transport cannot remove; with
 no broker sharing the two cores, runs vary by about ±10 %.
 """
@@ -33,7 +33,8 @@ from stream.metrics import Metrics
 from stream.rulesfile import load_ruleset
 from stream.settings import Settings
 from stream.worker.main import redis_client
-from stream.worker.pipeline import OutRecord, Pipeline
+from stream.worker.outbox import OutRecord
+from stream.worker.pipeline import Pipeline
 from stream.worker.runtime import tune_gc
 
 
@@ -57,7 +58,7 @@ async def run(n: int, redis_url: str, profile: str | None, hop: bool = False) ->
         None, settings, Metrics(CollectorRegistry()), load_ruleset(settings), client, sender=send
     )
     if not hop:
-        pipeline.loop.own_all(parts)
+        pipeline.loop.routing.own_all(parts)
     raw = [
         RawRecord(v, k, settings.topic_clickstream, i % settings.partitions, i)
         for i, (k, v) in enumerate(events(taobao_rows(), n))

@@ -37,7 +37,8 @@ from stream.metrics import default_metrics
 from stream.rulesfile import load_ruleset
 from stream.settings import Settings
 from stream.worker.main import redis_client
-from stream.worker.pipeline import OutRecord, Pipeline
+from stream.worker.outbox import OutRecord
+from stream.worker.pipeline import Pipeline
 from stream.worker.runtime import tune_gc
 
 
@@ -73,7 +74,7 @@ def main() -> None:
     )
     # One consumer owns every partition: events skip intent.events, as in the worker.
     partitions = set(range(settings.partitions))
-    pipeline.loop.own_all(sorted(partitions))
+    pipeline.loop.routing.own_all(sorted(partitions))
     tune_gc()  # what the worker does once it is up: the same process tuning on both sides
     buffer: list[RawRecord] = []
     counts = {"raw": 0, "events": 0}
@@ -86,7 +87,7 @@ def main() -> None:
         loop.run_until_complete(pipeline.handle(batch))
         if time.monotonic() - marks["swept"] >= settings.sweep_interval_seconds:
             marks["swept"] = time.monotonic()
-            loop.run_until_complete(pipeline.sweep_partitions(partitions))
+            loop.run_until_complete(pipeline.sweeper.sweep_partitions(partitions))
 
     def on_message(value: Any, key: Any, timestamp: int, headers: Any) -> None:
         ctx = message_context()
@@ -111,7 +112,7 @@ def main() -> None:
             # called once per sweep.
             while True:
                 before = sent
-                loop.run_until_complete(pipeline.sweep_partitions(partitions))
+                loop.run_until_complete(pipeline.sweeper.sweep_partitions(partitions))
                 if sent == before:
                     break
             seconds = time.perf_counter() - marks["first"]

@@ -203,7 +203,7 @@ def bench_worker(
         "worker": worker,
         "events_per_s": n / (done_at - first),
         "cold_start_to_done_s": done_at - started,
-        # the sweep's backlog when every input record was processed (README, Performance)
+        # the sweep's backlog when every input record was processed (docs/performance.md)
         "sweep_after_input_s": max(0.0, done_at - committed),
         "redis_roundtrips_per_event": roundtrips / n,
         "redis_cpu_us_per_event": cpu["redis"] * 1e6 / n,
@@ -212,7 +212,7 @@ def bench_worker(
         "redis_bytes_per_shopper": statistics.mean(sizes) if sizes else None,
         "signals": total(m, "intent_signals_total{"),
         "tier_changes": total(m, "intent_tier_changes_total{"),
-        # events detected without the intent.events hop (StreamLoop.direct)
+        # events detected without the intent.events hop (the direct path, `Routing`)
         "direct_share": m.get("intent_events_direct_total", 0.0)
         / max(1.0, total(m, "intent_events_total{")),
     }
@@ -535,12 +535,13 @@ def bench_replay() -> float:
 def bench_replay_jobs(jobs: int) -> float:
     """`intent replay --jobs N` without output files: events over the wall clock, reading
     the file included (it is read in one process, then replayed in N forks)."""
-    from stream.offline.replay import OutputFiles, Replay
+    from stream.offline.outputs import OutputFiles
+    from stream.offline.replay import Replay
     from stream.rulesfile import load_rules
 
     run = Replay(TAOBAO, "taobao", load_rules())
     with tempfile.TemporaryDirectory(prefix="intent-bench-replay-") as work:
-        outputs = OutputFiles(None, None, Settings().topic_names(), Path(work))
+        outputs = OutputFiles(None, None, Settings().output_topics(), Path(work))
         started = time.perf_counter()
         events: int = sum(tally.events for tally, _ in run.summaries(jobs, outputs))
         outputs.close()

@@ -1,4 +1,4 @@
-"""The canonical clickstream event (the README's "Canonical event").
+"""The canonical clickstream event (docs/architecture.md, "Canonical event").
 
 Every input format is mapped onto this one model; everything downstream sees only it.
 Frozen, validated once at the edge. When the producer gives no `event_id`, one is

@@ -1,14 +1,27 @@
-"""What the processor emits for other teams (the README's "Topics" and "Outputs"). Add
-fields freely; never rename or drop one without a versioned schema."""
+"""What the processor emits for other teams (docs/architecture.md, "Signals and outputs").
+Add fields freely; never rename or drop one without a versioned schema."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 TierName = Literal["none", "low", "mid", "high", "suppressed"]
+
+
+class OutputTopic(StrEnum):
+    """Where an output goes; each is one topic, named by its setting
+    (`Settings.output_topics`). A new kind of output is a member here, a setting, and a
+    line of that mapping."""
+
+    TIER_CHANGES = "tier_changes"
+    RETARGETING = "retargeting"
+    CART_RECOVERY = "cart_recovery"
+    NURTURE = "nurture"
+    SUPPRESSION = "suppression"
 
 
 class _Out(BaseModel):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -304,7 +304,12 @@ Rule = Annotated[
     | SuppressionRule,
     Field(discriminator="kind"),
 ]
-RULE_KINDS: Final = ("single", "sequence", "count", "absence", "session", "repeat", "suppression")
+# The rule types, and each one's `kind`, taken from the union and its Literals: a new
+# type is named once, in `Rule`.
+RULE_TYPES: Final[tuple[type[BaseModel], ...]] = get_args(get_args(Rule)[0])
+RULE_KINDS: Final[tuple[str, ...]] = tuple(
+    get_args(t.model_fields["kind"].annotation)[0] for t in RULE_TYPES
+)
 
 
 class Defaults(BaseModel):

@@ -1,9 +1,10 @@
 """Models from values our own code built out of validated input, without validating again.
 
-Pydantic's `model_construct` costs ~17 µs a call (it walks every field for defaults and
-aliases); on the detection hot path that was 14 % of the time. `construct` does what it
-does for a complete set of values, in ~1 µs: the caller passes every field, already of
-the declared type. A test checks it gives the same model as validation.
+Pydantic's `model_construct` walks every field for defaults and aliases on each call,
+and on the detection hot path that was a large share of the time. `construct` does what
+it does for a complete set of values, far cheaper (docs/performance.md): the caller
+passes every field, already of the declared type. A test checks it gives the same model
+as validation.
 
 Every instance of a class shares one set of field names (`model_fields_set`, which is
 all of them): a set per instance held ~2 KB per replayed event, a third of replay's

@@ -29,3 +29,7 @@ class ServerFailed(StackError):
 
 class BrokerUnavailable(IntentError):
     """Kafka (or the embedded broker) did not answer."""
+
+
+class MissingExtra(IntentError):
+    """A feature whose optional dependencies are not installed (an extra)."""

@@ -1,6 +1,6 @@
 """All settings, from the environment (prefix `INTENT_`), in one frozen class.
 
-The README's configuration table lists every field here; a unit test keeps the two in step.
+The README's configuration table lists every field here; a unit test keeps them in step.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.outputs import OutputTopic
 
 
 class Settings(BaseSettings):
@@ -75,7 +77,7 @@ class Settings(BaseSettings):
     partitions: int = Field(
         8, ge=1, le=256, description="Partitions of every topic created (cap on workers)."
     )
-    # --- topics (public names: the README's "Topics") ------------------------------------
+    # --- topics (public names: docs/architecture.md, "Topics") ---------------------------
     topic_clickstream: str = Field("clickstream.events", description="Input clickstream topic.")
     topic_normalised: str = Field(
         "intent.events", description="Internal: validated canonical events keyed by shopper."
@@ -231,6 +233,16 @@ class Settings(BaseSettings):
             name: str(getattr(self, name))
             for name in type(self).model_fields
             if name.startswith("topic_")
+        }
+
+    def output_topics(self) -> dict[OutputTopic, str]:
+        """The topic each kind of output goes to."""
+        return {
+            OutputTopic.TIER_CHANGES: self.topic_tier_changes,
+            OutputTopic.RETARGETING: self.topic_retargeting,
+            OutputTopic.CART_RECOVERY: self.topic_cart_recovery,
+            OutputTopic.NURTURE: self.topic_nurture,
+            OutputTopic.SUPPRESSION: self.topic_suppression,
         }
 
     @property

@@ -1,4 +1,4 @@
-"""The canonical event as it is (the README's "Canonical event")."""
+"""The canonical event as it is (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from schemas.outputs import (
     CartRecovery,
     Contribution,
     Nurture,
+    OutputTopic,
     SuppressionRecord,
     TierChange,
     _Out,
@@ -36,7 +37,7 @@ NOT_CONTENT: Final = frozenset({CART_RECOVERY, RETARGETING, RESET, "conversion"}
 
 
 class Output(NamedTuple):
-    topic: str  # the Settings field naming the topic, e.g. "topic_tier_changes"
+    topic: OutputTopic
     key: str
     value: _Out
 
@@ -198,7 +199,7 @@ def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Out
             "cause_signal_id": cause.signal_id if cause else None,
         },
     )
-    out = [Output("topic_tier_changes", shopper, record)]
+    out = [Output(OutputTopic.TIER_CHANGES, shopper, record)]
     ops: list[tuple[str, str]] = []
     if change.from_tier in POINT_TIERS:
         ops.append(("remove", f"tier:{change.from_tier}"))
@@ -223,7 +224,7 @@ def _suppression(shopper: str, result: Result, periods: Periods) -> list[Output]
         cause = periods.causes.get(period(key, until))
         out.append(
             Output(
-                "topic_suppression",
+                OutputTopic.SUPPRESSION,
                 shopper,
                 SuppressionRecord(
                     record_id=f"{shopper}:suppress:{period(key, until)}",
@@ -244,7 +245,7 @@ def _suppression(shopper: str, result: Result, periods: Periods) -> list[Output]
         scope, _, value = key.partition(":")
         out.append(
             Output(
-                "topic_suppression",
+                OutputTopic.SUPPRESSION,
                 shopper,
                 SuppressionRecord(
                     record_id=f"{shopper}:unsuppress:{period(key, ended)}",
@@ -281,7 +282,7 @@ def _signal_actions(
         elif action not in NOT_CONTENT and tier in POINT_TIERS:
             out.append(
                 Output(
-                    "topic_nurture",
+                    OutputTopic.NURTURE,
                     shopper,
                     Nurture(
                         action_id=f"{signal.signal_id}:{action}",
@@ -303,7 +304,7 @@ def _audience(
 ) -> Output:
     """An audience change; its id is the cause (a change or signal id), the op and the name."""
     return Output(
-        "topic_retargeting",
+        OutputTopic.RETARGETING,
         shopper,
         construct(
             AudienceChange,
@@ -334,7 +335,7 @@ def _cart_recovery(
     channels = sorted(k.split(":", 1)[1] for k in active if k.startswith("channel:"))
     return [
         Output(
-            "topic_cart_recovery",
+            OutputTopic.CART_RECOVERY,
             shopper,
             CartRecovery(
                 trigger_id=signal.signal_id,

@@ -26,7 +26,7 @@ import click
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream.core.ingest import IngestLimits, RawRecord, ingest_limits, ingest_one
-from stream.devstack.embedded import EmbeddedStack, spawn, stop_process
+from stream.devstack.embedded import EmbeddedStack, redis_binary, spawn, stop_process, tansu_binary
 from stream.devstack.produce import compression_type
 from stream.settings import Settings
 from stream.topics import ensure_topics
@@ -60,6 +60,7 @@ def export_lines(env: dict[str, str]) -> str:
 def run_dev(
     settings: Settings, *, demo: bool, print_env: bool, rate: float = DEMO_RATE, worker: bool = True
 ) -> None:
+    tansu_binary(), redis_binary()  # both installed? (else a one-line hint, nothing started)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     # The live view is the output here; kafka-python's own chatter (reconnects while the
     # stack stops, the group-less consumer) would only bury it. Errors still surface.

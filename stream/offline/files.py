@@ -25,7 +25,7 @@ PROGRESS_EVERY_LINES: Final = 2000
 SHOW_LINE_ERRORS: Final = 10  # the commands print the first few bad lines in full
 GUESS_LINES: Final = 20  # lines read in each format to guess the format of a file
 # Replay: events in hand at once, ~6 KB each with their outputs (~1.3 GB); a bigger file
-# is split by shopper into shards on disk (stream/replay.py, README "Replay").
+# is split by shopper into shards on disk (stream/offline/shards.py).
 SHARD_EVENTS: Final = 200_000
 
 

@@ -12,6 +12,7 @@ Definitions (also in the Markdown output):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import statistics
@@ -22,7 +23,8 @@ from typing import Any, Final
 
 from schemas.outputs import CartRecovery
 from schemas.rules import RuleSet
-from stream.offline.replay import ReplayResult
+from stream.errors import MissingExtra
+from stream.offline.result import ReplayResult
 from stream.rulesfile import digest
 
 TIERS: Final = ("low", "mid", "high")
@@ -287,7 +289,17 @@ def markdown(report: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
+def require_charts() -> None:
+    """Raises a one-line `MissingExtra` if the charts cannot be drawn here."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingExtra(
+            "--report draws charts with matplotlib, which is not installed: "
+            "pip install 'intent-processor[report]'"
+        )
+
+
 def charts(report: dict[str, Any], out: Path) -> list[Path]:
+    require_charts()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,7 +1,7 @@
 """Per-shopper pattern state in Redis, behind one class that builds every key.
 
 Why Redis and not a changelogged Faust table: on the embedded broker a table restored
-from its changelog lost 0-3 of 50,000 updates (measured, 3 runs), and partial matches must
+from its changelog lost updates (docs/performance.md), and partial matches must
 survive restarts and rebalances exactly. Redis also lets the timer find due shoppers
 without scanning: a sorted set per input partition holds each shopper's next deadline.
 

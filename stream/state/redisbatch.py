@@ -1,10 +1,10 @@
 """Many Redis commands in one round trip, for the hot path's per-shopper steps.
 
 redis-py's pipeline builds a command object per command, packs its arguments in Python
-and runs a reply callback per reply: ~7 us a command here, and a batch of 2,000 events
-sends ~5,600 of them (a GET, an EVALSHA and a SET per shopper). `execute` packs each
-command with hiredis (C), writes them all at once on one pooled connection and reads the
-raw replies: ~2 us a command (bench/hotpath.py; README "Performance").
+and runs a reply callback per reply, and a batch sends a few commands per shopper (a
+GET, an EVALSHA and a SET). `execute` packs each command with hiredis (C), writes them
+all at once on one pooled connection and reads the raw replies: a fraction of the cost
+per command (docs/performance.md).
 
 Replies come back as the server sent them (bytes, ints, None), with no callbacks. An
 error reply raises `redis.exceptions.ResponseError`; as on any failure, the connection is

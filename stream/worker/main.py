@@ -34,9 +34,9 @@ def build(settings: Settings) -> tuple[faust.App, Pipeline]:
 
 def redis_client(settings: Settings) -> aioredis.Redis:
     """The pipeline's client. No per-reply socket timeout: every Redis step of the
-    pipeline runs under one deadline of its own (`stream.worker.pipeline.REDIS_STEP_SECONDS`),
-    which costs one timer per round trip instead of one per reply (a batch pipelines
-    thousands of commands; the per-reply timers were 4.5 % of the hot path)."""
+    pipeline runs under one deadline of its own (`stream.worker.retry.REDIS_STEP_SECONDS`),
+    which costs one timer per round trip instead of one per reply: a batch pipelines
+    thousands of commands (docs/performance.md has the cost)."""
     return aioredis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=None)
 
 
@@ -88,8 +88,8 @@ def stop_on_crash(reason: BaseException) -> None:
 def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
     """Faust's worker, without its terminal spinner: at --loglevel warning or above,
     Faust feeds the spinner by setting the root logger to DEBUG, and every library's
-    debug call then builds a log record (aiokafka logs per request: ~6 % of the worker's
-    py-spy samples at 1k events/s).
+    debug call then builds a log record (aiokafka logs per request: a measurable share of
+    the worker's time, docs/performance.md).
 
     Faust creates its data directory without parents, so they are made here."""
     parent = app.conf.datadir.parent

@@ -14,10 +14,9 @@ def tune_gc() -> None:
     the clients) out of the collector's sight, and collect less often.
 
     Each batch allocates and frees tens of thousands of objects, which with Python's
-    default thresholds set off full collections that re-scanned the whole heap: 25 % of
-    the hot path's time (bench/hotpath.py, 40,000 Taobao events: 374 -> 280 us of
-    Python per event). Reference counting frees the batch's objects as before; cycles
-    are still collected, a little later.
+    default thresholds set off full collections that re-scanned the whole heap, a
+    quarter of the hot path's time (docs/performance.md). Reference counting frees the
+    batch's objects as before; cycles are still collected, a little later.
     """
     gc.collect()
     gc.freeze()

@@ -26,6 +26,7 @@ from stream.settings import Settings
 from stream.topics import ensure_topics
 from stream.worker import pipeline as agents
 from stream.worker.main import redis_client
+from stream.worker.outbox import OutRecord
 from tests.integration.conftest import scrape_metrics, wait_for
 from tests.integration.kafka_io import produce
 from tests.integration.servers import Servers, drop_keys
@@ -34,7 +35,7 @@ EVENTS = 6000
 BATCH = 1000
 
 
-def _run(redis_url: str, sample: Path, direct: bool) -> tuple[list[agents.OutRecord], float]:
+def _run(redis_url: str, sample: Path, direct: bool) -> tuple[list[OutRecord], float]:
     settings = Settings(app_id=f"direct-{uuid.uuid4().hex[:8]}", redis_url=redis_url)
     events = [e for e in islice(read_events(sample, "rees46"), EVENTS) if isinstance(e, Event)]
     raw = [
@@ -43,10 +44,10 @@ def _run(redis_url: str, sample: Path, direct: bool) -> tuple[list[agents.OutRec
     ]
     partitions = list(range(settings.partitions))
     partitioner = DefaultPartitioner()
-    sent: list[agents.OutRecord] = []
+    sent: list[OutRecord] = []
     hop: list[RawRecord] = []  # what went to intent.events, read back by the next batch
 
-    async def send(batch: list[agents.OutRecord]) -> None:
+    async def send(batch: list[OutRecord]) -> None:
         for record in batch:
             topic, key, value, _ = record
             if topic == settings.topic_normalised:
@@ -61,7 +62,7 @@ def _run(redis_url: str, sample: Path, direct: bool) -> tuple[list[agents.OutRec
         client = redis_client(settings)
         pipeline = agents.Pipeline(None, settings, metrics, load_rules(), client, sender=send)
         if direct:
-            pipeline.loop.own_all(partitions)
+            pipeline.loop.routing.own_all(partitions)
         try:
             for i in range(0, len(raw), BATCH):
                 await pipeline.handle(raw[i : i + BATCH])
@@ -77,7 +78,7 @@ def _run(redis_url: str, sample: Path, direct: bool) -> tuple[list[agents.OutRec
     return sent, metrics.registry.get_sample_value("intent_events_direct_total") or 0.0
 
 
-def _per_key(sent: list[agents.OutRecord], skip: str) -> dict[bytes | None, list[Any]]:
+def _per_key(sent: list[OutRecord], skip: str) -> dict[bytes | None, list[Any]]:
     out: dict[bytes | None, list[Any]] = defaultdict(list)
     for topic, key, value, _ in sent:
         if topic != skip:

@@ -23,12 +23,14 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from schemas import errors
+from stream.core import process
 from stream.core.ingest import RawRecord
 from stream.metrics import Metrics
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from stream.worker import pipeline as agents
 from stream.worker.main import redis_client
+from stream.worker.outbox import OutRecord
 from tests import fuzzing
 from tests.integration.servers import Servers, drop_keys
 from tests.scenarios import ev
@@ -44,12 +46,12 @@ class Harness:
         self.settings = Settings(
             app_id=f"iso-{uuid.uuid4().hex[:8]}", redis_url=redis_url, **overrides
         )
-        self.sent: list[agents.OutRecord] = []
+        self.sent: list[OutRecord] = []
         self.registry = CollectorRegistry()
         self.loop = asyncio.new_event_loop()
         self.client = redis_client(self.settings)
 
-        async def send(batch: list[agents.OutRecord]) -> None:
+        async def send(batch: list[OutRecord]) -> None:
             self.sent.extend(batch)
 
         self.pipeline = agents.Pipeline(
@@ -93,7 +95,7 @@ def test_a_shopper_whose_processing_raises_is_dead_lettered_alone(
     processing_error with the exception's type, nothing of it goes out, and s-1 and
     s-3 (in the same batch and group) are scored and their outputs sent."""
     pipeline = harness.pipeline
-    real = (pipeline.engine.process, agents.score_signals, agents.outputs_for)
+    real = (pipeline.core.engine.process, process.score_signals, process.outputs_for)
 
     def fail_for_s2(index: int, name: str) -> Any:
         def call(first: Any, *args: Any) -> Any:
@@ -104,9 +106,9 @@ def test_a_shopper_whose_processing_raises_is_dead_lettered_alone(
 
         return call
 
-    monkeypatch.setattr(pipeline.engine, "process", fail_for_s2(0, "detect"))
-    monkeypatch.setattr(agents, "score_signals", fail_for_s2(1, "score"))
-    monkeypatch.setattr(agents, "outputs_for", fail_for_s2(2, "outputs"))
+    monkeypatch.setattr(pipeline.core.engine, "process", fail_for_s2(0, "detect"))
+    monkeypatch.setattr(process, "score_signals", fail_for_s2(1, "score"))
+    monkeypatch.setattr(process, "outputs_for", fail_for_s2(2, "outputs"))
     monkeypatch.setattr(agents, "PROCESS_GROUPS", 1)
     now = datetime.now(UTC) - timedelta(hours=1)
     bodies = [
@@ -150,18 +152,18 @@ def test_the_sweep_skips_a_failing_shopper_and_finishes_its_pass(
     records = [harness.event(b, i) for i, b in enumerate(bodies)]
     harness.run(pipeline.handle(records))
     poisoned = shoppers[2]
-    advance = pipeline.engine.advance
+    advance = pipeline.core.engine.advance
 
     def failing(shopper: str, *args: Any) -> Any:
         if shopper == poisoned:
             raise OverflowError("int too large to convert to float")
         return advance(shopper, *args)
 
-    monkeypatch.setattr(pipeline.engine, "advance", failing)
+    monkeypatch.setattr(pipeline.core.engine, "advance", failing)
     monkeypatch.setattr(pipeline.loop, "caught_up", True)
-    pipeline.last_input = {}  # idle: the timer goes by the wall clock
+    pipeline.sweeper.last_input = {}  # idle: the timer goes by the wall clock
     partitions = {r.partition for r in records}
-    handled = harness.run(pipeline.sweep_partitions(partitions))
+    handled = harness.run(pipeline.sweeper.sweep_partitions(partitions))
 
     recovered = {k for k, _ in harness.out(harness.settings.topic_cart_recovery)}
     assert recovered == {s.encode() for s in shoppers if s != poisoned}
@@ -170,7 +172,7 @@ def test_the_sweep_skips_a_failing_shopper_and_finishes_its_pass(
     due = harness.run(pipeline.store.due(records[2].partition, float("inf"), 100))
     assert poisoned not in due  # quarantined: no pass fails on it again
     for _ in range(5):
-        harness.run(pipeline.sweep_partitions(partitions))
+        harness.run(pipeline.sweeper.sweep_partitions(partitions))
     assert harness.metric("intent_shopper_failures_total", stage="sweep") == 1
     assert harness.metric("intent_worker_ready") == 1  # the pass itself never failed
 
@@ -187,24 +189,25 @@ def test_a_partition_whose_chunk_fails_does_not_stop_the_others(
     harness.run(pipeline.handle(records))
     partitions = sorted({r.partition for r in records})
     broken = partitions[0]
-    sweep = pipeline._sweep
+    sweeper = pipeline.sweeper
+    sweep = sweeper._deadlines
 
     async def failing(partition: int, *args: Any) -> int:
         if partition == broken:
             raise RuntimeError("a bug in the sweep")
         return await sweep(partition, *args)
 
-    monkeypatch.setattr(pipeline, "_sweep", failing)
+    monkeypatch.setattr(sweeper, "_deadlines", failing)
     monkeypatch.setattr(pipeline.loop, "caught_up", True)
-    pipeline.last_input = {}
-    harness.run(pipeline.sweep_partitions(set(partitions)))
+    sweeper.last_input = {}
+    harness.run(sweeper.sweep_partitions(set(partitions)))
 
     recovered = {k.decode() for k, _ in harness.out(harness.settings.topic_cart_recovery) if k}
     expected = {r.key.decode() for r in records if r.key and r.partition != broken}
     assert recovered == expected
     assert harness.metric("intent_shopper_failures_total", stage="sweep_chunk") == 1
-    monkeypatch.setattr(pipeline, "_sweep", sweep)
-    harness.run(pipeline.sweep_partitions(set(partitions)))  # fixed: it is all still due
+    monkeypatch.setattr(sweeper, "_deadlines", sweep)
+    harness.run(sweeper.sweep_partitions(set(partitions)))  # fixed: it is all still due
     recovered = {k.decode() for k, _ in harness.out(harness.settings.topic_cart_recovery) if k}
     assert recovered == {r.key.decode() for r in records if r.key}
 

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from schemas.events import Event
+from schemas.outputs import OutputTopic
 from stream.offline.files import read_events
-from stream.offline.replay import action_lines, replay
+from stream.offline.outputs import action_lines
+from stream.offline.replay import replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from stream.topics import ensure_topics
@@ -25,7 +27,9 @@ from tests.integration.kafka_io import Reader, produce
 from tests.scenarios import STEPS, generated_shopper
 
 GENERATED = 300  # shoppers with checkouts, cart pages and emails
-ACTION_TOPICS = ("topic_retargeting", "topic_cart_recovery", "topic_nurture", "topic_suppression")
+ACTION_TOPICS = (
+    OutputTopic.RETARGETING, OutputTopic.CART_RECOVERY, OutputTopic.NURTURE, OutputTopic.SUPPRESSION
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("repartition", [False, True], ids=["direct", "through-intent-events"])
@@ -105,7 +109,7 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     assert {c.change_id for c in by_time.changes} != {c.change_id for c in expected.changes}
     fired = Counter(s.rule_id for s in expected.signals if s.shopper_id.startswith("gen-"))
     assert fired["checkout_abandoned"] > 20 and fired["cart_viewed_without_checkout"] > 20
-    topics = settings.topic_names()
+    topics = settings.output_topics()
     want_changes = {c.change_id: json.loads(c.model_dump_json()) for c in expected.changes}
     want_actions = Counter(
         json.dumps([a["topic"], a["key"], a["value"]], sort_keys=True)

@@ -24,6 +24,7 @@ from stream.rulesfile import load_rules
 from stream.settings import Settings
 from stream.worker import pipeline as agents
 from stream.worker.main import redis_client
+from stream.worker.outbox import OutRecord
 from tests.integration.servers import Servers, drop_keys
 
 EVENTS = 6000
@@ -48,9 +49,9 @@ def _run(redis_url: str, sample: Path, groups: int, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(agents, "PROCESS_GROUPS", groups)
     settings = Settings(app_id=f"groups-{uuid.uuid4().hex[:8]}", redis_url=redis_url)
     records = _records(sample, settings)
-    sent: list[agents.OutRecord] = []
+    sent: list[OutRecord] = []
 
-    async def send(batch: list[agents.OutRecord]) -> None:
+    async def send(batch: list[OutRecord]) -> None:
         sent.extend(batch)
 
     async def run() -> None:
@@ -70,8 +71,8 @@ def _run(redis_url: str, sample: Path, groups: int, monkeypatch: pytest.MonkeyPa
     return sent
 
 
-def _per_key(sent: list[agents.OutRecord]) -> dict[bytes | None, list[agents.OutRecord]]:
-    out: dict[bytes | None, list[agents.OutRecord]] = defaultdict(list)
+def _per_key(sent: list[OutRecord]) -> dict[bytes | None, list[OutRecord]]:
+    out: dict[bytes | None, list[OutRecord]] = defaultdict(list)
     for record in sent:
         out[record[1]].append(record)
     return dict(out)

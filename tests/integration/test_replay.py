@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from stream.offline.replay import action_lines, replay
+from stream.offline.outputs import action_lines
+from stream.offline.replay import replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from tests.conftest import REES46_EVENTS
@@ -30,7 +31,7 @@ def test_memory_and_redis_stores_agree_on_a_rees46_file(
     assert memory.events == in_redis.events == REES46_EVENTS
     assert len(memory.changes) > 1000  # a real workload, not a trivial one
     assert [c.model_dump() for c in memory.changes] == [c.model_dump() for c in in_redis.changes]
-    topics = Settings().topic_names()
+    topics = Settings().output_topics()
     assert list(action_lines(memory.actions, topics)) == list(
         action_lines(in_redis.actions, topics)
     )
@@ -70,7 +71,7 @@ def test_memory_and_redis_stores_agree_on_generated_shoppers(
     assert fired["checkout_abandoned"] > 20 and fired["spam_complaint"] > 0
     assert len(memory.changes) > 1000
     assert [c.model_dump() for c in memory.changes] == [c.model_dump() for c in in_redis.changes]
-    topics = Settings().topic_names()
+    topics = Settings().output_topics()
     assert list(action_lines(memory.actions, topics)) == list(
         action_lines(in_redis.actions, topics)
     )

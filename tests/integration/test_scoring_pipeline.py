@@ -21,8 +21,8 @@ from stream.core import scoring as reference
 from stream.core.outputs import to_score_signal
 from stream.core.scoring import ScoreConfig
 from stream.settings import Settings
+from stream.state.scores import profile as shopper_view
 from stream.topics import ensure_topics
-from stream.worker.views import shopper_view
 from tests.integration.conftest import wait_for
 from tests.integration.kafka_io import Reader, produce
 from tests.scenarios import ev, scenarios

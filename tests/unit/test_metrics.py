@@ -59,19 +59,25 @@ def test_the_out_of_bounds_reason_and_the_sweeps_failures_are_there() -> None:
     assert samples['intent_shopper_failures_total{stage="sweep"}'] == 0.0
 
 
+def _retried(node: ast.AST) -> str | None:
+    """The stage of `retry("<stage>", ...)` or `partial(retry, "<stage>", ...)`."""
+    if not isinstance(node, ast.Call):
+        return None
+    args = node.args
+    if isinstance(node.func, ast.Name) and node.func.id == "partial" and args:
+        node, args = args[0], args[1:]  # type: ignore[assignment]
+    else:
+        node = node.func
+    if isinstance(node, ast.Attribute) and node.attr == "retry" and args:
+        return str(args[0].value) if isinstance(args[0], ast.Constant) else None
+    return None
+
+
 def test_the_redis_stages_are_the_ones_the_worker_retries() -> None:
     """Every `retry("<stage>", ...)` of the worker's modules has its zero series, and no
     stage is zeroed that the worker never counts."""
     tree = ast.parse(WORKER_SOURCE)
-    stages = {
-        node.args[0].value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("retry", "_retry")
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-    }
+    stages = {stage for node in ast.walk(tree) if (stage := _retried(node)) is not None}
     assert stages == set(REDIS_STAGES)
 
 
@@ -102,7 +108,8 @@ def test_every_source_the_readers_and_adapters_set_is_known() -> None:
 
 
 def test_the_shopper_failure_stages_are_the_ones_the_worker_counts() -> None:
-    text = WORKER_SOURCE
-    stages = set(re.findall(r"_failed\(failed, \"(\w+)\"", text))
+    text = WORKER_SOURCE + (ROOT / "stream" / "core" / "process.py").read_text()
+    stages = set(re.findall(r"failures\.add\(\"(\w+)\"", text))
+    stages |= set(re.findall(r"detect_as=\"(\w+)\"", text))
     stages |= set(re.findall(r"shopper_failures\.labels\(\"(\w+)\"\)", text))
     assert stages == set(SHOPPER_FAILURE_STAGES)

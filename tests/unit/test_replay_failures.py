@@ -105,7 +105,7 @@ def test_a_failed_replay_leaves_the_earlier_output_files_as_they_were(
 def test_output_files_replace_the_earlier_ones_only_when_closed(
     rees46_file: Path, tmp_path: Path
 ) -> None:
-    from stream.offline.replay import OutputFiles
+    from stream.offline.outputs import OutputFiles
     from stream.offline.replay import replay as run
     from stream.rulesfile import load_rules
     from stream.settings import Settings
@@ -115,7 +115,7 @@ def test_output_files_replace_the_earlier_ones_only_when_closed(
     changes.parent.mkdir()
     changes.write_text("earlier\n")
     for finish, shards in (("discard", 1), ("discard", 2), ("close", 2)):
-        outputs = OutputFiles(changes, None, Settings().topic_names(), tmp_path)
+        outputs = OutputFiles(changes, None, Settings().output_topics(), tmp_path)
         outputs.add(part, shards, 0)
         if shards == 1:  # the lines went to the hidden file beside it
             assert len(list(changes.parent.glob(".changes.jsonl.*.partial"))) == 1

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from schemas.events import Event
+from schemas.outputs import OutputTopic
 from stream.cli import main
 from stream.offline.replay import Replay, replay
 from stream.rulesfile import load_rules
@@ -52,8 +53,8 @@ def test_in_file_order_an_event_older_than_the_lateness_is_late(tmp_path: Path) 
              [("time", by_time), ("file", by_file)]}  # fmt: skip
     assert "checkout_abandoned" not in rules["time"]
     assert "checkout_abandoned" in rules["file"]
-    assert [a.topic for a in by_file.actions].count("topic_cart_recovery") == 1
-    assert not any(a.topic == "topic_cart_recovery" for a in by_time.actions)
+    assert [a.topic for a in by_file.actions].count(OutputTopic.CART_RECOVERY) == 1
+    assert not any(a.topic == OutputTopic.CART_RECOVERY for a in by_time.actions)
     assert [c.to_tier for c in by_time.changes] == ["mid"]
     assert [c.to_tier for c in by_file.changes] == ["mid", "high"]  # with the abandonment
     # late for its shopper, so dropped by a worker too: nothing to warn of

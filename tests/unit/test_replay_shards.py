@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from stream.cli import main
-from stream.offline.replay import action_lines, replay
+from stream.offline.outputs import action_lines
+from stream.offline.replay import replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
 from tests.conftest import REES46_EVENTS
@@ -31,7 +32,7 @@ def test_shards_give_the_results_of_one_piece(rees46_file: Path) -> None:
     assert len(whole.changes) > 1000
     assert [c.model_dump() for c in split.changes] == [c.model_dump() for c in whole.changes]
     assert [s.model_dump() for s in split.signals] == [s.model_dump() for s in whole.signals]
-    topics = Settings().topic_names()
+    topics = Settings().output_topics()
     assert list(action_lines(split.actions, topics)) == list(action_lines(whole.actions, topics))
     assert (split.purchases, split.first_seen) == (whole.purchases, whole.first_seen)
 
@@ -90,9 +91,9 @@ def test_a_shard_size_below_one_is_refused(rees46_file: Path) -> None:
 
 def summaries(run: Any, jobs: int, tmp_path: Path) -> Iterator[Any]:
     """`Replay.summaries` with no output files: what `intent replay` iterates."""
-    from stream.offline.replay import OutputFiles
+    from stream.offline.outputs import OutputFiles
 
-    outputs = OutputFiles(None, None, Settings().topic_names(), tmp_path)
+    outputs = OutputFiles(None, None, Settings().output_topics(), tmp_path)
     yield from run.summaries(jobs, outputs)
     outputs.close()
 

@@ -17,8 +17,11 @@ from prometheus_client import CollectorRegistry
 from stream.core.ingest import RawRecord
 from stream.metrics import Metrics
 from stream.settings import Settings
+from stream.worker import kafka as kafka_module
+from stream.worker import loop as stream_loop
 from stream.worker import pipeline as agents
-from stream.worker.pipeline import StreamLoop
+from stream.worker import routing, sweep, takeover
+from stream.worker.loop import StreamLoop
 
 
 @dataclass
@@ -56,8 +59,7 @@ class Consumer:
 
 def _loop(handle: Any) -> tuple[StreamLoop, Metrics]:
     metrics = Metrics(CollectorRegistry())
-    pipeline = SimpleNamespace(settings=Settings(), metrics=metrics, handle=handle)
-    return StreamLoop(pipeline), metrics  # type: ignore[arg-type]
+    return StreamLoop(Settings(), metrics, handle, asyncio.Lock()), metrics
 
 
 def _batches() -> dict[TopicPartition, list[Message]]:
@@ -126,7 +128,7 @@ def test_an_idle_worker_commits_what_the_consumer_skipped_since_its_last_commit(
     loop.assignment = {marker, idle, fresh, redo}
     loop.committed = {marker: 12, idle: 40, redo: 30}  # `fresh`: never committed
     # `redo`: sought back to read a failed batch again; `gone`: no longer owned
-    loop.positions = {marker: 13, idle: 40, fresh: 7, redo: 25, gone: 9}
+    loop.guard.positions = {marker: 13, idle: 40, fresh: 7, redo: 25, gone: 9}
     consumer = Consumer()
     asyncio.run(loop._commit_skipped(consumer))  # type: ignore[arg-type]
     assert consumer.commits == [{marker: 13, fresh: 7}]
@@ -156,10 +158,10 @@ def test_an_assignment_takes_the_groups_committed_offsets_of_what_it_owns() -> N
     ends = {tp: 50 for tp in clicks + internal}
     consumer = Offsets(ends, {clicks[0]: 50, clicks[1]: 20, internal[0]: 44})
     loop.committed = {clicks[1]: 3}  # from an earlier assignment
-    asyncio.run(loop.hold({clicks[0], internal[0], internal[1]}))
+    asyncio.run(loop.assigned({clicks[0], internal[0], internal[1]}))
     assert loop.committed == {}  # no consumer yet: nothing read
     loop.consumer = consumer  # type: ignore[assignment]
-    asyncio.run(loop.hold({clicks[0], internal[0], internal[1]}))
+    asyncio.run(loop.assigned({clicks[0], internal[0], internal[1]}))
     assert loop.committed == {clicks[0]: 50, internal[0]: 44}  # clicks[1]: not owned
 
 
@@ -188,9 +190,9 @@ def test_the_stream_consumer_reads_committed_records_only(
     class Producer(Client):
         pass
 
-    monkeypatch.setattr(agents, "AIOKafkaConsumer", Consumer)
-    monkeypatch.setattr(agents, "AIOKafkaProducer", Producer)
-    monkeypatch.setattr(agents, "tune_gc", lambda: None)
+    monkeypatch.setattr(kafka_module, "AIOKafkaConsumer", Consumer)
+    monkeypatch.setattr(kafka_module, "AIOKafkaProducer", Producer)
+    monkeypatch.setattr(stream_loop, "tune_gc", lambda: None)
     loop, _ = _loop(None)
     asyncio.run(loop.on_start())
     assert made["Consumer"]["isolation_level"] == "read_committed"
@@ -236,35 +238,35 @@ def test_no_sweep_until_a_batch_whose_sends_failed_was_processed_again(
             fail["next"] = False
             raise KafkaError("broker unavailable")
 
-    pipeline.handle = handle
+    loop.handle = handle  # type: ignore[method-assign]
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
-    pipeline._saw({0: now - 7200, 5: now - 7200})
-    event_time = now - 7200 - pipeline.engine.lateness
-    assert pipeline.until(0) == pipeline.until(5) == event_time
+    pipeline.sweeper.saw({0: now - 7200, 5: now - 7200})
+    event_time = now - 7200 - pipeline.core.engine.lateness
+    assert pipeline.sweeper.until(0) == pipeline.sweeper.until(5) == event_time
 
     consumer = Consumer()
     batches = _batches()
     asyncio.run(loop._handle(consumer, batches))  # type: ignore[arg-type]
     assert consumer.commits == []  # it failed: read again, and no sweep meanwhile
-    assert pipeline.until(0) is None and pipeline.until(5) is None
+    assert pipeline.sweeper.until(0) is None and pipeline.sweeper.until(5) is None
 
     first = {tp: ms[:1] for tp, ms in batches.items()}  # the first part comes back
     asyncio.run(loop._handle(consumer, first))  # type: ignore[arg-type]
     assert len(consumer.commits) == 1
-    assert pipeline.until(0) is None and pipeline.until(5) is None
+    assert pipeline.sweeper.until(0) is None and pipeline.sweeper.until(5) is None
     rest = {tp: ms[1:] for tp, ms in batches.items()}  # then the rest
     asyncio.run(loop._handle(consumer, rest))  # type: ignore[arg-type]
-    assert pipeline.until(0) == pipeline.until(5) == event_time
+    assert pipeline.sweeper.until(0) == pipeline.sweeper.until(5) == event_time
 
     # a rebalance: the batch's partitions went elsewhere, their new owner reads it again
     fail["next"] = True
     asyncio.run(loop._handle(consumer, batches))  # type: ignore[arg-type]
-    assert pipeline.until(0) is None
+    assert pipeline.sweeper.until(0) is None
     (kept,) = [tp for tp in batches if tp.topic == "clickstream.events"]
-    asyncio.run(loop.hold({kept}))
-    assert pipeline.until(0) is None  # the part on a partition still owned: still held
-    asyncio.run(loop.hold(set()))
-    assert pipeline.until(0) == event_time
+    asyncio.run(loop.assigned({kept}))
+    assert pipeline.sweeper.until(0) is None  # the part on a partition still owned: still held
+    asyncio.run(loop.assigned(set()))
+    assert pipeline.sweeper.until(0) == event_time
 
 
 class Balancing:
@@ -297,15 +299,15 @@ def test_ingest_pauses_while_detection_is_behind_and_resumes_when_it_caught_up()
     events = {TopicPartition(settings.topic_normalised, p) for p in (0, 1)}
     loop.assignment = raw | events
     batch = settings.batch_size
-    pause, resume = agents.PAUSE_BACKLOG_BATCHES, agents.RESUME_BACKLOG_BATCHES
+    pause, resume = routing.PAUSE_BACKLOG_BATCHES, routing.RESUME_BACKLOG_BATCHES
     consumer = Balancing(waiting=pause * batch + 2)
-    loop._balance(consumer, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
+    routing.balance(consumer, loop.settings, loop.assignment, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert consumer.paused_ == raw
     consumer.waiting = (resume + 1) * batch  # catching up, not far enough yet: stays paused
-    loop._balance(consumer, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
+    routing.balance(consumer, loop.settings, loop.assignment, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert consumer.paused_ == raw
     consumer.waiting = resume * batch
-    loop._balance(consumer, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
+    routing.balance(consumer, loop.settings, loop.assignment, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert consumer.paused_ == set()
 
 
@@ -316,9 +318,9 @@ def test_ingest_pauses_on_what_it_wrote_itself_before_a_fetch_has_seen_it() -> N
     events = TopicPartition(settings.topic_normalised, 0)
     loop.assignment = raw | {events}
     consumer = Balancing(waiting=0)  # the last fetch saw nothing waiting
-    wrote = (agents.PAUSE_BACKLOG_BATCHES + 1) * settings.batch_size
-    loop.written = {events: 1_000_000 + wrote}  # what ingest wrote since
-    loop._balance(consumer, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
+    wrote = (routing.PAUSE_BACKLOG_BATCHES + 1) * settings.batch_size
+    loop.sender.written = {events: 1_000_000 + wrote}  # what ingest wrote since
+    routing.balance(consumer, loop.settings, loop.assignment, asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert consumer.paused_ == raw
 
 
@@ -360,7 +362,7 @@ def test_a_bug_in_a_stage_dead_letters_its_records_and_the_loop_goes_on(
         raise RuntimeError("detector bug")
 
     monkeypatch.setattr(pipeline.store, "load", no_states)
-    monkeypatch.setattr(pipeline.engine, "process", broken)
+    monkeypatch.setattr(pipeline.core.engine, "process", broken)
     monkeypatch.setattr(agents, "ingest_batch", broken)
     raw = RawRecord(b'{"x": 1}', b"k", Settings().topic_clickstream, 2, 7)
     records = [raw, _event_record(1), _event_record(2)]
@@ -394,19 +396,19 @@ def test_a_bug_in_one_group_stops_the_other_groups_before_they_score(
             await asyncio.sleep(0.05)  # this group is waiting on Redis when the other fails
         return {}
 
-    detect = pipeline._detect
+    detect = pipeline.core.detect
 
-    def group_detect(by_shopper: dict[str, Any], *args: Any) -> Any:
-        if "s-2" in by_shopper:  # not one shopper's failure: the group's own
+    def group_detect(shoppers: dict[str, Any], *args: Any) -> Any:
+        if "s-2" in shoppers:  # not one shopper's failure: the group's own
             raise RuntimeError("detector bug")
-        return detect(by_shopper, *args)
+        return detect(shoppers, *args)
 
     async def apply_many(*args: Any) -> Any:
         scored.append(args)
         return {}
 
     monkeypatch.setattr(pipeline.store, "load", states)
-    monkeypatch.setattr(pipeline, "_detect", group_detect)
+    monkeypatch.setattr(pipeline.core, "detect", group_detect)
     monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
     monkeypatch.setattr(agents, "PROCESS_GROUPS", 2)
 
@@ -452,10 +454,10 @@ def test_a_sweep_whose_sends_fail_sends_the_same_records_again_until_taken(
 
     pipeline.loop.caught_up = True  # event time is known: the wall clock rules
 
-    monkeypatch.setattr(pipeline, "_sweep", swept)
-    monkeypatch.setattr(pipeline, "_decay", nothing)
+    monkeypatch.setattr(pipeline.sweeper, "_deadlines", swept)
+    monkeypatch.setattr(pipeline.sweeper, "_decay", nothing)
     monkeypatch.setattr(agents.asyncio, "sleep", no_sleep)
-    asyncio.run(pipeline.sweep_partitions({0}))
+    asyncio.run(pipeline.sweeper.sweep_partitions({0}))
     assert attempts == [[record]] * 3
     errors = pipeline.metrics.registry.get_sample_value(
         "intent_send_errors_total", {"path": "sweep"}
@@ -474,21 +476,21 @@ def test_the_sweep_waits_for_event_time_until_everything_owned_was_read(
     pipeline = _pipeline([])
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     pipeline.clock = lambda: now
-    lateness = pipeline.engine.lateness
+    lateness = pipeline.core.engine.lateness
     clock = {"t": 1000.0}
     monkeypatch.setattr(agents.time, "monotonic", lambda: clock["t"])
 
-    assert pipeline.until(0) is None  # nothing read, not caught up: nothing is due
+    assert pipeline.sweeper.until(0) is None  # nothing read, not caught up: nothing is due
     pipeline.loop.caught_up = True
-    assert pipeline.until(0) == now.timestamp()  # an empty, quiet partition: wall clock
+    assert pipeline.sweeper.until(0) == now.timestamp()  # an empty, quiet partition: wall clock
 
     pipeline.loop.caught_up = False
-    pipeline._saw({0: now.timestamp() - 7200})  # input from two hours ago
-    assert pipeline.until(0) == now.timestamp() - 7200 - lateness
+    pipeline.sweeper.saw({0: now.timestamp() - 7200})  # input from two hours ago
+    assert pipeline.sweeper.until(0) == now.timestamp() - 7200 - lateness
     clock["t"] += 60  # a minute with no input on it, but the worker is behind
-    assert pipeline.until(0) == now.timestamp() - 7200 - lateness
+    assert pipeline.sweeper.until(0) == now.timestamp() - 7200 - lateness
     pipeline.loop.caught_up = True  # ... and now it has read everything
-    assert pipeline.until(0) == now.timestamp()
+    assert pipeline.sweeper.until(0) == now.timestamp()
 
     asked: list[Any] = []
 
@@ -499,7 +501,7 @@ def test_the_sweep_waits_for_event_time_until_everything_owned_was_read(
     monkeypatch.setattr(pipeline.store, "due", due)
     monkeypatch.setattr(pipeline.scores, "due", due)
     pipeline.loop.caught_up = False
-    asyncio.run(pipeline.sweep_partitions({5}))  # no event time known on partition 5
+    asyncio.run(pipeline.sweeper.sweep_partitions({5}))  # no event time known on partition 5
     assert asked == []
     assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
 
@@ -512,18 +514,18 @@ def test_a_partition_is_idle_after_the_grace_the_settings_give(
     from datetime import UTC, datetime
 
     pipeline = _pipeline([])
-    pipeline.settings = Settings(idle_grace_seconds=30.0)
+    pipeline.sweeper.settings = Settings(idle_grace_seconds=30.0)
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     pipeline.clock = lambda: now
-    event_time = now.timestamp() - 7200 - pipeline.engine.lateness
+    event_time = now.timestamp() - 7200 - pipeline.core.engine.lateness
     clock = {"t": 1000.0}
     monkeypatch.setattr(agents.time, "monotonic", lambda: clock["t"])
     pipeline.loop.caught_up = True
-    pipeline._saw({0: now.timestamp() - 7200})
+    pipeline.sweeper.saw({0: now.timestamp() - 7200})
     clock["t"] += 29.9  # the default second has long passed
-    assert pipeline.until(0) == event_time
+    assert pipeline.sweeper.until(0) == event_time
     clock["t"] += 0.1
-    assert pipeline.until(0) == now.timestamp()
+    assert pipeline.sweeper.until(0) == now.timestamp()
 
 
 class Offsets:
@@ -567,22 +569,22 @@ def test_a_partition_just_assigned_fires_nothing_until_what_it_held_then_was_rea
     ends = {tp: 0 if tp.partition == 2 else 50 for tp in assigned}
     consumer = Offsets({**ends, clicks: 80}, {clicks: 80})  # the clickstream: all committed
     loop.consumer = consumer  # type: ignore[assignment]
-    asyncio.run(loop.hold({*assigned, clicks}))
+    asyncio.run(loop.assigned({*assigned, clicks}))
     assert consumer.asked == [sorted([*assigned, clicks])]
-    assert loop.holds == {0: 50, 1: 50}  # partition 2 was empty: nothing to wait for
-    assert loop.intake == {}  # nothing past the clickstream's commit
-    pipeline._saw({0: now - 7200, 1: now - 7200, 2: now - 7200})  # event time is known
-    lateness = pipeline.engine.lateness
-    assert pipeline.until(0) is None and pipeline.until(1) is None
-    assert pipeline.until(2) == now - 7200 - lateness
+    assert loop.guard.holds == {0: 50, 1: 50}  # partition 2 was empty: nothing to wait for
+    assert loop.guard.intake == {}  # nothing past the clickstream's commit
+    pipeline.sweeper.saw({0: now - 7200, 1: now - 7200, 2: now - 7200})  # event time is known
+    lateness = pipeline.core.engine.lateness
+    assert pipeline.sweeper.until(0) is None and pipeline.sweeper.until(1) is None
+    assert pipeline.sweeper.until(2) == now - 7200 - lateness
 
     # read up to just short of the end as of the assignment: still held
-    loop.positions[TopicPartition(events, 0)] = 49
-    assert pipeline.until(0) is None
-    loop.positions[TopicPartition(events, 0)] = 50  # read to that end
-    assert pipeline.until(0) == now - 7200 - lateness
-    assert pipeline.until(1) is None  # partition 1 has not been read yet
-    assert loop.holds == {1: 50}
+    loop.guard.positions[TopicPartition(events, 0)] = 49
+    assert pipeline.sweeper.until(0) is None
+    loop.guard.positions[TopicPartition(events, 0)] = 50  # read to that end
+    assert pipeline.sweeper.until(0) == now - 7200 - lateness
+    assert pipeline.sweeper.until(1) is None  # partition 1 has not been read yet
+    assert loop.guard.holds == {1: 50}
 
 
 def test_nothing_fires_until_the_clickstream_was_processed_past_what_a_dead_owner_scored() -> None:
@@ -597,7 +599,7 @@ def test_nothing_fires_until_the_clickstream_was_processed_past_what_a_dead_owne
     pipeline = _pipeline([])
     loop = pipeline.loop
     settings = pipeline.settings
-    span = agents.INTAKE_HOLD_BATCHES * settings.batch_size
+    span = takeover.INTAKE_HOLD_BATCHES * settings.batch_size
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
     events = [TopicPartition(settings.topic_normalised, p) for p in (0, 1)]
     # backlog and short are this worker's; elsewhere and fresh another's, empty nobody's
@@ -619,37 +621,37 @@ def test_nothing_fires_until_the_clickstream_was_processed_past_what_a_dead_owne
     loop.consumer = consumer  # type: ignore[assignment]
     assigned = {*events, backlog, short}
     loop.assignment = set(assigned)
-    asyncio.run(loop.hold(assigned))
-    assert loop.holds == {}  # intent.events held nothing
+    asyncio.run(loop.assigned(assigned))
+    assert loop.guard.holds == {}  # intent.events held nothing
     # a backlog: a few batches past the commit; a short one: to its end; never committed:
     # from the log's start (7 here); an empty one: nothing to wait for
-    assert loop.intake == {
+    assert loop.guard.intake == {
         backlog: 1000 + span,
         short: 130,
         elsewhere: 500 + span // 2,
         fresh: 7 + span,
     }
-    pipeline._saw({0: now - 7200, 1: now - 7200})
-    event_time = now - 7200 - pipeline.engine.lateness
-    assert pipeline.until(0) is None and pipeline.until(1) is None
+    pipeline.sweeper.saw({0: now - 7200, 1: now - 7200})
+    event_time = now - 7200 - pipeline.core.engine.lateness
+    assert pipeline.sweeper.until(0) is None and pipeline.sweeper.until(1) is None
 
     # this worker processed its own; another worker's is one record short
     consumer.committed_.update(
         {backlog: 1000 + span, short: 130, elsewhere: 500 + span // 2 - 1, fresh: 7 + span}
     )
     asyncio.run(loop.intake_read())
-    assert loop.intake == {elsewhere: 500 + span // 2}
-    assert pipeline.until(0) is None and pipeline.until(1) is None
+    assert loop.guard.intake == {elsewhere: 500 + span // 2}
+    assert pipeline.sweeper.until(0) is None and pipeline.sweeper.until(1) is None
 
     # it got there; meanwhile ingest (here or there) sent 40 records to partition 1
     consumer.committed_[elsewhere] = 500 + span // 2
     consumer.ends[events[1]] = 40
     asyncio.run(loop.intake_read())
-    assert loop.intake == {}
-    assert loop.holds == {1: 40}  # ... so partition 1 waits until they are read back
-    assert pipeline.until(0) == event_time and pipeline.until(1) is None
-    loop.positions[events[1]] = 40
-    assert pipeline.until(1) == event_time
+    assert loop.guard.intake == {}
+    assert loop.guard.holds == {1: 40}  # ... so partition 1 waits until they are read back
+    assert pipeline.sweeper.until(0) == event_time and pipeline.sweeper.until(1) is None
+    loop.guard.positions[events[1]] = 40
+    assert pipeline.sweeper.until(1) == event_time
 
 
 def test_the_sweep_asks_whether_the_clickstream_hold_has_ended(
@@ -666,21 +668,21 @@ def test_the_sweep_asks_whether_the_clickstream_hold_has_ended(
     loop.consumer = consumer  # type: ignore[assignment]
     clock = {"t": 1000.0}
     monkeypatch.setattr(agents.time, "monotonic", lambda: clock["t"])
-    asyncio.run(loop.hold(set(clicks)))
-    assert loop.intake == {clicks[0]: 50, clicks[1]: 50}
-    asyncio.run(pipeline.sweep())
-    assert loop.intake == {clicks[0]: 50, clicks[1]: 50}
+    asyncio.run(loop.assigned(set(clicks)))
+    assert loop.guard.intake == {clicks[0]: 50, clicks[1]: 50}
+    asyncio.run(pipeline.sweeper.sweep())
+    assert loop.guard.intake == {clicks[0]: 50, clicks[1]: 50}
     consumer.committed_[clicks[0]] = 50
-    asyncio.run(pipeline.sweep())
-    assert loop.intake == {clicks[1]: 50}
+    asyncio.run(pipeline.sweeper.sweep())
+    assert loop.guard.intake == {clicks[1]: 50}
     consumer.committed_[clicks[1]] = 49  # stays one short (a stuck worker)
-    clock["t"] += agents.INTAKE_HOLD_MAX_SECONDS - 0.1
-    asyncio.run(pipeline.sweep())
-    assert loop.intake == {clicks[1]: 50}
+    clock["t"] += takeover.INTAKE_HOLD_MAX_SECONDS - 0.1
+    asyncio.run(pipeline.sweeper.sweep())
+    assert loop.guard.intake == {clicks[1]: 50}
     assert "no sweep for" not in caplog.text
     clock["t"] += 0.1
-    asyncio.run(pipeline.sweep())
-    assert loop.intake == {}
+    asyncio.run(pipeline.sweeper.sweep())
+    assert loop.guard.intake == {}
     assert "no sweep for 60 s: clickstream partitions 1 not processed" in caplog.text
 
 
@@ -735,7 +737,7 @@ def test_caught_up_means_every_owned_partition_read_to_its_end(
     loop, _ = _loop(None)
     tps = {p: TopicPartition("intent.events", p) for p in ends}
     loop.assignment = set(tps.values())
-    loop.written = {tps[p]: offset for p, offset in written.items()}
+    loop.sender.written = {tps[p]: offset for p, offset in written.items()}
     loop.caught_up = not caught_up
     consumer = Positions(
         {tps[p]: e for p, e in ends.items()}, {tps[p]: a for p, a in at.items()}, stable
@@ -743,7 +745,7 @@ def test_caught_up_means_every_owned_partition_read_to_its_end(
     loop._track(asyncio.run(loop._unread(consumer)))  # type: ignore[arg-type]
     assert loop.caught_up is caught_up
     # the positions read on the way are kept for the sweep's hold (Pipeline.until)
-    assert loop.positions == {tps[p]: a for p, a in at.items() if ends[p] is not None}
+    assert loop.guard.positions == {tps[p]: a for p, a in at.items() if ends[p] is not None}
 
 
 def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
@@ -785,7 +787,7 @@ def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
     monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
     monkeypatch.setattr(pipeline, "_write", write)
     monkeypatch.setattr(agents.asyncio, "sleep", no_sleep)
-    asyncio.run(pipeline.sweep_partitions({0}))
+    asyncio.run(pipeline.sweeper.sweep_partitions({0}))
     assert order == ["apply", "send", "send", "index"]
 
 
@@ -799,9 +801,9 @@ def test_the_sweep_fires_everything_due_two_partitions_at_a_time_in_turns(
     after SWEEP_TURN shoppers, so the others are not held up behind it."""
     sent: list[Any] = []
     pipeline = _pipeline(sent)
-    chunk = agents.SWEEP_CHUNK
-    monkeypatch.setattr(pipeline, "sweep_chunk", lambda: chunk)  # input flowing
-    turn = agents.SWEEP_TURN // chunk
+    chunk = sweep.SWEEP_CHUNK
+    monkeypatch.setattr(pipeline.sweeper, "sweep_chunk", lambda: chunk)  # input flowing
+    turn = sweep.SWEEP_TURN // chunk
     # shoppers due at each chunk, in order
     due = {0: [chunk] * (turn + 5) + [1], 1: [chunk] * (turn + 3) + [0], 2: [4], 3: [chunk, 2]}
     every = sum(sum(counts) for counts in due.values())
@@ -820,10 +822,10 @@ def test_the_sweep_fires_everything_due_two_partitions_at_a_time_in_turns(
     async def nothing(sweep: Any, until: float, chunk: int, outbox: Any) -> int:
         return 0
 
-    monkeypatch.setattr(pipeline, "_sweep", swept)
-    monkeypatch.setattr(pipeline, "_decay", nothing)
+    monkeypatch.setattr(pipeline.sweeper, "_deadlines", swept)
+    monkeypatch.setattr(pipeline.sweeper, "_decay", nothing)
     pipeline.loop.caught_up = True
-    handled = asyncio.run(pipeline.sweep_partitions({0, 1, 2, 3}))
+    handled = asyncio.run(pipeline.sweeper.sweep_partitions({0, 1, 2, 3}))
     assert handled == every  # what it says it handled (the Quix Streams bench sweeps on it)
     assert running["most"] == 2
     assert due == {0: [], 1: [], 2: [], 3: []}  # all of it in one sweep
@@ -858,11 +860,11 @@ def test_a_failing_partition_chunk_leaves_the_other_partitions_sweep_going_on(
     async def no_writes(commands: Any) -> None:
         return None
 
-    monkeypatch.setattr(pipeline, "_sweep", swept)
-    monkeypatch.setattr(pipeline, "_decay", nothing)
+    monkeypatch.setattr(pipeline.sweeper, "_deadlines", swept)
+    monkeypatch.setattr(pipeline.sweeper, "_decay", nothing)
     monkeypatch.setattr(pipeline, "_write", no_writes)
     pipeline.loop.caught_up = True
-    asyncio.run(pipeline.sweep_partitions({0, 1}))
+    asyncio.run(pipeline.sweeper.sweep_partitions({0, 1}))
     assert scored == [0]
     assert [key for _, key, _, _ in sent] == [b"0"]
     registry = pipeline.metrics.registry
@@ -886,8 +888,8 @@ def test_a_sweep_fires_every_detection_deadline_before_any_decay_up_to_one_until
     clock = {"now": datetime(2026, 11, 24, 12, 0, tzinfo=UTC)}
     pipeline.clock = lambda: clock["now"]
     start = clock["now"].timestamp()
-    chunk = agents.SWEEP_CHUNK
-    monkeypatch.setattr(pipeline, "sweep_chunk", lambda: chunk)
+    chunk = sweep.SWEEP_CHUNK
+    monkeypatch.setattr(pipeline.sweeper, "sweep_chunk", lambda: chunk)
     order: list[tuple[str, float]] = []
     # a decay can leave its shopper due again (the next tier boundary): the sweep asks
     # until nothing is due, not until a chunk comes back short
@@ -903,9 +905,9 @@ def test_a_sweep_fires_every_detection_deadline_before_any_decay_up_to_one_until
         clock["now"] += timedelta(seconds=5)
         return decays.pop(0)
 
-    monkeypatch.setattr(pipeline, "_sweep", swept)
-    monkeypatch.setattr(pipeline, "_decay", decayed)
-    asyncio.run(pipeline.sweep_partitions({0}))
+    monkeypatch.setattr(pipeline.sweeper, "_deadlines", swept)
+    monkeypatch.setattr(pipeline.sweeper, "_decay", decayed)
+    asyncio.run(pipeline.sweeper.sweep_partitions({0}))
     assert [kind for kind, _ in order] == ["deadlines"] * 3 + ["decays"] * 3
     assert {until for _, until in order} == {start}
 
@@ -923,10 +925,10 @@ def test_a_partition_that_stays_due_stops_at_sweep_max(monkeypatch: pytest.Monke
             raise AssertionError("the sweep did not stop")
         return chunk
 
-    monkeypatch.setattr(pipeline, "_sweep", always)
+    monkeypatch.setattr(pipeline.sweeper, "_deadlines", always)
     # no batch has come: the quiet chunk size
-    monkeypatch.setattr(agents, "SWEEP_MAX", 5 * agents.SWEEP_CHUNK_QUIET)
-    asyncio.run(pipeline.sweep_partitions({0, 1, 2}))
+    monkeypatch.setattr(sweep, "SWEEP_MAX", 5 * sweep.SWEEP_CHUNK_QUIET)
+    asyncio.run(pipeline.sweeper.sweep_partitions({0, 1, 2}))
     assert sorted(calls) == [0] * 5 + [1] * 5 + [2] * 5
     assert pipeline.metrics.registry.get_sample_value("intent_worker_ready") == 1
 
@@ -976,11 +978,11 @@ def test_a_decay_left_due_goes_out_in_the_same_sweep_and_a_stuck_one_only_once(
     monkeypatch.setattr(pipeline.scores, "due", due)
     monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
     monkeypatch.setattr(pipeline.scores, "index_commands", write)
-    monkeypatch.setattr(pipeline, "until", lambda partition: 1000.0)
-    asyncio.run(pipeline.sweep_partitions({0}))
+    monkeypatch.setattr(pipeline.sweeper, "until", lambda partition: 1000.0)
+    asyncio.run(pipeline.sweeper.sweep_partitions({0}))
     assert calls == [("chained", 600.0), ("stuck", 500.0), ("chained", 700.0), ("chained", 800.0)]
     assert index == {"stuck": 500.0}
-    asyncio.run(pipeline.sweep_partitions({0}))  # the next tick: once more
+    asyncio.run(pipeline.sweeper.sweep_partitions({0}))  # the next tick: once more
     assert calls[4:] == [("stuck", 500.0)]
 
 
@@ -996,16 +998,16 @@ def test_the_sweep_takes_small_chunks_while_batches_come_and_large_ones_when_qui
     pipeline.loop.caught_up = True
     clock = {"t": 1000.0}
     monkeypatch.setattr(agents.time, "monotonic", lambda: clock["t"])
-    small, quiet = agents.SWEEP_CHUNK, agents.SWEEP_CHUNK_QUIET
+    small, quiet = sweep.SWEEP_CHUNK, sweep.SWEEP_CHUNK_QUIET
     assert small < quiet
 
-    assert pipeline.sweep_chunk() == quiet  # no batch yet
+    assert pipeline.sweeper.sweep_chunk() == quiet  # no batch yet
     asyncio.run(pipeline.handle([]))
-    assert pipeline.sweep_chunk() == small
-    clock["t"] += agents.SWEEP_QUIET_SECONDS * 0.9
-    assert pipeline.sweep_chunk() == small
-    clock["t"] += agents.SWEEP_QUIET_SECONDS * 0.1
-    assert pipeline.sweep_chunk() == quiet
+    assert pipeline.sweeper.sweep_chunk() == small
+    clock["t"] += sweep.SWEEP_QUIET_SECONDS * 0.9
+    assert pipeline.sweeper.sweep_chunk() == small
+    clock["t"] += sweep.SWEEP_QUIET_SECONDS * 0.1
+    assert pipeline.sweeper.sweep_chunk() == quiet
 
     asked: list[int] = []
 
@@ -1014,15 +1016,15 @@ def test_the_sweep_takes_small_chunks_while_batches_come_and_large_ones_when_qui
         if len(asked) == 1:
             await pipeline.handle([])  # a batch arrives meanwhile
         elif len(asked) == 3:
-            clock["t"] += agents.SWEEP_QUIET_SECONDS  # and nothing after it
+            clock["t"] += sweep.SWEEP_QUIET_SECONDS  # and nothing after it
         return chunk if len(asked) < 4 else 0
 
     async def nothing(sweep: Any, until: float, chunk: int, outbox: Any) -> int:
         return 0
 
-    monkeypatch.setattr(pipeline, "_sweep", swept)
-    monkeypatch.setattr(pipeline, "_decay", nothing)
-    asyncio.run(pipeline.sweep_partitions({0}))
+    monkeypatch.setattr(pipeline.sweeper, "_deadlines", swept)
+    monkeypatch.setattr(pipeline.sweeper, "_decay", nothing)
+    asyncio.run(pipeline.sweeper.sweep_partitions({0}))
     assert asked == [quiet, small, small, quiet]
 
     limits: list[int] = []
@@ -1036,9 +1038,9 @@ def test_the_sweep_takes_small_chunks_while_batches_come_and_large_ones_when_qui
     monkeypatch.setattr(pipeline.store, "due", due)
     monkeypatch.setattr(pipeline.scores, "due", due)
     asyncio.run(pipeline.handle([]))
-    asyncio.run(pipeline.sweep_partitions({0}))
-    clock["t"] += agents.SWEEP_QUIET_SECONDS
-    asyncio.run(pipeline.sweep_partitions({0}))
+    asyncio.run(pipeline.sweeper.sweep_partitions({0}))
+    clock["t"] += sweep.SWEEP_QUIET_SECONDS
+    asyncio.run(pipeline.sweeper.sweep_partitions({0}))
     assert limits == [small, small, quiet, quiet]  # deadlines, then decays
 
 
@@ -1058,8 +1060,8 @@ def test_only_owned_partitions_read_to_their_end_take_clickstream_events_directl
     tps = {p: TopicPartition("intent.events", p) for p in (0, 1, 2, 3)}
     raw = TopicPartition("clickstream.events", 0)
     loop.assignment = {*tps.values(), raw}
-    loop.written = {tps[2]: 7}  # ingest just wrote to partition 2; no fetch has seen it
-    loop.holds = {3: 9}  # taken over with 9 records; the last fetch saw only 4
+    loop.sender.written = {tps[2]: 7}  # ingest just wrote to partition 2; no fetch has seen it
+    loop.guard.holds = {3: 9}  # taken over with 9 records; the last fetch saw only 4
     consumer = Owned(
         {tps[0]: 5, tps[1]: 3, tps[2]: 5, tps[3]: 4, raw: 8},
         {tps[0]: 5, tps[1]: 2, tps[2]: 5, tps[3]: 4, raw: 8},
@@ -1070,7 +1072,7 @@ def test_only_owned_partitions_read_to_their_end_take_clickstream_events_directl
 
     partitioner = DefaultPartitioner()
     keys = [f"s-{i}".encode() for i in range(40)]
-    placed = {key: loop.place(key) for key in keys}
+    placed = {key: loop.routing.place(key) for key in keys}
     assert {p for p in placed.values() if p is not None} == {0}
     for key, partition in placed.items():
         expected = partitioner(key, [0, 1, 2, 3], [0, 1, 2, 3])  # as the producer places it
@@ -1126,9 +1128,9 @@ def test_send_all_hands_the_producer_closed_batches_one_per_partition() -> None:
 
         producer.send_batch = send_batch  # type: ignore[method-assign]
         loop, _ = _loop(None)
-        loop.producer = producer
-        loop._partitions = {"out": [0, 1, 2, 3]}
-        await loop.send_all([("out", b"s-%d" % i, b"{}", None) for i in range(20)])
+        loop.sender.producer = producer
+        loop.sender.partitions = {"out": [0, 1, 2, 3]}
+        await loop.sender.send_all([("out", b"s-%d" % i, b"{}", None) for i in range(20)])
         await producer.stop()
         return handed
 

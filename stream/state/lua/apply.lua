@@ -312,7 +312,7 @@ if #fresh == 0 then
   -- No new signal: the components, rules and categories only lost what was pruned, and
   -- the suppressions what ended. Write what moved and delete what went (and any field
   -- this version does not write); the stored strings of the rest are what a rewrite
-  -- would give ("%.17g" round-trips). A decay call costs ~15 % less (README, step 21).
+  -- would give ("%.17g" round-trips), so a decay call costs less (docs/performance.md).
   local kept = {tier = true, seq = true, T = true, reset = reset ~= nil}
   local gone = {}
   for i = 1, #flat, 2 do
