@@ -1,0 +1,127 @@
+"""Hand-written Kafka consumer fakes and builders shared by the worker unit tests."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import IllegalStateError
+from prometheus_client import CollectorRegistry
+
+from stream.metrics import Metrics
+from stream.settings import Settings
+from stream.worker.loop import StreamLoop
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = b"s-1"
+    value: bytes | None = b"{}"
+
+
+class Consumer:
+    def __init__(self, at: dict[TopicPartition, int] | None = None) -> None:
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.at = at or {}  # positions past the batch's last record (skipped records)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    async def position(self, tp: TopicPartition) -> int:
+        if self.at.get(tp) == -1:
+            raise IllegalStateError("no longer assigned")
+        return self.at.get(tp, 0)
+
+    def last_stable_offset(self, tp: TopicPartition) -> int:
+        return 100
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 1000  # an open transaction's records up to here: not readable yet
+
+
+def _loop(handle: Any) -> tuple[StreamLoop, Metrics]:
+    metrics = Metrics(CollectorRegistry())
+    return StreamLoop(Settings(), metrics, handle, asyncio.Lock()), metrics
+
+
+def _batches() -> dict[TopicPartition, list[Message]]:
+    a, b = TopicPartition("clickstream.events", 0), TopicPartition("intent.events", 3)
+    return {
+        a: [Message(a.topic, 0, 10), Message(a.topic, 0, 11)],
+        b: [Message(b.topic, 3, 40), Message(b.topic, 3, 41), Message(b.topic, 3, 42)],
+    }
+
+
+def _pipeline(sent: list[Any]) -> Any:
+    import redis.asyncio as aioredis
+
+    from stream.rulesfile import load_rules
+    from stream.worker.pipeline import Pipeline
+
+    async def send(records: list[Any]) -> None:
+        sent.extend(records)
+
+    client = aioredis.Redis(host="127.0.0.1", port=1)  # never reached: Redis steps stubbed
+    return Pipeline(
+        None, Settings(), Metrics(CollectorRegistry()), load_rules(), client, sender=send
+    )
+
+
+class Offsets:
+    """A consumer's view of partitions at an assignment: end offsets, committed offsets
+    (None: never committed) and the logs' starts."""
+
+    def __init__(
+        self, ends: dict[TopicPartition, int], committed: dict[TopicPartition, int | None]
+    ) -> None:
+        # ends: every partition of both topics; committed: the clickstream's (intent.events
+        # partitions: never committed)
+        self.ends, self.committed_ = ends, committed
+        self.asked: list[list[TopicPartition]] = []
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.asked.append(sorted(tps))
+        return {tp: self.ends[tp] for tp in tps}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.committed_.get(tp)
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 7 for tp in tps}  # the log's start, after retention
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.ends if tp.topic == topic}
+
+
+class Positions:
+    """Readable ends (None: never fetched) and positions; `stable` False: a broker that
+    reports no last stable offset (-1), so the high-water mark is the end."""
+
+    def __init__(
+        self,
+        ends: dict[TopicPartition, int | None],
+        at: dict[TopicPartition, int],
+        stable: bool = True,
+    ):
+        self.ends, self.at, self.stable = ends, at, stable
+
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        end = self.ends[tp]
+        return end if self.stable or end is None else -1
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        end = self.ends[tp]
+        # past the stable offset: records of an open transaction, not readable yet
+        return end if end is None or not self.stable else end + 10
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.at[tp]
