@@ -160,12 +160,16 @@ class Replay(ShardReader):
         if isinstance(store, MemoryScoreStore):
             store.states.clear()  # shoppers are never seen again in a later shard
         shoppers = sorted(by_shopper)
+        loop = runner.get_loop()
         for i in range(0, len(shoppers), SCORE_BATCH):
             started = time.perf_counter()
             chunk = {shopper: self._events(shopper, by_shopper.pop(shopper), part)
                      for shopper in shoppers[i : i + SCORE_BATCH]}  # fmt: skip
             failures = Failures(_left_out)
-            done = runner.run(
+            # The loop's own run, not `runner.run`: that one swaps the SIGINT handler per
+            # call, and restoring it formats the old handler, whose repr holds the task
+            # and so the whole `Processed` result (it halved replay's speed).
+            done = loop.run_until_complete(
                 self.core.run(chunk, store.apply_many, failures, until=self.end, at=self.end)
             )
             part.failed += len(failures)
