@@ -40,8 +40,9 @@ class Contribution(BaseModel):
 
 
 class TierChange(_Out):
-    """`intent.tier-changes`: every transition. `change_id` is `<shopper>:<n>`, the n-th
-    transition of that shopper: the same input always gives the same ids."""
+    """`intent.tier-changes`: every transition. `change_id` is `<shopper>:<digest>`, a
+    digest of what the change is (cause signal or decay, time, from, to, reason): the
+    same input always gives the same id, and no two changes of a shopper share one."""
 
     change_id: str
     shopper_id: str

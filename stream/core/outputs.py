@@ -7,6 +7,7 @@ reports only signals not applied before).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final, NamedTuple
@@ -172,19 +173,33 @@ def _held(result: Result, signal: Signal, t: float, periods: Periods) -> set[str
     return periods.active(t)
 
 
+def change_id(
+    shopper: str, cause: str | None, at: datetime, from_tier: str, to_tier: str, reason: str
+) -> str:
+    """`<shopper>:<digest>`: a digest of what the change is (the signal that caused it,
+    or none for a decay; when; from, to and why), from the fields of its record, not a
+    counter. The same input gives the same id, and a shopper whose state expired (or
+    was lost) and who comes back gets new ids: a counter would start again at 1, and a
+    consumer that drops duplicates by id would drop real changes."""
+    what = f"{cause or ''}|{at.isoformat()}|{from_tier}|{to_tier}|{reason}"
+    return f"{shopper}:{hashlib.blake2b(what.encode(), digest_size=10).hexdigest()}"
+
+
 def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Output]:
-    change_id = f"{shopper}:{change.seq}"
     event_anchor = None
     if cause is not None:
         anchors = [a for a in cause.anchors if ":" not in a]  # event ids, not session:x
         event_anchor = anchors[-1] if anchors else None
     at = _at(change.at)
+    ident = change_id(
+        shopper, change.cause or None, at, change.from_tier, change.to_tier, change.reason
+    )
     # The two high-volume outputs are built from values the scoring maths produced, so
     # they skip pydantic's validation (schemas.trusted; a test compares with validation).
     record = construct(
         TierChange,
         {
-            "change_id": change_id,
+            "change_id": ident,
             "shopper_id": shopper,
             "from_tier": change.from_tier,
             "to_tier": change.to_tier,
@@ -213,7 +228,7 @@ def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Out
     if inactive:
         ops.append(("add", INACTIVE))
     for op, audience in ops:
-        out.append(_audience(shopper, change_id, op, audience, change.to_tier, at, change.reason))
+        out.append(_audience(shopper, ident, op, audience, change.to_tier, at, change.reason))
     return out
 
 

@@ -59,7 +59,7 @@ class OutputFiles:
         lines: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
         if self.paths["changes"] is not None:
             lines["changes"] = [
-                ((_micros(c.at), c.change_id), c.model_dump_json()) for c in part.changes
+                ((_micros(c.at), c.shopper_id), c.model_dump_json()) for c in part.changes
             ]
         if self.paths["actions"] is not None:
             lines["actions"] = [

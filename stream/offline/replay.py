@@ -185,7 +185,7 @@ class Replay(ShardReader):
             self._tick(REPLAY_UNITS * sum(len(events) for _, events in chunk.values()))
         self._tick(0, True)
         part.shoppers = len(shoppers)
-        part.changes.sort(key=lambda c: (c.at, c.change_id))
+        part.changes.sort(key=lambda c: (c.at, c.shopper_id))  # stable: a shopper's in order
         part.actions.sort(key=action_order)
         return part
 

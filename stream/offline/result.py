@@ -48,7 +48,7 @@ class ReplayResult:
         """Signals by shopper (each shopper's in their own order), changes and actions by
         time: the order of one run in one piece, whatever the sharding."""
         self.signals.sort(key=lambda s: s.shopper_id)  # stable: keeps a shopper's order
-        self.changes.sort(key=lambda c: (c.at, c.change_id))
+        self.changes.sort(key=lambda c: (c.at, c.shopper_id))  # stable: a shopper's in order
         self.actions.sort(key=action_order)
 
 

@@ -139,12 +139,19 @@ class StreamLoop(Service):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.crash_reason = exc
-            self.assignment = set()
-            self.metrics.up.set(0)
-            log.critical("the stream loop crashed; the worker stops", exc_info=exc)
+            self.crash(exc)
             if self.on_crash is None:
                 raise
+
+    def crash(self, exc: BaseException) -> None:
+        """Not ready any more, and `on_crash` told (the worker process stops)."""
+        if self.crash_reason is not None:
+            return
+        self.crash_reason = exc
+        self.assignment = set()
+        self.metrics.up.set(0)
+        log.critical("the stream loop crashed; the worker stops: %s", exc, exc_info=exc)
+        if self.on_crash is not None:
             self.on_crash(exc)
 
     async def _consume(self) -> None:

@@ -47,7 +47,7 @@ from stream.clock import Clock, utc_now
 from stream.core.detectors.engine import State
 from stream.core.ingest import RawRecord, Rejection, ingest_batch, ingest_limits
 from stream.core.outputs import Output
-from stream.core.process import Core, Failures, Processed
+from stream.core.process import Apply, Core, Failures, Processed
 from stream.core.scoring import Result
 from stream.metrics import Metrics, source_label
 from stream.settings import Settings
@@ -56,7 +56,7 @@ from stream.state.redisbatch import Command, execute
 from stream.state.scores import Moves, ScoreStore
 from stream.worker.loop import StreamLoop
 from stream.worker.outbox import Outbox, Sender, concurrently, count
-from stream.worker.retry import RedisRetry
+from stream.worker.retry import RedisRetry, RedisUnusable
 from stream.worker.sweep import Sweeper
 from stream.worker.views import register_views
 
@@ -168,6 +168,8 @@ class Pipeline:
         part = Outbox()
         try:
             await stage(records, part)
+        except RedisUnusable:
+            raise  # the worker stops: dead-lettering would only hide a Redis that refuses
         except Exception as exc:
             name = getattr(stage, "func", stage).__name__  # a partial names its function
             log.exception("%s failed; dead-lettering all %d records", name, len(records))
@@ -257,16 +259,15 @@ class Pipeline:
         """Load, detect and score one group of shoppers; returns the records rejected:
         late ones, and every record of a shopper whose detection or scoring raised (a
         bug of ours, or input no bound caught: that shopper alone is dead-lettered)."""
-        states = await self.retry("load", self.store.load, list(by_shopper))
         failures = self.failures()
+        states = await self.load(list(by_shopper), failures)
         core = self.core
         shoppers: dict[str, tuple[State, list[Event]]] = {
             shopper: (states.get(shopper) or core.new_state(), [item[0] for item in items])
             for shopper, items in by_shopper.items()
+            if shopper not in failures
         }
-        done = await core.run(
-            shoppers, partial(self.retry, "score", self.scores.apply_many), failures
-        )
+        done = await core.run(shoppers, self.apply(failures), failures)
         if done.duplicates:
             self.metrics.events_duplicate.inc(done.duplicates)
         partitions = {shopper: items[0][2] for shopper, items in by_shopper.items()}
@@ -289,6 +290,23 @@ class Pipeline:
                 Rejection(r, errors.PROCESSING_ERROR, detail) for _, r, _ in by_shopper[shopper]
             ]
         return rejected
+
+    async def load(self, shoppers: list[str], failures: Failures) -> dict[str, State]:
+        """The shoppers' detection state; one whose keys Redis cannot read (a wrong type,
+        after retries) goes into `failures` alone."""
+
+        async def load(some: dict[str, None]) -> dict[str, State]:
+            return await self.store.load(list(some))
+
+        failed = partial(failures.add, "load")
+        return await self.retry.each("load", load, dict.fromkeys(shoppers), failed=failed)
+
+    def apply(self, failures: Failures, what: str = "score") -> Apply:
+        """The score script on a batch, as `Core.run` calls it; a shopper whose script
+        call fails (a script error, a wrong type, after retries) goes into `failures`
+        alone, and the others' results come back."""
+        failed = partial(failures.add, what)
+        return partial(self.retry.each, what, self.scores.apply_many, failed=failed)
 
     def saved(self, state: State, partition: int) -> Saved:
         engine = self.core.engine

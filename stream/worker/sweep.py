@@ -20,6 +20,7 @@ from schemas.events import Event
 from stream.core.detectors.engine import State
 from stream.core.process import Failures
 from stream.worker.outbox import Outbox, concurrently
+from stream.worker.retry import RedisUnusable
 
 if TYPE_CHECKING:
     from stream.worker.pipeline import Pipeline
@@ -189,6 +190,10 @@ class Sweeper:
             return 0
         try:
             return await self._sweep_chunk_until(sweep, min(now, sweep.until), chunk, outbox)
+        except RedisUnusable as exc:
+            outbox.clear()
+            self.loop.crash(exc)  # the worker stops, as it would in a batch
+            return 0
         except Exception as exc:
             # Not one shopper's fault (those are left out one by one): what this chunk
             # queued is dropped (its state and indexes unwritten, so it is all due again
@@ -220,14 +225,15 @@ class Sweeper:
         shoppers = await pipeline.retry("sweep", pipeline.store.due, partition, until, chunk)
         if not shoppers:
             return 0
-        states = await pipeline.retry("load", pipeline.store.load, shoppers)
+        failures = self._failures()
+        states = await pipeline.load(shoppers, failures)
         core = pipeline.core
         todo: dict[str, tuple[State, list[Event]]] = {
-            shopper: (states.get(shopper) or core.new_state(), []) for shopper in shoppers
+            shopper: (states.get(shopper) or core.new_state(), [])
+            for shopper in shoppers
+            if shopper not in failures
         }
-        failures = self._failures()
-        apply = partial(pipeline.retry, "score", pipeline.scores.apply_many)
-        done = await core.run(todo, apply, failures, until=until)
+        done = await core.run(todo, pipeline.apply(failures), failures, until=until)
         for shopper, (state, _) in todo.items():
             outbox.saved[shopper] = pipeline.saved(state, partition)
         pipeline.queue(done, dict.fromkeys(shoppers, partition), outbox, failures)
@@ -259,10 +265,8 @@ class Sweeper:
         if not due:
             return 0
         sweep.decayed.update(due.items())
-        results = await pipeline.retry(
-            "decay", pipeline.scores.apply_many, {s: ([], t) for s, t in due.items()}
-        )
         failures = self._failures()
+        results = await pipeline.apply(failures, "decay")({s: ([], t) for s, t in due.items()})
         outputs = pipeline.core.outputs(results, {}, failures)
         pipeline.index(results, {}, dict.fromkeys(due, partition), outputs, outbox)
         pipeline.send_outputs([o for outs in outputs.values() for o in outs], outbox)

@@ -18,7 +18,7 @@ import redis
 
 from schemas.signals import Signal
 from stream.core import scoring as reference
-from stream.core.outputs import to_score_signal
+from stream.core.outputs import change_id, to_score_signal
 from stream.core.scoring import ScoreConfig
 from stream.settings import Settings
 from stream.state.scores import profile as shopper_view
@@ -49,7 +49,7 @@ def _by_shopper(records: list[Any]) -> dict[str, list[dict[str, Any]]]:
         assert record.key == value["shopper_id"].encode()
         out[value["shopper_id"]].append(value)
     for values in out.values():
-        values.sort(key=lambda v: (v["at"], v.get("change_id", "")))
+        values.sort(key=lambda v: v["at"])  # stable: a shopper's records in topic order
     return out
 
 
@@ -94,9 +94,19 @@ def test_playbook_tiers_and_actions(run: Any) -> None:
         "sc-s6c": [("low", "signal"), ("mid", "signal"), ("none", "purchase")],
     }
     for shopper, changes in out["topic_tier_changes"].items():
+        # Each id is the digest of its record's cause, time, from, to and reason.
         assert [c["change_id"] for c in changes] == [
-            f"{shopper}:{i}" for i in range(1, len(changes) + 1)
+            change_id(
+                shopper,
+                c["cause_signal_id"],
+                datetime.fromisoformat(c["at"]),
+                c["from_tier"],
+                c["to_tier"],
+                c["reason"],
+            )
+            for c in changes
         ]
+        assert len({c["change_id"] for c in changes}) == len(changes)
     s1_high = out["topic_tier_changes"]["sc-s1"][1]
     assert s1_high["signals"][0]["name"] == "product_then_returns"
     assert s1_high["cause_event_id"] is not None
