@@ -36,7 +36,15 @@ OTHER_SOURCE: Final = "other"
 # Label values of the error counters, exported at 0 from the start
 REDIS_STAGES: Final = ("load", "score", "sweep", "decay", "tiers", "index_save")  # `_retry`
 SEND_PATHS: Final = ("batch", "sweep")
-SHOPPER_FAILURE_STAGES: Final = ("load", "detect", "score", "decay", "outputs", "sweep", "sweep_chunk")
+SHOPPER_FAILURE_STAGES: Final = (
+    "load",
+    "detect",
+    "score",
+    "decay",
+    "outputs",
+    "sweep",
+    "sweep_chunk",
+)
 
 BATCH_BUCKETS: Final = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000)
 LAG_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 86400)

@@ -139,11 +139,11 @@ class StreamLoop(Service):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.crash(exc)
+            self.give_up(exc)
             if self.on_crash is None:
                 raise
 
-    def crash(self, exc: BaseException) -> None:
+    def give_up(self, exc: BaseException) -> None:
         """Not ready any more, and `on_crash` told (the worker process stops)."""
         if self.crash_reason is not None:
             return

@@ -267,7 +267,7 @@ class Pipeline:
             for shopper, items in by_shopper.items()
             if shopper not in failures
         }
-        done = await core.run(shoppers, self.apply(failures), failures)
+        done = await core.run(shoppers, self.apply(failures, "score"), failures)
         if done.duplicates:
             self.metrics.events_duplicate.inc(done.duplicates)
         partitions = {shopper: items[0][2] for shopper, items in by_shopper.items()}
@@ -301,7 +301,7 @@ class Pipeline:
         failed = partial(failures.add, "load")
         return await self.retry.each("load", load, dict.fromkeys(shoppers), failed=failed)
 
-    def apply(self, failures: Failures, what: str = "score") -> Apply:
+    def apply(self, failures: Failures, what: str) -> Apply:
         """The score script on a batch, as `Core.run` calls it; a shopper whose script
         call fails (a script error, a wrong type, after retries) goes into `failures`
         alone, and the others' results come back."""

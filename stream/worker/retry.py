@@ -4,7 +4,8 @@
   master-down): retried until they succeed, with a backoff capped at RETRY_MAX_SECONDS.
   An outage delays input, never drops it, and the worker resumes within that cap of
   Redis coming back.
-- **Redis refuses the work** (out of memory, no permission, a failed AUTH): retried for
+- **Redis refuses the work** (out of memory, no permission, a failed AUTH, writes refused
+  after a failed snapshot), whether by reply or from inside the score script: retried for
   UNUSABLE_SECONDS, in case memory frees up or the ACL is fixed; then `RedisUnusable`,
   and the worker stops with that message (its batch uncommitted, so nothing is lost).
 - **Any other error reply** (a script error, WRONGTYPE: one shopper's keys, as a rule):
@@ -57,8 +58,27 @@ TRANSIENT: Final = (
     MasterDownError,
     TryAgainError,
     ClusterDownError,
-    OSError,  # includes TimeoutError (REDIS_STEP_SECONDS)
 )
+
+
+# The same refusals, raised inside the score script: Redis reports them as the script's
+# error ("Error running script ... -OOM command not allowed ..."), a plain ResponseError.
+UNUSABLE_REPLIES: Final = ("-OOM ", "OOM command not allowed", "NOPERM", "NOAUTH", "MISCONF")
+TRANSIENT_REPLIES: Final = ("READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def error_kind(exc: RedisError) -> str:
+    """`unusable`, `transient` or `other`: how a Redis error is retried."""
+    if isinstance(exc, UNUSABLE):
+        return "unusable"
+    if isinstance(exc, TRANSIENT):
+        return "transient"
+    text = str(exc)
+    if any(reply in text for reply in UNUSABLE_REPLIES):
+        return "unusable"
+    if any(reply in text for reply in TRANSIENT_REPLIES):
+        return "transient"
+    return "other"
 
 
 class RedisGaveUp(Exception):
@@ -109,22 +129,25 @@ class RedisRetry:
                     result = await step(*args)
                 latency.observe(time.perf_counter() - started)
                 return result
-            except UNUSABLE as exc:
+            except RedisError as exc:
+                kind = error_kind(exc)
                 self.metrics.redis_errors.labels(what).inc()
-                now = time.monotonic()
-                refused_since = now if refused_since is None else refused_since
-                if now - refused_since >= UNUSABLE_SECONDS:
-                    raise RedisUnusable(what, exc, now - refused_since) from exc
-                log.error("%s: Redis refused (%s); retrying in %.1f s", what, exc, delay)
-            except TRANSIENT as exc:
+                if kind == "transient":
+                    log.warning("%s: Redis error (%s); retrying in %.1f s", what, exc, delay)
+                elif kind == "other":
+                    failed += 1
+                    if failed >= tries:
+                        raise RedisGaveUp(what, exc, failed) from exc
+                    log.warning("%s: Redis error (%s); trying again in %.1f s", what, exc, delay)
+                else:
+                    now = time.monotonic()
+                    refused_since = now if refused_since is None else refused_since
+                    if now - refused_since >= UNUSABLE_SECONDS:
+                        raise RedisUnusable(what, exc, now - refused_since) from exc
+                    log.error("%s: Redis refused (%s); retrying in %.1f s", what, exc, delay)
+            except OSError as exc:  # includes TimeoutError (REDIS_STEP_SECONDS)
                 self.metrics.redis_errors.labels(what).inc()
                 log.warning("%s: Redis error (%s); retrying in %.1f s", what, exc, delay)
-            except RedisError as exc:
-                self.metrics.redis_errors.labels(what).inc()
-                failed += 1
-                if failed >= tries:
-                    raise RedisGaveUp(what, exc, failed) from exc
-                log.warning("%s: Redis error (%s); trying again in %.1f s", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 

@@ -192,7 +192,7 @@ class Sweeper:
             return await self._sweep_chunk_until(sweep, min(now, sweep.until), chunk, outbox)
         except RedisUnusable as exc:
             outbox.clear()
-            self.loop.crash(exc)  # the worker stops, as it would in a batch
+            self.loop.give_up(exc)  # the worker stops, as it would in a batch
             return 0
         except Exception as exc:
             # Not one shopper's fault (those are left out one by one): what this chunk
@@ -233,7 +233,7 @@ class Sweeper:
             for shopper in shoppers
             if shopper not in failures
         }
-        done = await core.run(todo, pipeline.apply(failures), failures, until=until)
+        done = await core.run(todo, pipeline.apply(failures, "score"), failures, until=until)
         for shopper, (state, _) in todo.items():
             outbox.saved[shopper] = pipeline.saved(state, partition)
         pipeline.queue(done, dict.fromkeys(shoppers, partition), outbox, failures)

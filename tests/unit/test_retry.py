@@ -67,15 +67,24 @@ def test_an_error_reply_is_tried_a_few_times_then_given_up(slept: list[float]) -
 
 
 def test_redis_refusing_the_work_stops_after_a_while(
-    slept: list[float], monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = iter(float(n) for n in range(1000))
-    monkeypatch.setattr(retry_module.time, "monotonic", lambda: next(clock))
+    clock = [0.0]  # time moves only when the retry waits
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(retry_module.asyncio, "sleep", sleep)
+    monkeypatch.setattr(retry_module.time, "monotonic", lambda: clock[0])
     retry = RedisRetry(Metrics(CollectorRegistry()))
     step = _failing([OutOfMemoryError("OOM command not allowed")] * 1000)
-    with pytest.raises(RedisUnusable, match="OOM command not allowed.*The worker stops"):
+    with pytest.raises(RedisUnusable, match=r"OOM command not allowed.*The worker stops"):
         asyncio.run(retry("score", step))
-    assert len(step.calls) == retry_module.UNUSABLE_SECONDS + 1  # a second a try here
+    # It gave up at the first try UNUSABLE_SECONDS after the first refusal, not sooner.
+    assert sum(slept) >= retry_module.UNUSABLE_SECONDS > sum(slept) - slept[-1]
+    assert len(step.calls) == len(slept) + 1
 
 
 def test_each_runs_item_by_item_when_the_batch_gives_up(slept: list[float]) -> None:
@@ -93,9 +102,50 @@ def test_each_runs_item_by_item_when_the_batch_gives_up(slept: list[float]) -> N
     failed: list[tuple[str, str]] = []
     got = asyncio.run(
         retry.each(
-            "score", step, {"a": 1, "bad": 2, "c": 3}, failed=lambda k, e: failed.append((k, str(e)))
+            "score",
+            step,
+            {"a": 1, "bad": 2, "c": 3},
+            failed=lambda k, e: failed.append((k, str(e))),
         )
     )
     assert got == {"a": 10, "c": 30}
     assert [k for k, _ in failed] == ["bad"] and "WRONGTYPE" in failed[0][1]
     assert calls == [["a", "bad", "c"]] * STEP_TRIES + [["a"], ["bad"], ["c"]]
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (RedisConnectionError("Connection refused"), "transient"),
+        (ResponseError("READONLY You can't write against a read only replica."), "transient"),
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "unusable"),
+        # Refusals raised inside the score script come back as the script's error.
+        (
+            ResponseError(
+                "Error running script (call to f_bbf6): @user_script:222: @user_script: 222: "
+                "-OOM command not allowed when used memory > 'maxmemory'."
+            ),
+            "unusable",
+        ),
+        (
+            ResponseError("NOPERM User worker has no permissions to run the 'evalsha' command"),
+            "unusable",
+        ),
+        (
+            ResponseError(
+                "MISCONF Redis is configured to save RDB snapshots, but it's currently "
+                "unable to persist to disk."
+            ),
+            "unusable",
+        ),
+        (
+            ResponseError(
+                "Error running script (call to f_bbf6): @user_script:58: WRONGTYPE Operation "
+                "against a key holding the wrong kind of value"
+            ),
+            "other",
+        ),
+    ],
+)
+def test_each_redis_error_is_retried_as_its_kind_deserves(error: Exception, kind: str) -> None:
+    assert retry_module.error_kind(error) == kind  # type: ignore[arg-type]
