@@ -77,6 +77,16 @@ class Metrics:
             "Re-delivered events recognised by id and skipped (at-least-once delivery).",
             registry=registry,
         )
+        self.events_forgotten = Counter(
+            "intent_events_forgotten_total",
+            "Events from before their shopper's last `intent forget`, dropped unprocessed.",
+            registry=registry,
+        )
+        self.forgets_reapplied = Counter(
+            "intent_forgets_reapplied_total",
+            "Shoppers forgotten while a batch held them, erased again after its writes.",
+            registry=registry,
+        )
         self.signals = Counter(
             "intent_signals_total",
             "Intent signals fired, by rule.",

@@ -32,15 +32,18 @@ def forget(shopper_id: str, yes: bool) -> None:
     if not yes and sys.stdin.isatty():
         click.confirm(f"Erase every record of shopper {shopper_id!r}?", abort=True)
 
+    now = datetime.now(UTC)
+
     async def run() -> dict[str, int]:
         client = _redis(settings)
         try:
-            return await erase(client, settings.app_id, shopper_id, settings.partitions)
+            return await erase(
+                client, settings.app_id, shopper_id, settings.partitions, now.timestamp()
+            )
         finally:
             await client.aclose()
 
     removed = _run_redis(settings, asyncio.run, run())
-    now = datetime.now(UTC)
     record = SuppressionRecord(
         record_id=f"{shopper_id}:forget:{now.timestamp():.3f}", shopper_id=shopper_id,
         op="forget", scope="shopper", at=now,
@@ -49,11 +52,22 @@ def forget(shopper_id: str, yes: bool) -> None:
     producer = KafkaProducer(
         **settings.kafka_options(), compression_type=compression_type(settings)
     )
-    producer.send(settings.topic_suppression, key=shopper_id.encode(), value=record.to_json()).get(
-        30
-    )
+    # The suppression topic's readers stop marketing; the signals audit topic's readers
+    # (warehouses, feature stores) delete what they hold: there the record is marked by
+    # its header, as every other record of that topic is a signal.
+    key, value = shopper_id.encode(), record.to_json()
+    sent = [
+        producer.send(settings.topic_suppression, key=key, value=value),
+        producer.send(settings.topic_signals, key=key, value=value, headers=FORGET_HEADERS),
+    ]
+    for future in sent:
+        future.get(30)
     producer.close()
     click.echo(
         f"forgot {shopper_id}: {removed['keys']} keys, {removed['index']} index entries, "
-        f"{removed['audiences']} audience memberships; told {settings.topic_suppression}"
+        f"{removed['audiences']} audience memberships; told {settings.topic_suppression} "
+        f"and {settings.topic_signals}"
     )
+
+
+FORGET_HEADERS = [("intent-kind", b"forget")]

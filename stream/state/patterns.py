@@ -7,6 +7,7 @@ without scanning: a sorted set per input partition holds each shopper's next dea
 
 Key layout (the `{shopper}` hash tag keeps a shopper's keys in one cluster slot):
     <app>:{<shopper>}:patterns     JSON state, expires `Engine.ttl(state)` after writing
+    <app>:{<shopper>}:forgotten    when `intent forget` erased the shopper (epoch seconds)
     <app>:deadlines:{<partition>}  sorted set: shopper -> next deadline (epoch seconds)
 
 A batch reads every shopper's state in one round trip (a pipelined GET), and writes the
@@ -35,6 +36,16 @@ class Saved(NamedTuple):
     partition: int
 
 
+class Loaded(NamedTuple):
+    state: State | None
+    forgotten: float | None  # when `intent forget` last erased the shopper
+
+
+def fence_value(reply: bytes | str | None) -> float | None:
+    """A fence's GET reply as a time, or None."""
+    return None if reply is None else float(reply)
+
+
 class PatternStore:
     def __init__(
         self, client: aioredis.Redis, app_id: str, roundtrips: Counter | None = None
@@ -53,6 +64,9 @@ class PatternStore:
     def deadline_key(self, partition: int) -> str:
         return f"{self.prefix}:deadlines:{{{partition}}}"
 
+    def fence_key(self, shopper: str) -> str:
+        return f"{self.prefix}:{{{shopper}}}:forgotten"
+
     async def load(self, shoppers: list[str]) -> dict[str, State]:
         """States of the shoppers that have one (one round trip)."""
         if not shoppers:
@@ -60,6 +74,33 @@ class PatternStore:
         raw = await execute(self.redis, [("GET", self.state_key(s)) for s in shoppers])
         self._trip("patterns_load")
         return {s: orjson.loads(r) for s, r in zip(shoppers, raw, strict=True) if r is not None}
+
+    async def load_fenced(self, shoppers: list[str]) -> dict[str, Loaded]:
+        """Each shopper's state (None: none) and when it was last forgotten (None: not
+        within the fence's life), in one round trip."""
+        if not shoppers:
+            return {}
+        commands: list[Command] = []
+        for s in shoppers:
+            commands += [("GET", self.state_key(s)), ("GET", self.fence_key(s))]
+        raw = await execute(self.redis, commands)
+        self._trip("patterns_load")
+        return {
+            s: Loaded(None if state is None else orjson.loads(state), fence_value(fence))
+            for s, state, fence in zip(shoppers, raw[::2], raw[1::2], strict=True)
+        }
+
+    async def fences(self, shoppers: list[str]) -> dict[str, float | None]:
+        """When each shopper was last forgotten (None: not within the fence's life)."""
+        if not shoppers:
+            return {}
+        raw = await execute(self.redis, [("GET", self.fence_key(s)) for s in shoppers])
+        return {s: fence_value(r) for s, r in zip(shoppers, raw, strict=True)}
+
+    def fence_commands(self, shoppers: list[str]) -> list[Command]:
+        """GETs of the shoppers' fences, to compare with what was read before (`fence_value`
+        parses each reply)."""
+        return [("GET", self.fence_key(s)) for s in shoppers]
 
     def save_commands(self, saved: dict[str, Saved]) -> list[Command]:
         """The commands that write states with their expiry and index their deadlines.
@@ -100,10 +141,3 @@ class PatternStore:
         )
         self._trip("deadlines_due")
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
-
-    async def forget(self, shopper: str, partitions: int) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(self.state_key(shopper))
-            for partition in range(partitions):
-                pipe.zrem(self.deadline_key(partition), shopper)
-            await pipe.execute()

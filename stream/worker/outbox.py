@@ -32,6 +32,9 @@ class Outbox:
     index: list[IndexWrite] = field(default_factory=list)
     # shoppers whose sweep raised -> their partition: taken off the timer's indexes
     quarantined: dict[str, int] = field(default_factory=dict)
+    # shopper -> their forget fence as read before processing (None: none); read again
+    # after the writes, and a shopper forgotten in between is erased again
+    fences: dict[str, float | None] = field(default_factory=dict)
 
     def add(
         self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None
@@ -43,12 +46,14 @@ class Outbox:
         self.saved.clear()
         self.index.clear()
         self.quarantined.clear()
+        self.fences.clear()
 
     def merge(self, other: Outbox) -> None:
         self.records += other.records
         self.saved.update(other.saved)
         self.index += other.index
         self.quarantined.update(other.quarantined)
+        self.fences.update(other.fences)
 
 
 async def concurrently(

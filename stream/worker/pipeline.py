@@ -32,7 +32,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import faust
 import redis.asyncio as aioredis
@@ -51,7 +51,8 @@ from stream.core.process import Apply, Core, Failures, Processed
 from stream.core.scoring import Result
 from stream.metrics import Metrics, source_label
 from stream.settings import Settings
-from stream.state.patterns import PatternStore, Saved
+from stream.state.erase import erase
+from stream.state.patterns import Loaded, PatternStore, Saved, fence_value
 from stream.state.redisbatch import Command, execute
 from stream.state.scores import Moves, ScoreStore
 from stream.worker.loop import StreamLoop
@@ -260,13 +261,15 @@ class Pipeline:
         late ones, and every record of a shopper whose detection or scoring raised (a
         bug of ours, or input no bound caught: that shopper alone is dead-lettered)."""
         failures = self.failures()
-        states = await self.load(list(by_shopper), failures)
+        states = await self.load(list(by_shopper), failures, outbox)
         core = self.core
-        shoppers: dict[str, tuple[State, list[Event]]] = {
-            shopper: (states.get(shopper) or core.new_state(), [item[0] for item in items])
-            for shopper, items in by_shopper.items()
-            if shopper not in failures
-        }
+        shoppers: dict[str, tuple[State, list[Event]]] = {}
+        for shopper, items in by_shopper.items():
+            if shopper in failures:
+                continue
+            events = self._not_forgotten(shopper, [item[0] for item in items], outbox)
+            if events:
+                shoppers[shopper] = (states.get(shopper) or core.new_state(), events)
         done = await core.run(shoppers, self.apply(failures, "score"), failures)
         if done.duplicates:
             self.metrics.events_duplicate.inc(done.duplicates)
@@ -291,15 +294,31 @@ class Pipeline:
             ]
         return rejected
 
-    async def load(self, shoppers: list[str], failures: Failures) -> dict[str, State]:
-        """The shoppers' detection state; one whose keys Redis cannot read (a wrong type,
-        after retries) goes into `failures` alone."""
+    async def load(
+        self, shoppers: list[str], failures: Failures, outbox: Outbox
+    ) -> dict[str, State]:
+        """The shoppers' detection state, their forget fences noted in `outbox`; one whose
+        keys Redis cannot read (a wrong type, after retries) goes into `failures` alone."""
 
-        async def load(some: dict[str, None]) -> dict[str, State]:
-            return await self.store.load(list(some))
+        async def load(some: dict[str, None]) -> dict[str, Loaded]:
+            return await self.store.load_fenced(list(some))
 
         failed = partial(failures.add, "load")
-        return await self.retry.each("load", load, dict.fromkeys(shoppers), failed=failed)
+        loaded = await self.retry.each("load", load, dict.fromkeys(shoppers), failed=failed)
+        for shopper, (_, forgotten) in loaded.items():
+            outbox.fences[shopper] = forgotten
+        return {s: state for s, (state, _) in loaded.items() if state is not None}
+
+    def _not_forgotten(self, shopper: str, events: list[Event], outbox: Outbox) -> list[Event]:
+        """The events from after the shopper's last forget: those from before it were
+        erased with the rest (the input may still hold them) and are dropped, counted."""
+        forgotten = outbox.fences.get(shopper)
+        if forgotten is None:
+            return events
+        kept = [event for event in events if event.ts.timestamp() > forgotten]
+        if len(kept) < len(events):
+            self.metrics.events_forgotten.inc(len(events) - len(kept))
+        return kept
 
     def apply(self, failures: Failures, what: str) -> Apply:
         """The score script on a batch, as `Core.run` calls it; a shopper whose script
@@ -433,9 +452,28 @@ class Pipeline:
         if outbox.quarantined:
             commands += self.store.unindex_commands(outbox.quarantined)
             commands += self.scores.unindex_commands(outbox.quarantined)
+        fenced = list(outbox.fences)
         if commands:
-            await self.retry("index_save", self._write, commands)
+            # The fences read again, after the writes in the same round trip: a shopper
+            # forgotten since the batch loaded it is erased again (the forget may have
+            # run between this batch's score script and these writes).
+            commands += self.store.fence_commands(fenced)
+            replies = await self.retry("index_save", self._write, commands)
+            now = replies[len(replies) - len(fenced) :]
+            raced = [
+                shopper
+                for shopper, reply in zip(fenced, now, strict=True)
+                if fence_value(reply) != outbox.fences[shopper]
+            ]
+            for shopper in raced:
+                log.warning("shopper %r was forgotten during a batch: erased again", shopper)
+                await self.retry("index_save", self._erase, shopper)
+                self.metrics.forgets_reapplied.inc()
 
-    async def _write(self, commands: list[Command]) -> None:
-        await execute(self.scores.redis, commands)
+    async def _write(self, commands: list[Command]) -> list[Any]:
+        replies = await execute(self.scores.redis, commands)
         self.metrics.redis_roundtrips.labels("index_save").inc()
+        return replies
+
+    async def _erase(self, shopper: str) -> None:
+        await erase(self.scores.redis, self.settings.app_id, shopper, self.settings.partitions)

@@ -226,7 +226,7 @@ class Sweeper:
         if not shoppers:
             return 0
         failures = self._failures()
-        states = await pipeline.load(shoppers, failures)
+        states = await pipeline.load(shoppers, failures, outbox)
         core = pipeline.core
         todo: dict[str, tuple[State, list[Event]]] = {
             shopper: (states.get(shopper) or core.new_state(), [])
@@ -265,6 +265,8 @@ class Sweeper:
         if not due:
             return 0
         sweep.decayed.update(due.items())
+        fences = await pipeline.retry("decay", pipeline.store.fences, list(due))
+        outbox.fences.update(fences)
         failures = self._failures()
         results = await pipeline.apply(failures, "decay")({s: ([], t) for s, t in due.items()})
         outputs = pipeline.core.outputs(results, {}, failures)

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections import defaultdict
@@ -194,7 +195,11 @@ def test_forget_erases_the_shopper(run: Any, env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
     assert "forgot sc-s4: 4 keys" in done.stdout  # patterns, score, applied ids, last result
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    assert list(client.scan_iter(f"{settings.app_id}:{{sc-s4}}:*")) == []
+    # Only the fence is left: when the shopper was forgotten, so that older events are
+    # dropped and a batch in flight does not write the shopper back.
+    fence = f"{settings.app_id}:{{sc-s4}}:forgotten".encode()
+    assert list(client.scan_iter(f"{settings.app_id}:{{sc-s4}}:*")) == [fence]
+    assert abs(float(client.get(fence) or 0) - time.time()) < 60
     assert not any(
         client.sismember(k, "sc-s4") for k in client.scan_iter(f"{settings.app_id}:audience:*")
     )
@@ -206,6 +211,16 @@ def test_forget_erases_the_shopper(run: Any, env: dict[str, str]) -> None:
         ),
         20,
         "the forget record",
+    )
+    # The signals audit topic is told too, the record marked by its header.
+    reader.wait(
+        lambda: any(
+            ("intent-kind", b"forget") in (r.headers or [])
+            and json.loads(r.value)["shopper_id"] == "sc-s4"
+            for r in reader.records[settings.topic_signals]
+        ),
+        20,
+        "the forget record on the signals topic",
     )
     shown = subprocess.run(
         [sys.executable, "-m", "stream", "shopper", "sc-s1"],

@@ -36,7 +36,7 @@ def test_a_bug_in_a_stage_dead_letters_its_records_and_the_loop_goes_on(
     def broken(*args: Any) -> Any:
         raise RuntimeError("detector bug")
 
-    monkeypatch.setattr(pipeline.store, "load", no_states)
+    monkeypatch.setattr(pipeline.store, "load_fenced", no_states)
     monkeypatch.setattr(pipeline.core.engine, "process", broken)
     monkeypatch.setattr(agents, "ingest_batch", broken)
     raw = RawRecord(b'{"x": 1}', b"k", Settings().topic_clickstream, 2, 7)
@@ -82,7 +82,7 @@ def test_a_bug_in_one_group_stops_the_other_groups_before_they_score(
         scored.append(args)
         return {}
 
-    monkeypatch.setattr(pipeline.store, "load", states)
+    monkeypatch.setattr(pipeline.store, "load_fenced", states)
     monkeypatch.setattr(pipeline.core, "detect", group_detect)
     monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
     monkeypatch.setattr(agents, "PROCESS_GROUPS", 2)
@@ -111,8 +111,9 @@ def test_after_the_send_the_score_indexes_go_before_the_detection_state() -> Non
     pipeline = _pipeline([])
     written: list[list[Any]] = []
 
-    async def write(commands: list[Any]) -> None:
+    async def write(commands: list[Any]) -> list[Any]:
         written.append(commands)
+        return [None] * len(commands)  # Redis's replies
 
     pipeline._write = write
     outbox = Outbox()

@@ -143,8 +143,9 @@ def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
         change = Change("mid", "low", 13.0, 500.0, 2, "decay", [("r", 13.0)], None)
         return {"s-1": Result("mid", "low", 13.0, 500.0, 2, 9000.0, 3600.0, 0, [change])}
 
-    async def write(commands: list[Any]) -> None:  # the indexes and the state
+    async def write(commands: list[Any]) -> list[Any]:  # the indexes and the state
         order.append("index")
+        return [None] * len(commands)  # Redis's replies: no forget since the load
 
     async def no_sleep(seconds: float) -> None:
         return None
@@ -225,8 +226,8 @@ def test_a_failing_partition_chunk_leaves_the_other_partitions_sweep_going_on(
     async def nothing(sweep: Any, until: float, chunk: int, outbox: Any) -> int:
         return 0
 
-    async def no_writes(commands: Any) -> None:
-        return None
+    async def no_writes(commands: Any) -> list[Any]:
+        return [None] * len(commands)
 
     monkeypatch.setattr(pipeline.sweeper, "_deadlines", swept)
     monkeypatch.setattr(pipeline.sweeper, "_decay", nothing)

@@ -70,10 +70,15 @@ def _pipeline(sent: list[Any]) -> Any:
     async def send(records: list[Any]) -> None:
         sent.extend(records)
 
+    async def no_fences(shoppers: list[str]) -> dict[str, float | None]:
+        return dict.fromkeys(shoppers)  # nobody forgotten
+
     client = aioredis.Redis(host="127.0.0.1", port=1)  # never reached: Redis steps stubbed
-    return Pipeline(
+    pipeline = Pipeline(
         None, Settings(), Metrics(CollectorRegistry()), load_rules(), client, sender=send
     )
+    pipeline.store.fences = no_fences  # type: ignore[method-assign]
+    return pipeline
 
 
 class Offsets:
