@@ -82,6 +82,12 @@ class Metrics:
             "Events from before their shopper's last `intent forget`, dropped unprocessed.",
             registry=registry,
         )
+        self.store_restarts = Counter(
+            "intent_store_restarts_total",
+            "Starts from an empty Redis that had lost the deployment's state "
+            "(INTENT_START_FROM_EMPTY_REDIS), suppressions rebuilt.",
+            registry=registry,
+        )
         self.forgets_reapplied = Counter(
             "intent_forgets_reapplied_total",
             "Shoppers forgotten while a batch held them, erased again after its writes.",

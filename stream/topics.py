@@ -41,6 +41,12 @@ def admin_client(settings: Settings, timeout: float = CONNECT_TIMEOUT_SECONDS) -
             time.sleep(0.5)
 
 
+# The suppression topic is where consent is rebuilt from after Redis lost its data
+# (`stream.worker.store_guard`): opt-outs last for years, so it keeps every record. Not
+# compacted: its key is the shopper, and a shopper may hold several suppressions.
+KEPT_FOREVER: Final = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
 def ensure_topics(settings: Settings) -> list[str]:
     """Create every missing topic with `settings.partitions`; return the ones created."""
     admin = admin_client(settings)
@@ -50,8 +56,9 @@ def ensure_topics(settings: Settings) -> list[str]:
         missing = [name for name in wanted if name not in existing]
         created: list[str] = []
         for name in missing:
+            configs = KEPT_FOREVER if name == settings.topic_suppression else {}
             with contextlib.suppress(TopicAlreadyExistsError):  # a racing worker made it
-                admin.create_topics([NewTopic(name, settings.partitions, 1)])
+                admin.create_topics([NewTopic(name, settings.partitions, 1, topic_configs=configs)])
                 created.append(name)
         _warn_on_partition_mismatch(admin, settings, [n for n in wanted if n in existing])
         return created

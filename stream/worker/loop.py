@@ -82,6 +82,9 @@ class StreamLoop(Service):
         # stops the process). None: the exception goes to the service's supervisor.
         self.crash_reason: BaseException | None = None
         self.on_crash: Callable[[BaseException], None] | None = None
+        # Told of each assignment once its holds are taken (`StoreGuard.on_assigned`);
+        # if it raises, the worker stops.
+        self.on_assigned: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None
         # How long getmany waits for records when none are buffered.
         self._window_ms = max(1, int(settings.batch_window_seconds * 1000))
 
@@ -125,6 +128,11 @@ class StreamLoop(Service):
         self.committed = {}
         self.committed = await self.guard.hold(self.consumer, assigned)
         log.info("assigned %d partitions", len(assigned))
+        if self.on_assigned is not None and self.consumer is not None and assigned:
+            try:
+                await self.on_assigned(self.consumer)
+            except Exception as exc:
+                self.give_up(exc)
 
     async def intake_read(self) -> None:
         await self.guard.intake_read(self.consumer, self.assignment)

@@ -58,6 +58,7 @@ from stream.state.scores import Moves, ScoreStore
 from stream.worker.loop import StreamLoop
 from stream.worker.outbox import Outbox, Sender, concurrently, count
 from stream.worker.retry import RedisRetry, RedisUnusable
+from stream.worker.store_guard import StoreGuard
 from stream.worker.sweep import Sweeper
 from stream.worker.views import register_views
 
@@ -121,6 +122,8 @@ class Pipeline:
         self.loop = StreamLoop(settings, metrics, self.handle, self.lock)
         self.send: Sender = sender or self.loop.sender.send_all
         self.sweeper = Sweeper(self)
+        self.store_guard = StoreGuard(self)
+        self.loop.on_assigned = self.store_guard.on_assigned
         if app is not None:
             app.service(self.loop)  # type: ignore[arg-type]  # an instance is accepted too
             register_views(app, self.scores, clock)
@@ -454,11 +457,13 @@ class Pipeline:
             commands += self.scores.unindex_commands(outbox.quarantined)
         fenced = list(outbox.fences)
         if commands:
+            commands.insert(0, self.store_guard.command())  # is Redis still ours?
             # The fences read again, after the writes in the same round trip: a shopper
             # forgotten since the batch loaded it is erased again (the forget may have
             # run between this batch's score script and these writes).
             commands += self.store.fence_commands(fenced)
             replies = await self.retry("index_save", self._write, commands)
+            self.store_guard.check(replies[0])
             now = replies[len(replies) - len(fenced) :]
             raced = [
                 shopper

@@ -1,8 +1,13 @@
-"""The embedded stack: real servers on free ports, clear errors, nothing left behind."""
+"""The embedded stack: real servers on free ports, clear errors, nothing left behind, and
+a Redis that gets its data back when started again on its folder."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -11,12 +16,20 @@ from kafka import KafkaAdminClient
 
 from stream.devstack import embedded
 from stream.devstack.embedded import EmbeddedStack
-from stream.errors import BinaryNotFound, PortInUse, ServerFailed
+from stream.errors import BinaryNotFound, PortInUse, ServerFailed, StackError
+
+EVERYSEC_FSYNC = 1.5  # seconds: past appendfsync everysec's one-second fsync
+SUPPRESSION_TTL = 3650 * 86400  # seconds: how long an opt-out is kept
 
 
 def test_stack_starts_answers_and_stops(tmp_path: Path) -> None:
     with EmbeddedStack(tmp_path) as stack:
-        assert redis.Redis.from_url(stack.redis_url).ping()
+        client = redis.Redis.from_url(stack.redis_url)
+        assert client.ping()
+        assert client.info("persistence")["aof_enabled"] == 1
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert client.config_get("dir")["dir"] == str((tmp_path / "redis").resolve())
+        client.close()
         admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
         assert isinstance(admin.list_topics(), list)
         admin.close()
@@ -54,3 +67,107 @@ def test_server_that_exits_reports_its_log(tmp_path: Path) -> None:
     )
     with pytest.raises(ServerFailed, match=r"exited with code 3(.|\n)*boom: bad flag"):
         server.start(timeout=5)
+
+
+def _write(port: int) -> None:
+    client = redis.Redis(port=port)
+    client.hset("intent:{s-1}:score", mapping={"tier": "high", "x|all": "2036-01-01"})
+    client.expire("intent:{s-1}:score", SUPPRESSION_TTL)
+    client.zadd("intent:decay:{0}", {"s-1": 1_800_000_000})
+    client.set("intent:{s-1}:patterns", b"{}" * 1000)
+    client.close()
+
+
+def _read(port: int) -> dict[str, object]:
+    client = redis.Redis(port=port, decode_responses=True)
+    try:
+        return {
+            "score": client.hgetall("intent:{s-1}:score"),
+            "ttl_days": round(client.ttl("intent:{s-1}:score") / 86400),
+            "decay": client.zrange("intent:decay:{0}", 0, -1, withscores=True),
+            "patterns": len(client.get("intent:{s-1}:patterns") or ""),
+        }
+    finally:
+        client.close()
+
+
+WRITTEN = {
+    "score": {"tier": "high", "x|all": "2036-01-01"},
+    "ttl_days": 3650,
+    "decay": [("s-1", 1_800_000_000.0)],
+    "patterns": 2000,
+}
+
+
+def _kill(server: embedded.Server) -> None:
+    """SIGKILL: no shutdown, no last flush of the append-only file."""
+    assert server.proc is not None
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(timeout=5)
+    server.stop()  # reaped already; lets go of the data folder's lock
+
+
+def test_redis_has_its_data_back_after_a_restart_and_a_sigkill(tmp_path: Path) -> None:
+    port = embedded.free_port()
+    server = embedded.redis_server(port, tmp_path)
+    server.start()
+    _write(port)
+    server.stop()  # a clean shutdown
+    server = embedded.redis_server(port, tmp_path)
+    server.start()
+    assert _read(port) == WRITTEN
+
+    redis.Redis(port=port).set("after-restart", "1")
+    time.sleep(EVERYSEC_FSYNC)  # so the file on disk has it, not only the kernel's cache
+    _kill(server)
+    killed = time.monotonic()
+    server = embedded.redis_server(port, tmp_path)
+    server.start()
+    try:
+        assert _read(port) == WRITTEN
+        assert redis.Redis(port=port).get("after-restart") == b"1"
+        back = time.monotonic() - killed
+        print(f"SIGKILL to data back: {back * 1000:.0f} ms")
+    finally:
+        server.stop()
+
+
+def test_without_the_append_only_file_a_sigkill_loses_everything(tmp_path: Path) -> None:
+    """What the embedded Redis did before it kept an append-only file: the same steps as
+    above lose the data, so the test above checks the flags, not a leftover."""
+    port = embedded.free_port()
+    durable = embedded.redis_server(port, tmp_path)
+    argv = list(durable.argv)
+    argv[argv.index("--appendonly") + 1] = "no"
+    server = dataclasses.replace(durable, argv=argv)
+    server.start()
+    _write(port)
+    assert _read(port) == WRITTEN
+    time.sleep(EVERYSEC_FSYNC)
+    _kill(server)
+    server = dataclasses.replace(durable, argv=argv)
+    server.start()
+    try:
+        assert _read(port) == {"score": {}, "ttl_days": 0, "decay": [], "patterns": 0}
+    finally:
+        server.stop()
+
+
+def test_two_servers_never_share_a_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedded, "LOCK_WAIT_SECONDS", 0.2)
+    first = embedded.redis_server(embedded.free_port(), tmp_path)
+    first.start()
+    second = embedded.redis_server(embedded.free_port(), tmp_path)
+    try:
+        with pytest.raises(StackError, match=r"data folder .*redis is in use .*INTENT_RUN_DIR"):
+            second.start()
+        assert second.proc is None  # refused before anything started
+        assert redis.Redis(port=first.port).ping()
+        first.stop()
+        second.start()  # free again once the first has stopped
+        assert redis.Redis(port=second.port).ping()
+    finally:
+        first.stop()
+        second.stop()
