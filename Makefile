@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its dev tools
 
-prometheus: ## Install Prometheus + promtool from Debian's package (the dashboard/alert tests use it)
+prometheus: ## Install Prometheus + promtool and a TLS redis-server from Debian's packages (tests use them)
 	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
 demo: $(STAMP) ## Run the embedded stack (broker, Redis), a worker and demo traffic; Ctrl-C stops all
 	$(BIN)/intent dev

@@ -5,15 +5,32 @@ The README's configuration table lists every field here; a unit test keeps them 
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from pydantic import Field, FilePath, SecretStr, model_validator
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.outputs import OutputTopic
+
+MIN_TOKEN_CHARS: Final = 16
+# RFC 6750's b64token: what an `Authorization: Bearer` header can carry as it is.
+_B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches this machine only. A host name other than
+    `localhost` counts as open: what it resolves to is not known here."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -49,7 +66,20 @@ class Settings(BaseSettings):
         None, description="The client certificate's private key (PEM), unless in the certfile."
     )
     redis_url: SecretStr = Field(
-        SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (may hold a password)."
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis URL: redis://[user:password@]host:port/db, rediss:// for TLS.",
+    )
+    redis_ssl_cafile: FilePath | None = Field(
+        None,
+        description="CA certificates (PEM) that sign the Redis server's certificate; the "
+        "system's trusted CAs when unset. For rediss:// URLs.",
+    )
+    redis_ssl_certfile: FilePath | None = Field(
+        None, description="Client certificate (PEM) for a Redis that requires one (mutual TLS)."
+    )
+    redis_ssl_keyfile: FilePath | None = Field(
+        None,
+        description="The Redis client certificate's private key (PEM), unless in the certfile.",
     )
     rules: Path | None = Field(
         None, description="Path to a rules file; the built-in default playbook when unset."
@@ -71,6 +101,25 @@ class Settings(BaseSettings):
     )
     web_port: int = Field(
         6066, ge=0, le=65535, description="Port of the HTTP views /shoppers, /audiences (0: off)."
+    )
+    web_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the HTTP views listen on; 0.0.0.0 (all interfaces) needs "
+        "INTENT_API_TOKEN or INTENT_ALLOW_OPEN_VIEWS.",
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the HTTP views require (Authorization: Bearer <token>); "
+        "unset: no token asked.",
+    )
+    allow_open_views: bool = Field(
+        False,
+        description="Serve the views without a token on an address that is not loopback "
+        "(a warning at start).",
+    )
+    max_page_size: int = Field(
+        1000, ge=1, description="Largest `count` of GET /audiences/{name}; a bigger one is a 400."
     )
     metrics_port: int = Field(9108, ge=0, le=65535, description="Port of /metrics (0 disables).")
     app_id: str = Field("intent", description="Faust app id: the consumer group and table prefix.")
@@ -139,6 +188,12 @@ class Settings(BaseSettings):
     batch_window_seconds: float = Field(
         0.005, gt=0, description="Longest wait to fill a batch before it is processed."
     )
+    start_from_empty_redis: bool = Field(
+        False,
+        description="Start even though Redis lost the deployment's state (its mark is "
+        "gone, the group has committed): scores start from nothing, suppressions are "
+        "rebuilt from the suppression topic. Off: the worker refuses to start.",
+    )
     always_repartition: bool = Field(
         False,
         description="Send every event through intent.events; off: an event whose "
@@ -182,6 +237,69 @@ class Settings(BaseSettings):
         if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
             raise ValueError("INTENT_KAFKA_SSL_KEYFILE needs INTENT_KAFKA_SSL_CERTFILE")
         return self
+
+    @model_validator(mode="after")
+    def _redis_security_is_complete(self) -> Settings:
+        scheme = self.redis_url.get_secret_value().partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            # (the URL itself is not repeated: it may hold a password)
+            raise ValueError("INTENT_REDIS_URL must start with redis://, rediss:// or unix://")
+        tls = (self.redis_ssl_cafile, self.redis_ssl_certfile, self.redis_ssl_keyfile)
+        if scheme != "rediss" and any(tls):
+            raise ValueError(
+                "INTENT_REDIS_SSL_* files are set but INTENT_REDIS_URL is not a rediss:// "
+                "URL: start it with rediss:// to connect with TLS"
+            )
+        if self.redis_ssl_keyfile and not self.redis_ssl_certfile:
+            raise ValueError("INTENT_REDIS_SSL_KEYFILE needs INTENT_REDIS_SSL_CERTFILE")
+        return self
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_is_usable(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if len(value) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"at least {MIN_TOKEN_CHARS} characters (for example `openssl rand -hex 32`)"
+            )
+        if not _B64TOKEN.fullmatch(value):
+            raise ValueError(
+                "letters, digits and - . _ ~ + / only, then any = (what a Bearer header carries)"
+            )
+        return token
+
+    @model_validator(mode="after")
+    def _views_are_not_open_to_the_network(self) -> Settings:
+        if self.open_views and not self.allow_open_views:
+            raise ValueError(
+                f"INTENT_WEB_HOST={self.web_host} would serve shopper profiles to the "
+                "network without a token: set INTENT_API_TOKEN, or "
+                "INTENT_ALLOW_OPEN_VIEWS=true to serve them open"
+            )
+        return self
+
+    @property
+    def open_views(self) -> bool:
+        """The views answer anyone who reaches them, beyond this machine (allowed by
+        INTENT_ALLOW_OPEN_VIEWS: the worker warns at start)."""
+        return bool(self.web_port) and not self.api_token and not is_loopback(self.web_host)
+
+    def redis_options(self) -> dict[str, Any]:
+        """Keyword arguments of redis-py's `from_url` (either client, sync or asyncio) for
+        the TLS settings; user and password travel in the URL. A rediss:// connection
+        verifies the server's certificate and host name, whatever redis-py's defaults."""
+        if not self.redis_url.get_secret_value().lower().startswith("rediss://"):
+            return {}
+        options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if self.redis_ssl_cafile:
+            options["ssl_ca_certs"] = str(self.redis_ssl_cafile)
+        if self.redis_ssl_certfile:
+            options["ssl_certfile"] = str(self.redis_ssl_certfile)
+        if self.redis_ssl_keyfile:
+            options["ssl_keyfile"] = str(self.redis_ssl_keyfile)
+        return options
 
     def kafka_ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context of every Kafka client (None: the protocol uses no TLS). It
@@ -253,6 +371,32 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> list[str]:
         return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]
+
+
+def url_without_credentials(url: str) -> str:
+    """A URL (Redis's) without the user and password it may hold, to name it in messages."""
+    scheme, _, rest = url.rpartition("://")
+    return f"{scheme}://{rest.split('@')[-1]}" if scheme else rest.split("@")[-1]
+
+
+def redis_hint(exc: BaseException) -> str:
+    """What to check when Redis turned a client away for its settings rather than for
+    being down: the user and password, the ACL, or TLS."""
+    from redis.exceptions import AuthenticationError, NoPermissionError
+
+    if isinstance(exc, AuthenticationError):
+        return "; check the user and password in the Redis URL (INTENT_REDIS_URL)"
+    if isinstance(exc, NoPermissionError):
+        return "; the Redis user's ACL does not allow a command the processor needs"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return (
+                "; check that the server speaks TLS on that port and INTENT_REDIS_SSL_CAFILE "
+                "(the CA that signed its certificate)"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return ""
 
 
 def get_settings() -> Settings:

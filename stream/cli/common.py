@@ -9,7 +9,7 @@ import click
 from pydantic import ValidationError
 
 from stream.errors import IntentError
-from stream.settings import Settings, get_settings
+from stream.settings import Settings, get_settings, redis_hint, url_without_credentials
 
 
 def _n(count: int, noun: str) -> str:
@@ -48,16 +48,20 @@ class Group(click.Group):
 def _redis(settings: Settings) -> Any:
     import redis.asyncio as aioredis
 
-    return aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    return aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(), **settings.redis_options()
+    )
 
 
 def _where(url: str) -> str:
-    """A Redis URL without its password."""
-    scheme, _, rest = url.rpartition("://")
-    return f"{scheme}://{rest.split('@')[-1]}" if scheme else rest.split("@")[-1]
+    """A Redis URL without its user and password."""
+    return url_without_credentials(url)
 
 
 def _redis_down(url: str, exc: Exception) -> click.ClickException:
+    hint = redis_hint(exc)
+    if hint:  # it answered, and turned us away
+        return click.ClickException(f"Redis at {_where(url)} refused the connection ({exc}){hint}")
     return click.ClickException(
         f"Redis at {_where(url)} did not answer ({exc}); is it up? "
         "(`intent dev --print-env` shows the embedded one)"

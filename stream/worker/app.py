@@ -20,6 +20,16 @@ class StreamBoot(BootStrategy):
 
 class IntentApp(faust.App):
     BootStrategy = StreamBoot
+    #: What `create_app` made it from: the views take their token and page cap here.
+    intent_settings: Settings
+
+
+def app_settings(app: faust.App) -> Settings:
+    """The settings `app` was created with (by `create_app`)."""
+    settings = getattr(app, "intent_settings", None)
+    if not isinstance(settings, Settings):
+        raise TypeError(f"{app!r} was not made by stream.worker.app.create_app")
+    return settings
 
 
 def faust_credentials(settings: Settings) -> faust.SSLCredentials | faust.SASLCredentials | None:
@@ -58,8 +68,16 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "topic_disable_leader": True,
         "web_enabled": settings.web_port != 0,
         "web_port": settings.web_port or 6066,
-        "web_bind": "0.0.0.0",
-        "web_host": "127.0.0.1",
+        # Faust's default binds every interface; INTENT_WEB_HOST opens more than loopback
+        # only with a token or INTENT_ALLOW_OPEN_VIEWS (Settings checks).
+        "web_bind": settings.web_host,
+        "web_host": "127.0.0.1",  # Faust's own name for this worker in URLs it builds
+        # Faust's /router and /table pages describe tables, and the app keeps none (its
+        # state is in Redis): off, so that the views and Faust's "/" status are all it serves.
+        "web_router_enabled": False,
+        "web_tables_enabled": False,
     }
     config.update(overrides)
-    return IntentApp(settings.app_id, **config)
+    app = IntentApp(settings.app_id, **config)
+    app.intent_settings = settings
+    return app

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from stream.metrics import default_metrics, serve
 from stream.rulesfile import load_ruleset
-from stream.settings import Settings
+from stream.settings import Settings, redis_hint, url_without_credentials
 from stream.topics import ensure_topics
 from stream.worker.app import create_app
 from stream.worker.pipeline import Pipeline
@@ -37,7 +37,31 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     pipeline runs under one deadline of its own (`stream.worker.retry.REDIS_STEP_SECONDS`),
     which costs one timer per round trip instead of one per reply: a batch pipelines
     thousands of commands (docs/performance.md has the cost)."""
-    return aioredis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=None)
+    return aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=None, **settings.redis_options()
+    )
+
+
+def check_redis(settings: Settings) -> None:
+    """Stop the start, in one line naming what to fix, when Redis turns the worker away
+    for its settings (a wrong password, a user without the permissions, a certificate
+    that is not trusted): waiting would not heal that. A Redis that is down or not up yet
+    is waited for as at any time (the stream loop retries)."""
+    probe = redis.Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        **settings.redis_options(),
+    )
+    where = url_without_credentials(settings.redis_url.get_secret_value())
+    try:
+        with probe:
+            probe.ping()
+    except redis.RedisError as exc:
+        hint = redis_hint(exc)
+        if hint:
+            raise SystemExit(f"Redis at {where} refused the worker ({exc}){hint}") from exc
+        log.warning("Redis at %s does not answer yet (%s); waiting for it", where, exc)
 
 
 def use_uvloop() -> None:
@@ -53,10 +77,21 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Create the topics, then run the Faust worker until it is told to stop."""
     use_uvloop()
     app, pipeline = build(settings)  # rules first: a bad rules file fails before anything starts
+    check_redis(settings)
+    if settings.open_views:
+        log.warning(
+            "the HTTP views serve shopper profiles without a token on %s:%d "
+            "(INTENT_ALLOW_OPEN_VIEWS); set INTENT_API_TOKEN to require one",
+            settings.web_host,
+            settings.web_port,
+        )
     ensure_topics(settings)
     if settings.metrics_port:
         probe = redis.Redis.from_url(
-            settings.redis_url.get_secret_value(), socket_timeout=1, socket_connect_timeout=1
+            settings.redis_url.get_secret_value(),
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            **settings.redis_options(),
         )
 
         def ready() -> bool:
