@@ -122,5 +122,7 @@ def test_after_the_send_the_score_indexes_go_before_the_detection_state() -> Non
     asyncio.run(pipeline.flush(outbox))
     (commands,) = written  # one round trip
     verbs = [c[0] for c in commands]
-    assert verbs == ["SADD", "ZADD", "SADD", "SET", "ZADD"]
-    assert commands[3][1] == pipeline.store.state_key("s-1")  # the state comes last
+    # first whether Redis still holds the deployment's state (its mark), then the writes
+    assert verbs == ["EXISTS", "SADD", "ZADD", "SADD", "SET", "ZADD"]
+    assert commands[0][1] == pipeline.store_guard.key
+    assert commands[4][1] == pipeline.store.state_key("s-1")  # the state comes last
