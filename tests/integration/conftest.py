@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,6 +75,16 @@ def start_worker(
         if proc.returncode not in (0, -15, None):
             log = (tmp_path / f"worker-{index}.log").read_text(errors="replace")
             print(f"--- worker {index} exited {proc.returncode}; log tail:\n{log[-3000:]}")
+
+
+@pytest.fixture
+def harness(servers: Servers) -> Iterator[Any]:
+    """A pipeline of its own on the test Redis, its sends kept (`test_isolation.Harness`)."""
+    from tests.integration.test_isolation import Harness
+
+    made = Harness(servers.redis_url)
+    yield made
+    made.close()
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, step: float = 0.2) -> None:

@@ -5,24 +5,14 @@ On a real Redis, through the worker's pipeline."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
-from tests.integration.servers import Servers, drop_keys
+from tests.integration.servers import drop_keys
 from tests.integration.test_isolation import Harness
 from tests.scenarios import ev
 
 SHOPPER = "back-1"
-
-
-@pytest.fixture
-def harness(servers: Servers) -> Iterator[Harness]:
-    made = Harness(servers.redis_url)
-    yield made
-    made.close()
 
 
 def _journey(start: datetime) -> list[dict[str, Any]]:

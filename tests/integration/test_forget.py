@@ -5,27 +5,17 @@ after it starts afresh."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 import redis
 
 from stream.state.erase import forget
 from stream.worker.outbox import OutRecord
-from tests.integration.servers import Servers
 from tests.integration.test_isolation import Harness
 from tests.scenarios import ev
 
 SHOPPER = "gone-1"
-
-
-@pytest.fixture
-def harness(servers: Servers) -> Iterator[Harness]:
-    made = Harness(servers.redis_url)
-    yield made
-    made.close()
 
 
 def _keys(harness: Harness) -> set[str]:

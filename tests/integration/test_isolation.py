@@ -80,13 +80,6 @@ class Harness:
         drop_keys(self.settings.redis_url.get_secret_value(), self.settings.app_id)
 
 
-@pytest.fixture
-def harness(servers: Servers) -> Iterator[Harness]:
-    made = Harness(servers.redis_url)
-    yield made
-    made.close()
-
-
 @pytest.mark.parametrize("stage", ["detect", "score", "outputs"])
 def test_a_shopper_whose_processing_raises_is_dead_lettered_alone(
     harness: Harness, stage: str, monkeypatch: pytest.MonkeyPatch

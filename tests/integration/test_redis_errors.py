@@ -4,7 +4,6 @@ stops the worker, with its batch uncommitted and nothing dead-lettered."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,16 +11,8 @@ import redis
 
 from stream.worker import retry
 from stream.worker.retry import RedisUnusable
-from tests.integration.servers import Servers
 from tests.integration.test_isolation import Harness
 from tests.scenarios import ev
-
-
-@pytest.fixture
-def harness(servers: Servers) -> Iterator[Harness]:
-    made = Harness(servers.redis_url)
-    yield made
-    made.close()
 
 
 def _batch(harness: Harness, shoppers: list[str]) -> list[object]:

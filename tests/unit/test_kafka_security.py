@@ -7,25 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from pydantic import ValidationError
 
 from stream.settings import Settings
 from stream.worker.app import create_app, faust_credentials
-
-
-@pytest.fixture(scope="module")
-def pems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A CA's certificate, and a client certificate it signed with its key apart."""
-    where = tmp_path_factory.mktemp("pems")
-    ca = trustme.CA()
-    client = ca.issue_cert("intent-worker@example.com")
-    paths = {"ca": where / "ca.pem", "cert": where / "client.pem", "key": where / "key.pem"}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    client.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    client.private_key_pem.write_to_path(str(paths["key"]))
-    return paths
 
 
 def test_by_default_clients_connect_in_plaintext() -> None:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import trustme
 from pydantic import ValidationError
 
 from stream.cli.common import settings_problems
@@ -25,18 +24,6 @@ def problems(**values: object) -> str:
     with pytest.raises(ValidationError) as caught:
         Settings(**values)  # type: ignore[arg-type]
     return settings_problems(caught.value)
-
-
-@pytest.fixture(scope="module")
-def pems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    where = tmp_path_factory.mktemp("pems")
-    ca = trustme.CA()
-    client = ca.issue_cert("intent-worker@example.com")
-    paths = {"ca": where / "ca.pem", "cert": where / "client.pem", "key": where / "key.pem"}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    client.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    client.private_key_pem.write_to_path(str(paths["key"]))
-    return paths
 
 
 # --- the views ------------------------------------------------------------------------
