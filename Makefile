@@ -43,6 +43,9 @@ floors: $(STAMP) ## What the machine allows before any rule runs: the transport'
 failover: $(STAMP) ## Two workers, one killed with kill -9 mid-stream: events lost, duplicates, takeover time
 	$(BIN)/python -m bench.failover $(FAILOVER_ARGS)
 
+faults: $(STAMP) ## The fault suite's long variants: Redis killed, unreachable, slow; broker unreachable; zombie and killed workers
+	$(BIN)/pytest -m faults -s tests/faults $(FAULTS_ARGS)
+
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check stream schemas tests bench
 	$(BIN)/ruff format --check stream schemas tests bench
@@ -55,4 +58,4 @@ check: lint typecheck test ## What CI runs
 clean: ## Remove the virtualenv and run folders
 	rm -rf $(VENV) .intent .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install prometheus demo bench hotpath floors failover test unit lint typecheck check clean
+.PHONY: help install prometheus demo bench hotpath floors failover faults test unit lint typecheck check clean
