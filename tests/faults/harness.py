@@ -53,6 +53,7 @@ from tests.faults.journeys import (
 )
 from tests.faults.proxy import Proxy
 from tests.integration.kafka_io import Reader
+from tests.prometheus_text import parse_metrics
 
 
 # --- servers ---------------------------------------------------------------------------
@@ -155,12 +156,7 @@ class Worker:
                 text = resp.read().decode()
         except OSError:
             return {}
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        return parse_metrics(text)
 
     def redis_errors(self) -> float:
         return sum(

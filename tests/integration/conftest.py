@@ -18,6 +18,7 @@ import pytest
 from stream.devstack.embedded import free_port, spawn, stop_process
 from stream.settings import Settings
 from tests.integration.servers import Servers, test_servers
+from tests.prometheus_text import parse_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -106,10 +107,7 @@ def scrape_metrics(port: int) -> dict[str, float]:
                 text = resp.read().decode()
         except OSError:
             return False
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
+        samples.update(parse_metrics(text))
         return True
 
     wait_for(fetch, 10, "the worker's /metrics")

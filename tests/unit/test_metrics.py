@@ -20,6 +20,7 @@ from stream.metrics import (
     Metrics,
     source_label,
 )
+from tests.prometheus_text import parse_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_SOURCE = "\n".join(p.read_text() for p in sorted((ROOT / "stream" / "worker").glob("*.py")))
@@ -27,13 +28,7 @@ WORKER_SOURCE = "\n".join(p.read_text() for p in sorted((ROOT / "stream" / "work
 
 def scrape() -> dict[str, float]:
     """The exposition text of a new `Metrics`, as sample -> value."""
-    text = generate_latest(Metrics(CollectorRegistry()).registry).decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+    return parse_metrics(generate_latest(Metrics(CollectorRegistry()).registry).decode())
 
 
 @pytest.mark.parametrize(
