@@ -34,7 +34,7 @@ SOURCES: Final = frozenset(
 )
 OTHER_SOURCE: Final = "other"
 # Label values of the error counters, exported at 0 from the start
-REDIS_STAGES: Final = ("load", "score", "sweep", "decay", "tiers", "index_save")  # `_retry`
+REDIS_STAGES: Final = ("epochs", "load", "forget", "sweep", "decay", "tiers", "write")  # `retry`
 SEND_PATHS: Final = ("batch", "sweep")
 SHOPPER_FAILURE_STAGES: Final = (
     "load",
@@ -88,9 +88,15 @@ class Metrics:
             "(INTENT_START_FROM_EMPTY_REDIS), suppressions rebuilt.",
             registry=registry,
         )
-        self.forgets_reapplied = Counter(
-            "intent_forgets_reapplied_total",
-            "Shoppers forgotten while a batch held them, erased again after its writes.",
+        self.fenced_writes = Counter(
+            "intent_fenced_writes_total",
+            "Batch writes refused because a newer owner holds the partition (a worker "
+            "paused past its session); the batch is processed again.",
+            registry=registry,
+        )
+        self.forgets = Counter(
+            "intent_forgets_total",
+            "Forget requests applied by the shopper's owner (`intent forget`).",
             registry=registry,
         )
         self.signals = Counter(

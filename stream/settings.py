@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     partitions: int = Field(
         8, ge=1, le=256, description="Partitions of every topic created (cap on workers)."
     )
+    state_cache_shoppers: int = Field(
+        100_000,
+        ge=1,
+        description="Shoppers whose state a worker keeps in memory (LRU); the rest are read "
+        "from Redis when their next event comes.",
+    )
     # --- topics (public names: docs/architecture.md, "Topics") ---------------------------
     topic_clickstream: str = Field("clickstream.events", description="Input clickstream topic.")
     topic_normalised: str = Field(

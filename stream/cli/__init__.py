@@ -9,6 +9,7 @@ import click
 from stream.cli.common import Group
 from stream.cli.dev import dev
 from stream.cli.forget import forget
+from stream.cli.migrate import migrate_state
 from stream.cli.produce import produce
 from stream.cli.replay import replay
 from stream.cli.rules import rules
@@ -23,5 +24,5 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (dev, worker, produce, rules, shopper, forget, replay):
+for command in (dev, worker, produce, rules, shopper, forget, replay, migrate_state):
     main.add_command(command)

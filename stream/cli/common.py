@@ -46,11 +46,10 @@ class Group(click.Group):
 
 
 def _redis(settings: Settings) -> Any:
-    import redis.asyncio as aioredis
+    """A client of the configured Redis, or of its cluster if it is a cluster node."""
+    from stream.state.connection import open_client
 
-    return aioredis.Redis.from_url(
-        settings.redis_url.get_secret_value(), **settings.redis_options()
-    )
+    return open_client(settings.redis_url.get_secret_value(), settings.redis_options())
 
 
 def _where(url: str) -> str:

@@ -1,8 +1,9 @@
-"""`intent forget`: erase one shopper."""
+"""`intent forget`: erase one shopper, through the worker that owns it."""
 
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -16,58 +17,70 @@ from stream.cli.common import (
 @click.command()
 @click.argument("shopper_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def forget(shopper_id: str, yes: bool) -> None:
-    """Erase everything stored about a shopper (right to erasure), and tell downstream."""
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a worker to apply the forget (0: do not wait).",
+)
+def forget(shopper_id: str, yes: bool, wait_seconds: float) -> None:
+    """Erase everything stored about a shopper (right to erasure), and tell downstream.
+
+    The request goes to the worker that owns the shopper, on intent.events, in order with
+    the shopper's events: it erases the shopper's state, audiences and tier there, drops
+    the shopper's events from before the request, and sends `forget` records to the
+    suppression topic and the signals audit topic. No batch in flight can undo it."""
     import asyncio
-    from datetime import UTC, datetime
 
     from kafka import KafkaProducer
 
-    from schemas.outputs import SuppressionRecord
     from stream.devstack.produce import compression_type
-    from stream.state.erase import forget as erase
+    from stream.state.store import StateReader
     from stream.topics import ensure_topics
+    from stream.worker.pipeline import FORGET_HEADERS, forget_request
 
     settings = _settings()
     if not yes and sys.stdin.isatty():
         click.confirm(f"Erase every record of shopper {shopper_id!r}?", abort=True)
-
-    now = datetime.now(UTC)
-
-    async def run() -> dict[str, int]:
-        client = _redis(settings)
-        try:
-            return await erase(
-                client, settings.app_id, shopper_id, settings.partitions, now.timestamp()
-            )
-        finally:
-            await client.aclose()
-
-    removed = _run_redis(settings, asyncio.run, run())
-    record = SuppressionRecord(
-        record_id=f"{shopper_id}:forget:{now.timestamp():.3f}", shopper_id=shopper_id,
-        op="forget", scope="shopper", at=now,
-    )  # fmt: skip
+    at = time.time()
     ensure_topics(settings)
     producer = KafkaProducer(
         **settings.kafka_options(), compression_type=compression_type(settings)
     )
-    # The suppression topic's readers stop marketing; the signals audit topic's readers
-    # (warehouses, feature stores) delete what they hold: there the record is marked by
-    # its header, as every other record of that topic is a signal.
-    key, value = shopper_id.encode(), record.to_json()
-    sent = [
-        producer.send(settings.topic_suppression, key=key, value=value),
-        producer.send(settings.topic_signals, key=key, value=value, headers=FORGET_HEADERS),
-    ]
-    for future in sent:
-        future.get(30)
+    producer.send(
+        settings.topic_normalised,
+        key=shopper_id.encode(),
+        value=forget_request(shopper_id, at),
+        headers=list(FORGET_HEADERS),
+    ).get(30)
     producer.close()
-    click.echo(
-        f"forgot {shopper_id}: {removed['keys']} keys, {removed['index']} index entries, "
-        f"{removed['audiences']} audience memberships; told {settings.topic_suppression} "
-        f"and {settings.topic_signals}"
+    click.echo(f"asked the owner of {shopper_id} to forget it (on {settings.topic_normalised})")
+    if wait_seconds <= 0:
+        return
+
+    async def applied() -> bool:
+        client = _redis(settings)
+        reader = StateReader(client, settings.app_id, settings.partitions)
+        try:
+            deadline = time.monotonic() + wait_seconds
+            while time.monotonic() < deadline:
+                record = await reader.record(shopper_id)
+                if record is not None and (record.forgotten or 0.0) >= at:
+                    return True
+                await asyncio.sleep(0.2)
+            return False
+        finally:
+            await client.aclose()
+
+    if _run_redis(settings, asyncio.run, applied()):
+        click.echo(
+            f"forgot {shopper_id}: its state, tier and audiences are erased; told "
+            f"{settings.topic_suppression} and {settings.topic_signals}"
+        )
+        return
+    raise click.ClickException(
+        f"no worker applied the forget within {wait_seconds:.0f} s; it stays queued on "
+        f"{settings.topic_normalised} and is applied when a worker runs"
     )
-
-
-FORGET_HEADERS = [("intent-kind", b"forget")]

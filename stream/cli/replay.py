@@ -12,9 +12,7 @@ from schemas.readers import FORMATS
 from stream.cli.common import (
     _n,
     _os_error,
-    _ping,
     _settings,
-    _where,
     _writable,
 )
 from stream.offline.files import SHARD_EVENTS, unreadable_file
@@ -33,13 +31,6 @@ from stream.offline.files import SHARD_EVENTS, unreadable_file
               help='Write every action here: {"topic", "key", "value"} per line.')  # fmt: skip
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write the evaluation here: report.md, report.json, PNG charts.")  # fmt: skip
-@click.option(
-    "--redis",
-    "redis_url",
-    metavar="URL",
-    help="Score in this Redis (the Lua script) instead of in process, under a key prefix of "
-    "the run's own (never a worker's keys), removed at the end.",
-)
 @click.option("--shard-events", type=click.IntRange(min=1), default=SHARD_EVENTS,
               show_default=True, help="Events held in memory at once (about 6 KB each); a "
               "bigger file is split by shopper into shards on disk.")  # fmt: skip
@@ -53,15 +44,13 @@ from stream.offline.files import SHARD_EVENTS, unreadable_file
               "within the allowed lateness: scored as they come; older: late).")  # fmt: skip
 def replay(
     file: Path, fmt: str, rules_path: Path | None, changes: Path | None, actions: Path | None,
-    report_dir: Path | None, redis_url: str | None, shard_events: int, min_support: int,
+    report_dir: Path | None, shard_events: int, min_support: int,
     jobs: int, order: str,
 ) -> None:  # fmt: skip
     """Run the rules offline, in event time, over a historical FILE."""
     import tempfile
     import time
     from contextlib import ExitStack
-
-    from redis.exceptions import RedisError
 
     from stream.core.ingest import ingest_bounds
     from stream.offline.outputs import OutputFiles
@@ -71,14 +60,12 @@ def replay(
 
     settings = _settings()
     rules = load_ruleset(settings, rules_path)
-    # What could fail late fails now: the report folder, the output files, Redis.
+    # What could fail late fails now: the report folder, the output files.
     if report_dir:
         from stream.offline.report import require_charts
 
         require_charts()
         _writable(report_dir)
-    if redis_url:
-        _ping(redis_url)
     size = max(file.stat().st_size, 1)
     tally = Tally()
     counts = {"signals": 0, "changes": 0, "actions": 0, "late": 0, "failed": 0}
@@ -104,7 +91,7 @@ def replay(
             replaying.append(bars.enter_context(click.progressbar(
                 length=REPLAY_UNITS * events, label="replaying", file=sys.stderr)))  # fmt: skip
 
-        run = Replay(file, fmt, rules, redis_url=redis_url, progress=advance, on_read=read,
+        run = Replay(file, fmt, rules, progress=advance, on_read=read,
                      on_replayed=lambda units: replaying[0].update(units),
                      shard_events=shard_events, order=order,
                      bounds=ingest_bounds(settings))  # fmt: skip
@@ -121,10 +108,6 @@ def replay(
             go()
         except BaseException as exc:
             outputs.discard()  # an earlier file of the same name stays as it was
-            if isinstance(exc, RedisError):
-                raise click.ClickException(
-                    f"Redis at {_where(redis_url or '')} failed during the replay: {exc}"
-                ) from exc
             if isinstance(exc, OSError):
                 raise click.ClickException(_os_error(exc, doing="replay failed on")) from exc
             raise

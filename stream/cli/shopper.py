@@ -21,7 +21,7 @@ def shopper(shopper_id: str) -> None:
     import json as _json
     import time
 
-    from stream.state.scores import ScoreStore
+    from stream.state.store import StateReader
     from stream.worker.views import read_shopper
 
     settings = _settings()
@@ -29,8 +29,8 @@ def shopper(shopper_id: str) -> None:
     async def read() -> dict[str, Any]:
         client = _redis(settings)
         try:
-            store = ScoreStore(client, settings.app_id)
-            return await read_shopper(store, shopper_id, time.time())
+            reader = StateReader(client, settings.app_id, settings.partitions)
+            return await read_shopper(reader, shopper_id, time.time())
         finally:
             await client.aclose()
 

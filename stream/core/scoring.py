@@ -1,4 +1,5 @@
-"""The scoring maths in pure Python: the reference the Lua script must agree with.
+"""The scoring maths: the one implementation, run by the partition's owner in memory
+(the worker) and by replay.
 
 score(T) = sum_i points_i * 2^(-(T - t_i) / h_i)
 
@@ -8,8 +9,8 @@ one at t > r moves the component to t first. Rules and categories keep component
 same way (for the top contributors and per-category scores).
 
 One call, `apply`, takes every new signal of one shopper (possibly none: a sweep) and
-returns the tier transition, exactly as `lua/apply.lua` does in Redis. The state dict
-mirrors the Redis hash field for field.
+returns the tier transitions. The state is a plain dict, stored in the shopper's record
+(`stream.state.records`).
 """
 
 from __future__ import annotations
@@ -416,16 +417,26 @@ def _top(state: dict[str, Any], T: float) -> list[tuple[str, float]]:
     return values[:TOP]
 
 
+def lifetime(state: dict[str, Any]) -> float:
+    """How long (seconds past its last evaluation) the state still matters: until every
+    component has decayed below EPSILON and every suppression has ended."""
+    T = state["T"] or 0.0
+    ttl = MIN_TTL
+    for h, (v, r) in state["s"].items():
+        now_v = abs(decay(v, r, h, T))
+        if now_v >= EPSILON:
+            ttl = max(ttl, h * _log2(now_v / EPSILON))
+    for until in state["x"].values():
+        ttl = max(ttl, until - T)
+    return ttl
+
+
 def _prune(state: dict[str, Any], T: float, cfg: ScoreConfig) -> float:
     """Drop negligible components and old signal ids; return the state's TTL (seconds)."""
-    ttl = MIN_TTL
     for h in sorted(state["s"]):
         v, r = state["s"][h]
-        now_v = abs(decay(v, r, h, T))
-        if now_v < EPSILON:
+        if abs(decay(v, r, h, T)) < EPSILON:
             del state["s"][h]
-        else:
-            ttl = max(ttl, h * _log2(now_v / EPSILON))
     for rule in sorted(state["rules"]):
         v, r, h = state["rules"][rule]
         if abs(decay(v, r, h, T)) < EPSILON:
@@ -435,13 +446,11 @@ def _prune(state: dict[str, Any], T: float, cfg: ScoreConfig) -> float:
         h = float(key.split("|", 1)[0])
         if abs(decay(v, r, h, T)) < EPSILON:
             del state["cats"][key]
-    for until in state["x"].values():
-        ttl = max(ttl, until - T)
     applied = state["applied"]
     if len(applied) > cfg.applied_cap:
         keep = sorted(applied.items(), key=lambda kv: (kv[1], kv[0]))[-cfg.applied_cap :]
         state["applied"] = dict(keep)
-    return ttl
+    return lifetime(state)
 
 
 def _log2(x: float) -> float:

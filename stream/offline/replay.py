@@ -3,8 +3,7 @@
 Every shopper's state is independent of every other's, so replay reads the file, groups
 events by shopper, runs each shopper's events in time order through the same core as the worker
 (`Core.run`: detect, fire what is due up to the file's last event time, score, outputs),
-scoring with the same maths in process, or with the worker's Lua script on a real Redis
-(`--redis URL`). The two give identical results (tested on a real sample).
+scoring with the same maths the worker runs in memory.
 
 With `order="file"` each shopper's events go through in the order the file lists them,
 as a worker reads them once the file has been produced to the input topic: events out
@@ -27,7 +26,6 @@ import logging
 import multiprocessing
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,19 +36,18 @@ from typing_extensions import Unpack
 from schemas.events import Event
 from schemas.outputs import TierChange
 from schemas.rules import RuleSet
+from stream.core import scoring
 from stream.core.detectors.engine import State
-from stream.core.process import Core, Failures
-from stream.core.scoring import ScoreConfig
+from stream.core.process import Core, Failures, ScoreBatch
+from stream.core.scoring import Result, ScoreConfig
 from stream.offline.files import SHARD_EVENTS
 from stream.offline.outputs import OutputFiles
 from stream.offline.report import Tally
 from stream.offline.result import ReplayResult, action_order
 from stream.offline.shards import ReadOptions, ShardReader, shard_of
-from stream.state.scores import MemoryScoreStore, ScoreStore
 
 log = logging.getLogger(__name__)
-SCORE_BATCH: Final = 100  # shoppers per run of the core: one score pipeline into Redis,
-# and a step of the progress
+SCORE_BATCH: Final = 100  # shoppers per run of the core, and a step of the progress
 # Replay progress (`on_replayed`) in units, REPLAY_UNITS per event: detected, scored,
 # turned into outputs; handed over in steps of at least PROGRESS_UNITS.
 REPLAY_UNITS: Final = 3
@@ -93,7 +90,6 @@ class Replay(ShardReader):
         fmt: str,
         rules: RuleSet,
         *,
-        redis_url: str | None = None,
         on_replayed: Callable[[int], None] | None = None,
         **reading: Unpack[ReadOptions],
     ) -> None:
@@ -101,7 +97,6 @@ class Replay(ShardReader):
         self.core = Core(rules)
         super().__init__(path, fmt, lateness=self.core.lateness, **reading)
         self.rules = rules
-        self.redis_url = redis_url
         self.on_replayed = on_replayed
         self._unreported = 0  # progress units not yet handed to `on_replayed`
 
@@ -136,29 +131,21 @@ class Replay(ShardReader):
                 yield _summary(part, outputs, self.shards, index)
 
     @contextmanager
-    def _scoring(self) -> Iterator[tuple[asyncio.Runner, MemoryScoreStore | ScoreStore]]:
-        """An event loop and the store to score in; a Redis store's keys go at the end."""
+    def _scoring(self) -> Iterator[tuple[asyncio.Runner, MemoryScores]]:
+        """An event loop and the scores' states."""
         with asyncio.Runner() as runner:
-            if self.redis_url is None:
-                yield runner, MemoryScoreStore(self.core.config)
-                return
-            store = runner.run(_redis_store(self.redis_url, self.core.config))
-            try:
-                yield runner, store
-            finally:
-                runner.run(_drop(store))
+            yield runner, MemoryScores(self.core.config)
 
     def _replay_shard(
         self,
-        store: MemoryScoreStore | ScoreStore,
+        store: MemoryScores,
         runner: asyncio.Runner,
         by_shopper: dict[str, list[Event]],
     ) -> ReplayResult:
         """The shard's shoppers through the core, SCORE_BATCH at a time, each from a
         fresh state, with everything due by the file's last event time fired."""
         part = ReplayResult(end=self.end)
-        if isinstance(store, MemoryScoreStore):
-            store.states.clear()  # shoppers are never seen again in a later shard
+        store.states.clear()  # shoppers are never seen again in a later shard
         shoppers = sorted(by_shopper)
         loop = runner.get_loop()
         for i in range(0, len(shoppers), SCORE_BATCH):
@@ -281,7 +268,7 @@ def replay(
     """The whole run's results in memory, in time order (tests, small files; the command
     streams the shards to its output files instead)."""
     run = Replay(
-        path, fmt, rules, redis_url=redis_url, progress=progress, shard_events=shard_events,
+        path, fmt, rules, progress=progress, shard_events=shard_events,
         order=order,
     )  # fmt: skip
     result = ReplayResult()
@@ -295,20 +282,19 @@ def replay(
     return result
 
 
-async def _redis_store(url: str, cfg: ScoreConfig) -> ScoreStore:
-    import redis.asyncio as aioredis
+class MemoryScores:
+    """Each shopper's score state, scored by the same maths as the worker's owner."""
 
-    prefix = f"replay-{uuid.uuid4().hex[:12]}"  # never touches a live worker's keys
-    return ScoreStore(aioredis.Redis.from_url(url), prefix, cfg)
+    def __init__(self, cfg: ScoreConfig) -> None:
+        self.cfg = cfg
+        self.states: dict[str, dict[str, Any]] = {}
 
-
-async def _drop(store: ScoreStore) -> None:
-    client = store.redis
-    try:
-        async for key in client.scan_iter(match=f"{store.prefix}:*", count=1000):
-            await client.delete(key)
-    finally:
-        await client.aclose()
+    async def apply_many(self, batch: ScoreBatch) -> dict[str, Result]:
+        out = {}
+        for shopper, (signals, now) in batch.items():
+            state = self.states.setdefault(shopper, scoring.new_state())
+            out[shopper] = scoring.apply(state, signals, now, self.cfg)
+        return out
 
 
 def _left_out(stage: str, shopper: str, exc: Exception) -> None:

@@ -30,6 +30,7 @@ from stream.core.ingest import RawRecord
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.worker.kafka import past_skipped, readable_end, stream_consumer, stream_producer
+from stream.worker.owner import Fenced
 from stream.worker.routing import Routing, Unread, balance
 from stream.worker.runtime import tune_gc
 from stream.worker.sender import BatchSender
@@ -82,9 +83,9 @@ class StreamLoop(Service):
         # stops the process). None: the exception goes to the service's supervisor.
         self.crash_reason: BaseException | None = None
         self.on_crash: Callable[[BaseException], None] | None = None
-        # Told of each assignment once its holds are taken (`StoreGuard.on_assigned`);
-        # if it raises, the worker stops.
-        self.on_assigned: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None
+        # Told of each assignment once its holds are taken, with the intent.events
+        # partitions assigned (`Pipeline.on_assigned`); if it raises, the worker stops.
+        self.on_assigned: Callable[[AIOKafkaConsumer, set[int]], Awaitable[None]] | None = None
         # How long getmany waits for records when none are buffered.
         self._window_ms = max(1, int(settings.batch_window_seconds * 1000))
 
@@ -130,7 +131,10 @@ class StreamLoop(Service):
         log.info("assigned %d partitions", len(assigned))
         if self.on_assigned is not None and self.consumer is not None and assigned:
             try:
-                await self.on_assigned(self.consumer)
+                internal = {
+                    tp.partition for tp in assigned if tp.topic == self.settings.topic_normalised
+                }
+                await self.on_assigned(self.consumer, internal)
             except Exception as exc:
                 self.give_up(exc)
 
@@ -194,11 +198,17 @@ class StreamLoop(Service):
         try:
             # 2. ingest -> detect -> score -> send, wait for the acks -> write the state
             await self.handle(records)
-        except KafkaError:
-            # Not every record reached the broker: go back and process the batch again,
-            # and hold the sweep until then.
-            self.metrics.send_errors.labels("batch").inc()
-            log.exception("sending a batch failed; it will be processed again")
+        except (KafkaError, Fenced) as exc:
+            # Not every record reached the broker, or a newer owner holds a partition
+            # (this worker was paused past its session): go back and process the batch
+            # again (a rebalance is on its way if it was fenced), and hold the sweep
+            # until then.
+            if isinstance(exc, Fenced):
+                self.metrics.fenced_writes.inc()
+                log.warning("a write was fenced (%s); the batch will be processed again", exc)
+            else:
+                self.metrics.send_errors.labels("batch").inc()
+                log.exception("sending a batch failed; it will be processed again")
             for tp, messages in batches.items():
                 consumer.seek(tp, messages[0].offset)
                 self.guard.failed_send(tp, ends[tp])

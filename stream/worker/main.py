@@ -11,11 +11,11 @@ from typing import Final
 
 import faust
 import redis
-import redis.asyncio as aioredis
 
 from stream.metrics import default_metrics, serve
 from stream.rulesfile import load_ruleset
 from stream.settings import Settings, redis_hint, url_without_credentials
+from stream.state.connection import Client, open_client
 from stream.topics import ensure_topics
 from stream.worker.app import create_app
 from stream.worker.pipeline import Pipeline
@@ -29,17 +29,18 @@ CRASH_EXIT_SECONDS: Final = 30.0
 def build(settings: Settings) -> tuple[faust.App, Pipeline]:
     rules = load_ruleset(settings)
     app = create_app(settings)
+    check_redis(settings)
     return app, Pipeline(app, settings, default_metrics(), rules, redis_client(settings))
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """The pipeline's client. No per-reply socket timeout: every Redis step of the
-    pipeline runs under one deadline of its own (`stream.worker.retry.REDIS_STEP_SECONDS`),
-    which costs one timer per round trip instead of one per reply: a batch pipelines
-    thousands of commands (docs/performance.md has the cost)."""
-    return aioredis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=None, **settings.redis_options()
-    )
+def redis_client(settings: Settings) -> Client:
+    """The pipeline's client: a cluster client if the server is a Redis Cluster node
+    (waiting for Redis to answer, to tell). No per-reply socket timeout: every Redis
+    step of the pipeline runs under one deadline of its own
+    (`stream.worker.retry.REDIS_STEP_SECONDS`), which costs one timer per round trip
+    instead of one per reply (docs/performance.md has the cost)."""
+    url = settings.redis_url.get_secret_value()
+    return open_client(url, settings.redis_options(), wait=True, socket_timeout=None)
 
 
 def check_redis(settings: Settings) -> None:
@@ -77,7 +78,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Create the topics, then run the Faust worker until it is told to stop."""
     use_uvloop()
     app, pipeline = build(settings)  # rules first: a bad rules file fails before anything starts
-    check_redis(settings)
     if settings.open_views:
         log.warning(
             "the HTTP views serve shopper profiles without a token on %s:%d "

@@ -1,7 +1,8 @@
 """What one batch or one sweep chunk sends and writes, gathered before any of it goes out.
 
-Records are sent together and acked before the score indexes and the detection state are
-written (`Pipeline.flush`), and those before the offsets are committed.
+Records are sent together and acked before the shoppers' records and the indexes are
+written (`Pipeline.flush`, one fenced write per partition), and those before the offsets
+are committed.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from stream.state.patterns import Saved
-from stream.state.scores import IndexWrite
+from stream.state.records import PartitionWrite, Record
 
 T = TypeVar("T")
 Headers = list[tuple[str, bytes]]
@@ -26,34 +26,45 @@ class Outbox:
     """What one batch sends: (topic, key, value, headers), flushed together."""
 
     records: list[OutRecord] = field(default_factory=list)
-    saved: dict[str, Saved] = field(default_factory=dict)  # detection state, written after
-    # score indexes (decay deadlines, audiences, tier moves), written after the send: a
-    # decay whose output was not sent stays due, and its call comes back (apply.lua)
-    index: list[IndexWrite] = field(default_factory=list)
-    # shoppers whose sweep raised -> their partition: taken off the timer's indexes
-    quarantined: dict[str, int] = field(default_factory=dict)
-    # shopper -> their forget fence as read before processing (None: none); read again
-    # after the writes, and a shopper forgotten in between is erased again
-    fences: dict[str, float | None] = field(default_factory=dict)
+    # shopper -> (partition, record): the records to write once the output is acked
+    saved: dict[str, tuple[int, Record]] = field(default_factory=dict)
+    # partition -> its index moves (decay deadlines, tiers, audiences), written with the
+    # records: a decay whose output was not sent stays due, and comes back
+    writes: dict[int, PartitionWrite] = field(default_factory=dict)
+    # shoppers whose state this batch changed in memory and may not write: dropped from
+    # the cache, so their next touch reads Redis (`Owner.drop`)
+    dropped: set[str] = field(default_factory=set)
 
     def add(
         self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None
     ) -> None:
         self.records.append((topic, key, value, headers))
 
+    def write(self, partition: int) -> PartitionWrite:
+        part = self.writes.get(partition)
+        if part is None:
+            part = self.writes[partition] = PartitionWrite()
+        return part
+
+    def touched(self) -> set[str]:
+        """Every shopper whose state this outbox holds changes of."""
+        shoppers = set(self.saved) | self.dropped
+        for part in self.writes.values():
+            shoppers.update(part.decays, part.deadlines, part.tiers, part.erased)
+        return shoppers
+
     def clear(self) -> None:
+        self.dropped |= self.touched()
         self.records.clear()
         self.saved.clear()
-        self.index.clear()
-        self.quarantined.clear()
-        self.fences.clear()
+        self.writes.clear()
 
     def merge(self, other: Outbox) -> None:
         self.records += other.records
         self.saved.update(other.saved)
-        self.index += other.index
-        self.quarantined.update(other.quarantined)
-        self.fences.update(other.fences)
+        for partition, part in other.writes.items():
+            self.write(partition).merge(part)
+        self.dropped |= other.dropped
 
 
 async def concurrently(

@@ -10,14 +10,19 @@
 Order within a batch, so a crash loses no input and no output (what is sent twice keeps
 its ids):
   1. ingest the clickstream's records (and take the direct path's events);
-  2. detect, the state changes kept in memory (`Core.run`);
-  3. score in Redis, idempotent by signal id;
-  4. send everything and wait for the broker's acks (`flush`);
-  5. write the score indexes, then save the detection state (`flush`);
-  6. commit the offsets (`StreamLoop`).
-A batch that fails before its commit is processed again and gives the same signals and
-ids; if its first run got as far as the score script, the script hands back that run's
-result (apply.lua, KEYS[3]) so its output is sent after all, with the same ids.
+  2. detect and score in memory, on the shoppers' records (`Owner`: loaded from Redis
+     on first touch, then cached);
+  3. send everything and wait for the broker's acks (`flush`);
+  4. write the changed records and the indexes, one fenced write per partition (`flush`);
+  5. commit the offsets (`StreamLoop`).
+A batch that fails before its write (a refused send, a failed or fenced write) drops its
+shoppers from memory and is processed again from what Redis holds: the same signals,
+outputs and ids. One that fails after its write finds its events already in the
+shoppers' records (their recent event ids), and adds nothing.
+
+`intent forget` reaches the owner as a record on intent.events (`FORGET_PREFIX`), in
+order with the shopper's events: the owner erases the shopper there, so no batch in
+flight can undo it.
 
 Bad records go to the dead-letter topic with a reason; a bug of ours dead-letters its
 stage's records (or one shopper's) as `processing_error`, never lost. Redis outages are
@@ -30,49 +35,61 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Final, TypeVar
 
 import faust
-import redis.asyncio as aioredis
+import orjson
+from aiokafka import AIOKafkaConsumer
 from pydantic import BaseModel, ValidationError
 
 from schemas import errors
 from schemas.events import Event
-from schemas.outputs import OutputTopic, TierChange
+from schemas.outputs import OutputTopic, SuppressionRecord, TierChange
 from schemas.rules import RuleSet
 from schemas.signals import Signal
 from stream.clock import Clock, utc_now
+from stream.core import scoring
 from stream.core.detectors.engine import State
 from stream.core.ingest import RawRecord, Rejection, ingest_batch, ingest_limits
 from stream.core.outputs import Output
-from stream.core.process import Apply, Core, Failures, Processed
+from stream.core.process import Apply, Core, Failures, Processed, ScoreBatch
 from stream.core.scoring import Result
 from stream.metrics import Metrics, source_label
 from stream.settings import Settings
-from stream.state.erase import erase
-from stream.state.patterns import Loaded, PatternStore, Saved, fence_value
-from stream.state.redisbatch import Command, execute
-from stream.state.scores import Moves, ScoreStore
+from stream.state.connection import Client
+from stream.state.records import FENCE_SECONDS, Record, audience_names, encode
+from stream.state.store import StateReader
 from stream.worker.loop import StreamLoop
 from stream.worker.outbox import Outbox, Sender, concurrently, count
+from stream.worker.owner import EpochLost, Owner
 from stream.worker.retry import RedisRetry, RedisUnusable
-from stream.worker.store_guard import StoreGuard
+from stream.worker.store_guard import StoreGuard, StoreLost
 from stream.worker.sweep import Sweeper
 from stream.worker.views import register_views
 
 log = logging.getLogger(__name__)
 
-# Shopper groups of a batch detected and scored concurrently: while Redis runs one
-# group's score script, this process detects the next group's events.
+# Shopper groups of a batch detected and scored concurrently: while Redis loads one
+# group's records, this process detects the next group's events.
 PROCESS_GROUPS: Final = 2
 LATE_DETAIL: Final = "older than the allowed lateness"
+# How a forget request on intent.events starts (`forget_request`); the shopper's events
+# never do (they are canonical events, whose first field is the event id).
+FORGET_PREFIX: Final = b'{"forget":'
+FORGET_HEADERS: Final = [("intent-kind", b"forget")]
 M = TypeVar("M", bound=BaseModel)
 # An event to detect, its record, its intent.events partition. From ingest directly (the
 # direct path), the record is the clickstream's: dead letters name it.
 Item = tuple[Event, RawRecord, int]
 Stage = Callable[[list[RawRecord], Outbox], Awaitable[None]]
+
+
+def forget_request(shopper: str, at: float) -> bytes:
+    """The record `intent forget` puts on intent.events, keyed by the shopper."""
+    return orjson.dumps({"forget": shopper, "at": at})
 
 
 def _decode(
@@ -100,7 +117,7 @@ class Pipeline:
         settings: Settings,
         metrics: Metrics,
         rules: RuleSet,
-        redis: aioredis.Redis,
+        redis: Client,
         clock: Clock = utc_now,
         sender: Sender | None = None,
     ) -> None:
@@ -111,8 +128,9 @@ class Pipeline:
         self.metrics = metrics
         self.clock = clock
         self.core = Core(rules)
-        self.store = PatternStore(redis, settings.app_id, metrics.redis_roundtrips)
-        self.scores = ScoreStore(redis, settings.app_id, self.core.config, metrics.redis_roundtrips)
+        self.redis = redis
+        self.owner = Owner(redis, settings.app_id, settings.state_cache_shoppers)
+        self.reader = StateReader(redis, settings.app_id, settings.partitions)
         self.limits = ingest_limits(settings)
         self.topics = settings.output_topics()
         self.retry = RedisRetry(metrics)
@@ -123,27 +141,36 @@ class Pipeline:
         self.send: Sender = sender or self.loop.sender.send_all
         self.sweeper = Sweeper(self)
         self.store_guard = StoreGuard(self)
-        self.loop.on_assigned = self.store_guard.on_assigned
+        self.loop.on_assigned = self.on_assigned
         if app is not None:
             app.service(self.loop)  # type: ignore[arg-type]  # an instance is accepted too
-            register_views(app, self.scores, clock)
+            register_views(app, self.reader, clock)
             app.timer(settings.sweep_interval_seconds, name="sweep")(self.sweeper.sweep)
 
     def ready(self) -> bool:
         return self.loop.ready()
 
+    async def on_assigned(self, consumer: AIOKafkaConsumer, partitions: set[int]) -> None:
+        """At each assignment: Redis still holds this deployment's state (`StoreGuard`),
+        then the intent.events partitions' epochs taken (`Owner.take`), and the
+        suppressions of those found without one rebuilt."""
+        await self.store_guard.on_assigned(consumer)
+        fresh = await self.retry("epochs", self.owner.take, partitions)
+        if fresh:
+            await self.store_guard.after_taken(consumer, fresh)
+
     # --- one batch of the hot topics ----------------------------------------------------
     async def handle(self, records: list[RawRecord]) -> None:
         """Ingest what came from the clickstream, detect and score what came from
-        intent.events, send it all, and only then save the detection state. The two
-        stages run concurrently (ingest is CPU work, done while Redis serves the other's
-        steps); their records go out in a fixed order, ingest's first.
+        intent.events, send it all, and only then write the state. The two stages run
+        concurrently (ingest is CPU work, done while Redis serves the other's loads);
+        their records go out in a fixed order, ingest's first.
 
         When this worker owns intent.events partitions that it has read to their end
         (`Routing`), the clickstream events of those partitions skip the hop: ingest
         runs first and hands them to detection, after what this batch fetched from
         intent.events. A crash before the commit reads them again from the clickstream,
-        and detection and scoring drop what they already had."""
+        and detection drops what the stored records already had."""
         self.last_batch = time.monotonic()
         ingested, processed = Outbox(), Outbox()
         raw = [r for r in records if r.topic == self.settings.topic_clickstream]
@@ -153,7 +180,7 @@ class Pipeline:
             # 1. ingest, taking the direct path's events
             await self._guarded(partial(self.ingest, direct=direct), raw, ingested)
             taken = events + [record for _, record, _ in direct]
-            if taken:  # 2. and 3. detect and score
+            if taken:  # 2. detect and score
                 await self._guarded(partial(self.process, direct=direct), taken, processed)
         else:
             stages = [self._guarded(self.process, events, processed)] if events else []
@@ -163,20 +190,22 @@ class Pipeline:
         outbox = Outbox()
         outbox.merge(ingested)
         outbox.merge(processed)
-        await self.flush(outbox)  # 4. and 5.
+        await self.flush(outbox)  # 3. and 4.
 
     async def _guarded(self, stage: Stage, records: list[RawRecord], outbox: Outbox) -> None:
         """Run a stage on its records; if it raises (a bug of ours: bad input never
-        does), what it queued is dropped and every record is dead-lettered as
-        `processing_error`, so the loop goes on and nothing is lost."""
+        does), what it queued is dropped, the cached state with it (it may hold half of
+        the stage's changes), and every record is dead-lettered as `processing_error`,
+        so the loop goes on and nothing is lost."""
         part = Outbox()
         try:
             await stage(records, part)
-        except RedisUnusable:
+        except (RedisUnusable, StoreLost):
             raise  # the worker stops: dead-lettering would only hide a Redis that refuses
         except Exception as exc:
             name = getattr(stage, "func", stage).__name__  # a partial names its function
             log.exception("%s failed; dead-lettering all %d records", name, len(records))
+            self.owner.clear()
             part = Outbox()
             detail = f"{type(exc).__name__}: {exc}"
             self.reject([Rejection(r, errors.PROCESSING_ERROR, detail) for r in records], part)
@@ -232,7 +261,14 @@ class Pipeline:
         self.metrics.batch_size.labels("detect").observe(len(records))
         by_shopper: dict[str, list[Item]] = defaultdict(list)
         fetched = records[: len(records) - len(direct)] if direct else records
-        decoded, rejected = _decode(fetched, Event)
+        forgets: dict[str, tuple[float, int]] = {}  # shopper -> (when, partition)
+        plain = []
+        for record in fetched:
+            if (record.value or b"").startswith(FORGET_PREFIX):
+                self._forget_request(record, forgets)
+            else:
+                plain.append(record)
+        decoded, rejected = _decode(plain, Event)
         items = [(event, record, record.partition) for event, record in decoded]
         items += direct or ()
         now = self.clock().timestamp()
@@ -246,40 +282,62 @@ class Pipeline:
                 newest[partition] = ts
             lag.observe(max(0.0, now - ts))
         self.sweeper.saw(newest)
-        groups: list[dict[str, list[Item]]] = [
-            {} for _ in range(min(PROCESS_GROUPS, len(by_shopper)))
+        shoppers = list(by_shopper) + [s for s in forgets if s not in by_shopper]
+        groups: list[list[str]] = [[] for _ in range(min(PROCESS_GROUPS, len(shoppers)))]
+        for i, shopper in enumerate(shoppers):
+            groups[i % len(groups)].append(shopper)
+        jobs: list[Callable[[Outbox], Coroutine[Any, Any, list[Rejection]]]] = [
+            partial(
+                self._process_group,
+                {s: by_shopper.get(s, []) for s in group},
+                {s: forgets[s] for s in group if s in forgets},
+            )
+            for group in groups
         ]
-        for i, (shopper, shopper_items) in enumerate(by_shopper.items()):
-            groups[i % len(groups)][shopper] = shopper_items
-        for group_rejected in await concurrently(
-            [partial(self._process_group, g) for g in groups], outbox
-        ):
+        for group_rejected in await concurrently(jobs, outbox):
             rejected += group_rejected
         self.reject(rejected, outbox)
 
+    def _forget_request(self, record: RawRecord, forgets: dict[str, tuple[float, int]]) -> None:
+        try:
+            request = orjson.loads(record.value or b"")
+            shopper, at = str(request["forget"]), float(request["at"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.error("an unreadable forget request on partition %d", record.partition)
+            return
+        if at > forgets.get(shopper, (float("-inf"), 0))[0]:
+            forgets[shopper] = (at, record.partition)
+
     async def _process_group(
-        self, by_shopper: dict[str, list[Item]], outbox: Outbox
+        self,
+        by_shopper: dict[str, list[Item]],
+        forgets: dict[str, tuple[float, int]],
+        outbox: Outbox,
     ) -> list[Rejection]:
         """Load, detect and score one group of shoppers; returns the records rejected:
         late ones, and every record of a shopper whose detection or scoring raised (a
         bug of ours, or input no bound caught: that shopper alone is dead-lettered)."""
         failures = self.failures()
-        states = await self.load(list(by_shopper), failures, outbox)
+        partitions = {s: items[0][2] for s, items in by_shopper.items() if items}
+        partitions.update({s: p for s, (_, p) in forgets.items()})
+        records = await self.load(partitions, failures)
+        for shopper, (at, partition) in forgets.items():
+            if shopper in records:
+                await self._forget(shopper, at, partition, records, outbox)
         core = self.core
         shoppers: dict[str, tuple[State, list[Event]]] = {}
         for shopper, items in by_shopper.items():
-            if shopper in failures:
+            if shopper in failures or not items:
                 continue
-            events = self._not_forgotten(shopper, [item[0] for item in items], outbox)
+            events = self._not_forgotten(records[shopper], [item[0] for item in items])
             if events:
-                shoppers[shopper] = (states.get(shopper) or core.new_state(), events)
-        done = await core.run(shoppers, self.apply(failures, "score"), failures)
+                shoppers[shopper] = (records[shopper].patterns, events)
+        done = await core.run(shoppers, self.apply(records, failures, "score"), failures)
         if done.duplicates:
             self.metrics.events_duplicate.inc(done.duplicates)
-        partitions = {shopper: items[0][2] for shopper, items in by_shopper.items()}
-        for shopper, (state, _) in shoppers.items():
+        for shopper in shoppers:
             if shopper not in failures:
-                outbox.saved[shopper] = self.saved(state, partitions[shopper])
+                outbox.saved[shopper] = (partitions[shopper], records[shopper])
         self.queue(done, partitions, outbox, failures)
         rejected: list[Rejection] = []
         for shopper, late in done.late.items():
@@ -293,29 +351,61 @@ class Pipeline:
         for shopper, exc in failures.items():
             detail = f"{type(exc).__name__}: {exc}"[:500]
             rejected += [
-                Rejection(r, errors.PROCESSING_ERROR, detail) for _, r, _ in by_shopper[shopper]
+                Rejection(r, errors.PROCESSING_ERROR, detail)
+                for _, r, _ in by_shopper.get(shopper, [])
             ]
         return rejected
 
-    async def load(
-        self, shoppers: list[str], failures: Failures, outbox: Outbox
-    ) -> dict[str, State]:
-        """The shoppers' detection state, their forget fences noted in `outbox`; one whose
-        keys Redis cannot read (a wrong type, after retries) goes into `failures` alone."""
+    async def load(self, shoppers: dict[str, int], failures: Failures) -> dict[str, Record]:
+        """The shoppers' records (shopper -> partition); one whose record cannot be read
+        goes into `failures` alone."""
+        loaded = await self.retry("load", self.owner.load, shoppers)
+        out: dict[str, Record] = {}
+        for shopper, record in loaded.items():
+            if isinstance(record, Exception):
+                failures.add("load", shopper, record)
+            else:
+                out[shopper] = record
+        return out
 
-        async def load(some: dict[str, None]) -> dict[str, Loaded]:
-            return await self.store.load_fenced(list(some))
+    async def _forget(
+        self, shopper: str, at: float, partition: int, records: dict[str, Record], outbox: Outbox
+    ) -> None:
+        """Erase a shopper at the time of its forget: its record becomes a tombstone that
+        drops its events from before `at`, it leaves its tier and audiences, and the
+        suppression and audit topics are told (with an id that is the same every time)."""
+        record = records[shopper]
+        if record.forgotten is not None and record.forgotten >= at:
+            return  # applied already (this request read again)
+        fresh = self.owner.fresh()
+        record.patterns, record.score, record.forgotten = fresh.patterns, fresh.score, at
+        names = await self.retry("forget", self._audience_names, partition)
+        write = outbox.write(partition)
+        write.erased[shopper] = names
+        write.deadlines[shopper] = None
+        write.decays[shopper] = None
+        write.tiers.pop(shopper, None)
+        outbox.saved[shopper] = (partition, record)
+        when = datetime.fromtimestamp(at, tz=UTC)
+        notice = SuppressionRecord(
+            record_id=f"{shopper}:forget:{at:.3f}", shopper_id=shopper, op="forget",
+            scope="shopper", at=when,
+        )  # fmt: skip
+        key, value = shopper.encode(), notice.to_json()
+        outbox.add(self.settings.topic_suppression, key, value)
+        outbox.add(self.settings.topic_signals, key, value, list(FORGET_HEADERS))
+        self.metrics.forgets.inc()
+        log.info("forgot shopper %r (requested at %s)", shopper, when.isoformat())
 
-        failed = partial(failures.add, "load")
-        loaded = await self.retry.each("load", load, dict.fromkeys(shoppers), failed=failed)
-        for shopper, (_, forgotten) in loaded.items():
-            outbox.fences[shopper] = forgotten
-        return {s: state for s, (state, _) in loaded.items() if state is not None}
+    async def _audience_names(self, partition: int) -> list[str]:
+        prefix = self.owner.keys.audience(partition, "")
+        found = [key async for key in self.redis.scan_iter(match=f"{prefix}*", count=500)]
+        return audience_names(found, prefix)
 
-    def _not_forgotten(self, shopper: str, events: list[Event], outbox: Outbox) -> list[Event]:
+    def _not_forgotten(self, record: Record, events: list[Event]) -> list[Event]:
         """The events from after the shopper's last forget: those from before it were
         erased with the rest (the input may still hold them) and are dropped, counted."""
-        forgotten = outbox.fences.get(shopper)
+        forgotten = record.forgotten
         if forgotten is None:
             return events
         kept = [event for event in events if event.ts.timestamp() > forgotten]
@@ -323,16 +413,21 @@ class Pipeline:
             self.metrics.events_forgotten.inc(len(events) - len(kept))
         return kept
 
-    def apply(self, failures: Failures, what: str) -> Apply:
-        """The score script on a batch, as `Core.run` calls it; a shopper whose script
-        call fails (a script error, a wrong type, after retries) goes into `failures`
-        alone, and the others' results come back."""
-        failed = partial(failures.add, what)
-        return partial(self.retry.each, what, self.scores.apply_many, failed=failed)
+    def apply(self, records: dict[str, Record], failures: Failures, what: str) -> Apply:
+        """The scoring maths on a batch, in memory on the shoppers' records, as
+        `Core.run` calls it; a shopper whose scoring raises goes into `failures` alone."""
+        cfg = self.core.config
 
-    def saved(self, state: State, partition: int) -> Saved:
-        engine = self.core.engine
-        return Saved(state, engine.ttl(state), engine.deadline(state), partition)
+        async def apply(batch: ScoreBatch) -> dict[str, Result]:
+            out: dict[str, Result] = {}
+            for shopper, (signals, now) in batch.items():
+                try:
+                    out[shopper] = scoring.apply(records[shopper].score, signals, now, cfg)
+                except Exception as exc:
+                    failures.add(what, shopper, exc)
+            return out
+
+        return apply
 
     def failures(self, detect_as: str = "detect") -> Failures:
         """Where shoppers whose processing raises go: each logged with its traceback and
@@ -355,8 +450,8 @@ class Pipeline:
         failures: Failures,
     ) -> None:
         """Queue what a run of the core gave: its signals (the audit topic), tier changes
-        and actions, and the score indexes to write once they are sent. Nothing of a
-        failed shopper: no state saved, nothing indexed or sent."""
+        and actions, and the index moves to write once they are sent. Nothing of a
+        failed shopper: its state is dropped from memory, nothing written or sent."""
         results = {s: r for s, r in done.results.items() if s not in failures}
         self.index(results, done.signals, partitions, done.outputs, outbox)
         self.emit(done.all_signals(failures), outbox)
@@ -366,6 +461,7 @@ class Pipeline:
         )
         for shopper in failures:
             outbox.saved.pop(shopper, None)
+            outbox.dropped.add(shopper)
 
     def index(
         self,
@@ -375,23 +471,17 @@ class Pipeline:
         outputs: dict[str, list[Output]],
         outbox: Outbox,
     ) -> None:
-        """The score indexes of these results (decay deadlines, audiences, tier moves),
-        written after the send; and the live conversion count."""
-        moves: Moves = []
+        """The index moves of these results (decay deadlines, audiences, tiers), written
+        after the send; and the live conversion count."""
         for shopper, result in results.items():
+            write = outbox.write(partitions[shopper])
             if result.changed:
-                moves.append((shopper, result.from_tier, result.to_tier))
+                write.move(shopper, result.from_tier, result.to_tier)
+            write.decays[shopper] = result.deadline
             self._count_purchases(result, signals.get(shopper, []))
-        audiences = [
-            (o.value.op, o.value.audience, o.key)  # type: ignore[attr-defined]
-            for shopper in results
-            for o in outputs.get(shopper, ())
-            if o.topic == OutputTopic.RETARGETING
-        ]
-        deadlines: dict[str, tuple[int, float | None]] = {
-            s: (partitions[s], r.deadline) for s, r in results.items()
-        }
-        outbox.index.append((deadlines, audiences, moves))
+            for o in outputs.get(shopper, ()):
+                if o.topic == OutputTopic.RETARGETING:
+                    write.audiences[(o.value.audience, o.key)] = o.value.op  # type: ignore[attr-defined]
 
     def _count_purchases(self, result: Result, signals: list[Signal]) -> None:
         """Live conversion: each new purchase, against the tier held just before it."""
@@ -441,44 +531,40 @@ class Pipeline:
             )
 
     async def flush(self, outbox: Outbox) -> None:
-        """Send the batch's records, wait for every ack, then write the score indexes
-        and save detection state."""
-        if outbox.records:  # a sweep's last chunk often finds nothing
-            await self.send(outbox.records)
-        # One round trip, the score indexes before the detection state: Redis runs a
-        # connection's commands in order, so a crash can leave the state unsaved with the
-        # indexes written, never the reverse. The reverse would lose the indexes: the
-        # batch read again would find its events in the saved state, drop them, and
-        # score nothing. Both are safe to write again.
-        commands = self.scores.index_commands(outbox.index)
-        commands += self.store.save_commands(outbox.saved)
-        if outbox.quarantined:
-            commands += self.store.unindex_commands(outbox.quarantined)
-            commands += self.scores.unindex_commands(outbox.quarantined)
-        fenced = list(outbox.fences)
-        if commands:
-            commands.insert(0, self.store_guard.command())  # is Redis still ours?
-            # The fences read again, after the writes in the same round trip: a shopper
-            # forgotten since the batch loaded it is erased again (the forget may have
-            # run between this batch's score script and these writes).
-            commands += self.store.fence_commands(fenced)
-            replies = await self.retry("index_save", self._write, commands)
-            self.store_guard.check(replies[0])
-            now = replies[len(replies) - len(fenced) :]
-            raced = [
-                shopper
-                for shopper, reply in zip(fenced, now, strict=True)
-                if fence_value(reply) != outbox.fences[shopper]
-            ]
-            for shopper in raced:
-                log.warning("shopper %r was forgotten during a batch: erased again", shopper)
-                await self.retry("index_save", self._erase, shopper)
-                self.metrics.forgets_reapplied.inc()
+        """Send the batch's records, wait for every ack, then write the changed records
+        and the index moves: one fenced write per partition. If anything fails, the
+        shoppers concerned are dropped from memory (their next touch reads Redis) and
+        the error goes up: the batch is processed again."""
+        try:
+            if outbox.records:  # a sweep's last chunk often finds nothing
+                await self.send(outbox.records)
+            self._records(outbox)
+            if any(outbox.writes.values()):
+                await self.retry("write", self._write, outbox)
+        except BaseException:
+            self.owner.drop(outbox.touched())
+            raise
+        self.owner.drop(outbox.dropped)
+        self.owner.trim()
 
-    async def _write(self, commands: list[Command]) -> list[Any]:
-        replies = await execute(self.scores.redis, commands)
-        self.metrics.redis_roundtrips.labels("index_save").inc()
-        return replies
+    def _records(self, outbox: Outbox) -> None:
+        """The saved records, encoded into their partitions' writes, with their
+        detection deadlines and how long they must live."""
+        engine = self.core.engine
+        now = self.clock().timestamp()
+        for shopper, (partition, record) in outbox.saved.items():
+            write = outbox.write(partition)
+            ttl = 0.0
+            if record.score.get("T") is not None or record.patterns.get("wm") is not None:
+                ttl = max(engine.ttl(record.patterns), scoring.lifetime(record.score))
+            if record.forgotten is not None:
+                ttl = max(ttl, record.forgotten + FENCE_SECONDS - now)
+            write.records[shopper] = (encode(record), max(1000, int(ttl * 1000)))
+            write.deadlines[shopper] = engine.deadline(record.patterns)
 
-    async def _erase(self, shopper: str) -> None:
-        await erase(self.scores.redis, self.settings.app_id, shopper, self.settings.partitions)
+    async def _write(self, outbox: Outbox) -> None:
+        try:
+            await self.owner.write(outbox.writes)
+        except EpochLost as exc:
+            raise self.store_guard.lost(str(exc)) from exc
+        self.metrics.redis_roundtrips.labels("write").inc()

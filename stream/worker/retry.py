@@ -64,7 +64,11 @@ TRANSIENT: Final = (
 # The same refusals, raised inside the score script: Redis reports them as the script's
 # error ("Error running script ... -OOM command not allowed ..."), a plain ResponseError.
 UNUSABLE_REPLIES: Final = ("-OOM ", "OOM command not allowed", "NOPERM", "NOAUTH", "MISCONF")
-TRANSIENT_REPLIES: Final = ("READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN")
+# "TTL exhausted": redis-py's cluster client gave up following a slot that is still
+# migrating (TRYAGAIN, ASK) after its own 16 tries; the migration ends, so it is retried.
+TRANSIENT_REPLIES: Final = (
+    "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "TTL exhausted"
+)  # fmt: skip
 
 
 def error_kind(exc: RedisError) -> str:

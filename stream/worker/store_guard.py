@@ -1,8 +1,8 @@
 """Redis data loss is detected, never silent; and consent survives it.
 
 A deployment marks its Redis (`<app>:deployment`) when it first starts. Each worker
-checks the mark at every assignment, and every batch and sweep chunk checks it in the
-round trip that writes its state:
+checks the mark at every assignment, and every write checks its partition's epoch
+(`lua/fence.lua`), which Redis loses with the rest:
 
 - The mark is there: Redis holds this deployment's state.
 - It is missing and the consumer group has never committed the clickstream: a new
@@ -12,12 +12,15 @@ round trip that writes its state:
   message: carrying on would score every shopper from nothing, and market again to
   shoppers who opted out. With INTENT_START_FROM_EMPTY_REDIS the worker instead says
   loudly that it starts from empty, rebuilds the suppressions, and marks Redis.
-- It goes missing while the worker runs: the worker stops (`StoreLost`), its batch
-  uncommitted.
+- A partition's epoch goes missing while the worker runs: the worker stops
+  (`StoreLost`), its batch uncommitted.
 
 Suppressions (opt-outs, spam complaints: kept for years) are rebuilt from the
 suppression topic, `intent.actions.suppression`, which the project creates with
 unlimited retention: every suppression the worker ever applied went out there first.
+Each partition's owner rebuilds its own partition's when it finds the partition's epoch
+missing in a deployment whose group has committed (`after_taken`): after a start from
+empty, and after an upgrade from the state format before epochs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import orjson
@@ -37,7 +40,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stream.core.detectors.engine import ADVANCED
 from stream.core.scoring import ScoreSignal
 from stream.settings import Settings
-from stream.state.redisbatch import Command
+from stream.state.store import partition_of
 from stream.worker.kafka import committed_offsets
 from stream.worker.outbox import Outbox
 from stream.worker.retry import RedisUnusable
@@ -69,7 +72,7 @@ class StoreGuard:
 
     # --- at an assignment -----------------------------------------------------------
     async def on_assigned(self, consumer: AIOKafkaConsumer) -> None:
-        redis = self.pipeline.scores.redis
+        redis = self.pipeline.redis
         if await redis.exists(self.key):
             self.checked = True
             return
@@ -96,10 +99,12 @@ class StoreGuard:
             where,
             self.settings.topic_suppression,
         )
-        rebuilt = await rebuild_suppressions(self.pipeline)
         await redis.set(self.key, self._stamp("restarted from empty"))
         self.pipeline.metrics.store_restarts.inc()
-        log.critical("rebuilt %d suppressions; the deployment goes on from empty", rebuilt)
+        log.critical(
+            "the deployment goes on from empty; each partition's owner rebuilds its "
+            "suppressions as it takes the partition"
+        )
         self.checked = True
 
     async def _group_has_committed(self, consumer: AIOKafkaConsumer) -> bool:
@@ -111,19 +116,29 @@ class StoreGuard:
     def _stamp(self, what: str) -> str:
         return f"{what} {datetime.now(UTC).isoformat()} by {socket.gethostname()}"
 
-    # --- in every write -----------------------------------------------------------
-    def command(self) -> Command:
-        return ("EXISTS", self.key)
-
-    def check(self, reply: Any) -> None:
-        """The reply of `command`, run first in a batch's write round trip."""
-        if self.checked and reply == 0:
-            exc = StoreLost(
-                f"Redis lost this deployment's state while the worker ran: its mark "
-                f"{self.key} is gone. The worker stops; its batch is not committed."
+    async def after_taken(self, consumer: AIOKafkaConsumer, fresh: list[int]) -> None:
+        """`fresh`: partitions whose epoch this worker found missing and created. In a
+        deployment whose group has committed, their suppressions are rebuilt."""
+        if not await self._group_has_committed(consumer):
+            return
+        rebuilt = await rebuild_suppressions(self.pipeline, set(fresh))
+        if rebuilt:
+            log.warning(
+                "rebuilt %d suppressions of partitions %s from %s",
+                rebuilt,
+                ", ".join(map(str, fresh)),
+                self.settings.topic_suppression,
             )
-            self.pipeline.loop.give_up(exc)
-            raise exc
+
+    # --- in every write -----------------------------------------------------------
+    def lost(self, reply: str) -> StoreLost:
+        """The worker stops: a write found its partition's epoch gone."""
+        exc = StoreLost(
+            f"Redis lost this deployment's state while the worker ran ({reply}). The "
+            "worker stops; its batch is not committed."
+        )
+        self.pipeline.loop.give_up(exc)
+        return exc
 
 
 def _where(url: str) -> str:
@@ -133,32 +148,42 @@ def _where(url: str) -> str:
 
 
 async def rebuild_suppressions(
-    pipeline: Pipeline, progress: Callable[[int, int], Awaitable[None]] | None = None
+    pipeline: Pipeline,
+    partitions: set[int],
+    progress: Callable[[int, int], Awaitable[None]] | None = None,
 ) -> int:
-    """Apply every suppression still in force on the suppression topic again, through the
-    score script (the same fields, tier and expiry it wrote the first time); returns how
-    many. A later `unsuppress` of the same scope, or a `forget`, cancels what came before
-    it."""
+    """Apply every suppression still in force on the suppression topic again, for the
+    shoppers of these intent.events partitions, through the scoring maths (the same
+    state, tier and expiry as the first time); returns how many. A later `unsuppress`
+    of the same scope, or a `forget`, cancels what came before it."""
     settings = pipeline.settings
-    active = await _active_suppressions(settings)
+    active = {
+        shopper: signals
+        for shopper, signals in (await _active_suppressions(settings)).items()
+        if partition_of(shopper, settings.partitions) in partitions
+    }
     shoppers = sorted(active)
     done = 0
     for i in range(0, len(shoppers), REBUILD_BATCH):
-        chunk = shoppers[i : i + REBUILD_BATCH]
-        batch = {s: (active[s][1], None) for s in chunk}
-        results = await pipeline.retry("score", pipeline.scores.apply_many, batch)
+        chunk = {s: partition_of(s, settings.partitions) for s in shoppers[i : i + REBUILD_BATCH]}
+        failures = pipeline.failures()
+        records = await pipeline.load(chunk, failures)
+        apply = pipeline.apply(records, failures, "score")
+        results = await apply({s: (active[s], None) for s in records})
         outbox = Outbox()
-        pipeline.index(results, {}, {s: active[s][0] for s in chunk}, {}, outbox)
+        for shopper in results:
+            outbox.saved[shopper] = (chunk[shopper], records[shopper])
+        pipeline.index(results, {}, chunk, {}, outbox)
         await pipeline.flush(outbox)
-        done += sum(len(active[s][1]) for s in chunk)
+        done += sum(len(active[s]) for s in results)
         log.info("rebuilt the suppressions of %d/%d shoppers", i + len(chunk), len(shoppers))
         if progress is not None:
             await progress(i + len(chunk), len(shoppers))
     return done
 
 
-async def _active_suppressions(settings: Settings) -> dict[str, tuple[int, list[ScoreSignal]]]:
-    """shopper -> (partition, the suppressions in force now), read from the whole topic."""
+async def _active_suppressions(settings: Settings) -> dict[str, list[ScoreSignal]]:
+    """shopper -> the suppressions in force now, read from the whole topic."""
     now = time.time()
     by_shopper: dict[str, dict[str, tuple[int, ScoreSignal]]] = defaultdict(dict)
     consumer = AIOKafkaConsumer(
@@ -185,7 +210,7 @@ async def _active_suppressions(settings: Settings) -> dict[str, tuple[int, list[
     finally:
         await consumer.stop()
     return {
-        shopper: (next(iter(held.values()))[0], [signal for _, signal in held.values()])
+        shopper: [signal for _, signal in held.values()]
         for shopper, held in by_shopper.items()
         if held
     }

@@ -1,8 +1,9 @@
 """The timer's sweep: deadlines whose time has come, with no further input needed.
 
 Detection deadlines (absences, visit ends) fire as signals, scored at once; score
-deadlines (decay demotions, suppression ends) fire in the score script. Both go out
-like a batch's output: send, wait for the acks, then write the indexes.
+deadlines (decay demotions, suppression ends) fire in the scoring maths. Both run on
+the shoppers' records in memory (`Owner`) and go out like a batch's output: send, wait
+for the acks, then write the records and indexes.
 """
 
 from __future__ import annotations
@@ -196,9 +197,9 @@ class Sweeper:
             return 0
         except Exception as exc:
             # Not one shopper's fault (those are left out one by one): what this chunk
-            # queued is dropped (its state and indexes unwritten, so it is all due again
-            # and the score script hands back what it applied), and this partition's
-            # pass ends here; the other partitions' go on.
+            # queued is dropped, and its shoppers' state in memory with it (nothing
+            # written, so it is all due again), and this partition's pass ends here;
+            # the other partitions' go on.
             self.metrics.shopper_failures.labels("sweep_chunk").inc()
             log.exception(
                 "sweeping partition %d failed (%s); again next tick", sweep.partition, exc
@@ -222,20 +223,19 @@ class Sweeper:
     async def _deadlines(self, partition: int, until: float, chunk: int, outbox: Outbox) -> int:
         """Absence deadlines and visit ends due by `until`: signals, scored at once."""
         pipeline = self.pipeline
-        shoppers = await pipeline.retry("sweep", pipeline.store.due, partition, until, chunk)
+        reader = pipeline.reader
+        shoppers = await pipeline.retry("sweep", reader.due_deadlines, partition, until, chunk)
         if not shoppers:
             return 0
         failures = self._failures()
-        states = await pipeline.load(shoppers, failures, outbox)
-        core = pipeline.core
+        records = await pipeline.load(dict.fromkeys(shoppers, partition), failures)
         todo: dict[str, tuple[State, list[Event]]] = {
-            shopper: (states.get(shopper) or core.new_state(), [])
-            for shopper in shoppers
-            if shopper not in failures
+            shopper: (record.patterns, []) for shopper, record in records.items()
         }
-        done = await core.run(todo, pipeline.apply(failures, "score"), failures, until=until)
-        for shopper, (state, _) in todo.items():
-            outbox.saved[shopper] = pipeline.saved(state, partition)
+        apply = pipeline.apply(records, failures, "score")
+        done = await pipeline.core.run(todo, apply, failures, until=until)
+        for shopper, record in records.items():
+            outbox.saved[shopper] = (partition, record)
         pipeline.queue(done, dict.fromkeys(shoppers, partition), outbox, failures)
         self._quarantine(failures, partition, outbox)
         return len(shoppers)
@@ -246,11 +246,17 @@ class Sweeper:
 
     def _quarantine(self, failed: Failures, partition: int, outbox: Outbox) -> None:
         """Take shoppers whose sweep raised off the timer's indexes (detection deadlines
-        and decays), their state left as it was: the pass goes on without them, and
-        later passes do not fail on them again. Their next event indexes them again."""
+        and decays), their stored record left as it was (and dropped from memory): the
+        pass goes on without them, and later passes do not fail on them again. Their
+        next event indexes them again."""
+        if not failed:
+            return
+        write = outbox.write(partition)
         for shopper in failed:
             outbox.saved.pop(shopper, None)
-            outbox.quarantined[shopper] = partition
+            outbox.dropped.add(shopper)
+            write.deadlines[shopper] = None
+            write.decays[shopper] = None
 
     async def _decay(self, sweep: SweepPass, until: float, chunk: int, outbox: Outbox) -> int:
         """Decay demotions and suppression ends due by `until`, at their computed times.
@@ -260,32 +266,36 @@ class Sweeper:
         up to SWEEP_MAX times. One due again later (the next tier boundary) goes on."""
         pipeline = self.pipeline
         partition = sweep.partition
-        due = await pipeline.retry("decay", pipeline.scores.due, partition, until, chunk)
+        reader = pipeline.reader
+        due = await pipeline.retry("decay", reader.due_decays, partition, until, chunk)
         due = {s: t for s, t in due.items() if (s, t) not in sweep.decayed}
         if not due:
             return 0
         sweep.decayed.update(due.items())
-        fences = await pipeline.retry("decay", pipeline.store.fences, list(due))
-        outbox.fences.update(fences)
         failures = self._failures()
-        results = await pipeline.apply(failures, "decay")({s: ([], t) for s, t in due.items()})
+        partitions = dict.fromkeys(due, partition)
+        records = await pipeline.load(partitions, failures)
+        apply = pipeline.apply(records, failures, "decay")
+        results = await apply({s: ([], t) for s, t in due.items() if s in records})
         outputs = pipeline.core.outputs(results, {}, failures)
-        pipeline.index(results, {}, dict.fromkeys(due, partition), outputs, outbox)
+        for shopper in results:
+            outbox.saved[shopper] = (partition, records[shopper])
+        pipeline.index(results, {}, partitions, outputs, outbox)
         pipeline.send_outputs([o for outs in outputs.values() for o in outs], outbox)
         self._quarantine(failures, partition, outbox)
         return len(due)
 
     async def refresh_tier_gauge(self) -> None:
-        counts = await self.pipeline.scores.tier_counts(("low", "mid", "high", "suppressed"))
+        counts = await self.pipeline.reader.tier_counts()
         for tier, count in counts.items():
             self.metrics.shoppers.labels(tier).set(count)
 
     async def _flush_until_sent(self, outbox: Outbox) -> None:
-        """The sweep's flush. Its changes are already applied in Redis: if the broker
+        """The sweep's flush. Its changes are computed and go out once: if the broker
         refuses the records, send them again (same ids) until it takes them, holding the
         lock, so nothing newer for these shoppers goes out ahead of them. Only a
-        stopping worker gives up, and says what it could not send; its decays stay due
-        (the index is written after the send) and the script hands them back."""
+        stopping worker gives up, and says what it could not send; nothing of it was
+        written, so it is all due again at the next owner."""
         delay = 0.1
         while True:
             try:

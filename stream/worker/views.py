@@ -17,7 +17,7 @@ import faust
 from faust.web import Request, Response, View
 
 from stream.clock import Clock
-from stream.state.scores import ScoreStore, profile
+from stream.state.store import StateReader, profile
 from stream.worker.app import app_settings
 from stream.worker.retry import REDIS_STEP_SECONDS
 
@@ -25,12 +25,12 @@ AUDIENCE_PAGE: Final = 100  # members per page of GET /audiences/{name} without 
 REALM: Final = 'Bearer realm="intent"'
 
 
-async def read_shopper(scores: ScoreStore, shopper: str, now: float) -> dict[str, Any]:
-    return profile(shopper, await scores.read(shopper), now)
+async def read_shopper(reader: StateReader, shopper: str, now: float) -> dict[str, Any]:
+    return profile(shopper, await reader.record(shopper), now)
 
 
-async def audience_page(scores: ScoreStore, name: str, cursor: int, count: int) -> dict[str, Any]:
-    members, next_cursor, size = await scores.audience_members(name, cursor, count)
+async def audience_page(reader: StateReader, name: str, cursor: int, count: int) -> dict[str, Any]:
+    members, next_cursor, size = await reader.audience_members(name, cursor, count)
     return {"audience": name, "members": members, "next_cursor": next_cursor, "size": size}
 
 
@@ -65,7 +65,7 @@ def guarded_view(token: bytes | None) -> type[View]:
     return Guarded
 
 
-def register_views(app: faust.App, scores: ScoreStore, clock: Clock) -> None:
+def register_views(app: faust.App, scores: StateReader, clock: Clock) -> None:
     """The views on `app`, with the token and page cap of the settings it was made with."""
     settings = app_settings(app)
     token = settings.api_token.get_secret_value().encode() if settings.api_token else None

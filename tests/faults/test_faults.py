@@ -14,7 +14,6 @@ runs the `faults` ones. docs/operations.md ("Fault suite") has the figures.
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import threading
@@ -25,6 +24,8 @@ from typing import Any
 import pytest
 import redis
 
+from stream.state.records import Keys, decode
+from stream.state.store import partition_of
 from tests.faults.harness import FaultRun, stop_worker, wait_for
 
 
@@ -153,15 +154,12 @@ def test_slow_redis(fault_run: Any, variant: Variant) -> None:
 
 @pytest.mark.faults
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    strict=True, reason="needs partition-epoch fencing of Redis writes (state redesign)"
-)
 def test_zombie_worker(fault_run: Any) -> None:
-    """Two workers; one is stopped (SIGSTOP) just as a score script call of its goes to
+    """Two workers; one is stopped (SIGSTOP) just as a fenced write of its goes to
     Redis, for longer than the session timeout (3 s here): the other takes its
-    partitions over and processes those shoppers' next round. Then SIGCONT: the zombie
-    finishes what it had in hand and writes those shoppers' detection state as it was
-    before that round. Nothing fences such late writes today.
+    partitions over (a new epoch each) and processes those shoppers' next round. Then
+    SIGCONT: the zombie finishes what it had in hand, and its writes of those shoppers'
+    state as it was before that round are refused (its epoch is stale).
 
     Two checks: the outputs against replay, as in every test; and, 3 s after SIGCONT
     (before the shoppers' next round), the detection state of the shoppers in the
@@ -194,7 +192,7 @@ def test_zombie_worker(fault_run: Any) -> None:
 
     taken_before = survivor.assignments()
     zombie.redis_proxy.arm(b"EVALSHA", stop, follow=1.0)
-    assert stopped.wait(30), "the zombie never called the score script"
+    assert stopped.wait(30), "the zombie never wrote"
     # past the session timeout, and long enough for the survivor to take over and
     # process the next round of the zombie's shoppers (a round is ~30 s of traffic later)
     time.sleep(40)
@@ -206,6 +204,7 @@ def test_zombie_worker(fault_run: Any) -> None:
     shoppers = sorted(s.decode() for s in caught["shoppers"])
     stale = stale_states(run, shoppers, processed_by=resumed - 3)
     run.notes.update(
+        zombie_fenced_writes=zombie.metrics().get("intent_fenced_writes_total", 0.0),
         survivor_took_over=took_over,
         zombie_shoppers=len(shoppers),
         stale_states=len(stale),
@@ -218,7 +217,7 @@ def test_zombie_worker(fault_run: Any) -> None:
     assert stale == [], "the zombie's late writes took shoppers' detection state back"
 
 
-SHOPPER_KEY = re.compile(rb"\{(f\d+)\}:")
+SHOPPER_KEY = re.compile(rb":s:\{\d+\}:(f\d+)")
 
 
 def stale_states(run: FaultRun, shoppers: list[str], processed_by: float) -> list[Any]:
@@ -229,11 +228,13 @@ def stale_states(run: FaultRun, shoppers: list[str], processed_by: float) -> lis
         if at <= processed_by and burst.shopper in shoppers:
             newest[burst.shopper] = max(e.ts.timestamp() for e in burst.events)
     client = redis.Redis.from_url(run.redis.url)
+    keys = Keys(run.settings.app_id)
     try:
         stale = []
         for shopper, ts in sorted(newest.items()):
-            raw = client.get(f"{run.settings.app_id}:{{{shopper}}}:patterns")
-            seen = json.loads(raw)["wm"] if raw else None
+            partition = partition_of(shopper, run.settings.partitions)
+            raw = client.get(keys.record(partition, shopper))
+            seen = decode(raw, {}).patterns["wm"] if raw else None
             if seen is None or seen < ts - 1e-6:
                 stale.append((shopper, None if seen is None else round(ts - seen)))
         return stale

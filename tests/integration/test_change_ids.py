@@ -32,8 +32,11 @@ def _changes(harness: Harness, bodies: list[dict[str, Any]]) -> list[dict[str, A
 
 
 def _expire(harness: Harness) -> None:
-    """Every key of the shopper gone, as their TTLs (or a lost Redis) would leave it."""
+    """Every key of the shopper gone, as their TTLs (or a lost Redis) would leave it, and
+    the worker restarted (nothing in memory; the partitions taken again)."""
     drop_keys(harness.settings.redis_url.get_secret_value(), harness.settings.app_id)
+    harness.pipeline.owner.clear()
+    harness.run(harness.pipeline.owner.take(range(harness.settings.partitions)))
 
 
 def test_a_shopper_who_comes_back_after_their_state_expired_gets_new_change_ids(

@@ -61,6 +61,7 @@ def _run(redis_url: str, sample: Path, direct: bool) -> tuple[list[OutRecord], f
     async def run() -> None:
         client = redis_client(settings)
         pipeline = agents.Pipeline(None, settings, metrics, load_rules(), client, sender=send)
+        await pipeline.owner.take(range(settings.partitions))  # as at an assignment
         if direct:
             pipeline.loop.routing.own_all(partitions)
         try:

@@ -10,7 +10,7 @@ import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -75,6 +75,31 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
 
     Run both ways: events detected directly by the owner of their intent.events
     partition (the default), and every event through that topic."""
+    lines, late_ids, expected = workload(rees46_file, tmp_path)
+    ensure_topics(settings)
+    produce(
+        settings.kafka_bootstrap,
+        settings.topic_clickstream,
+        [(json.loads(line)["shopper_id"].encode(), line) for line in lines],
+    )
+    env["INTENT_ALWAYS_REPARTITION"] = str(repartition).lower()
+    start_worker()
+    assert_outputs_match(settings, expected, late_ids)
+    direct = scrape_metrics(settings.metrics_port)["intent_events_direct_total"]
+    if repartition:
+        assert direct == 0
+    else:
+        assert direct > len(lines) / 2  # most skipped the hop (the first fetches cannot)
+
+
+class Expected(NamedTuple):
+    changes: dict[str, Any]  # change id -> the record
+    actions: Counter[str]  # [topic, key, value] as JSON -> how many
+
+
+def workload(rees46_file: Path, tmp_path: Path) -> tuple[list[bytes], set[str], Expected]:
+    """The REES46 file with generated shoppers, in arrival order, and one event of now:
+    the lines to produce, the ids of the late events, and what replay computes."""
     events = [e for e in read_events(rees46_file, "rees46") if isinstance(e, Event)]
     # REES46 has no checkout, cart page or email: add generated shoppers that have
     # them, in the same hours, so absences fire too (in the worker, by the events of the
@@ -109,21 +134,21 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     assert {c.change_id for c in by_time.changes} != {c.change_id for c in expected.changes}
     fired = Counter(s.rule_id for s in expected.signals if s.shopper_id.startswith("gen-"))
     assert fired["checkout_abandoned"] > 20 and fired["cart_viewed_without_checkout"] > 20
-    topics = settings.output_topics()
+    topics = Settings().output_topics()
     want_changes = {c.change_id: json.loads(c.model_dump_json()) for c in expected.changes}
     want_actions = Counter(
         json.dumps([a["topic"], a["key"], a["value"]], sort_keys=True)
         for a in action_lines(expected.actions, topics)
     )
 
-    ensure_topics(settings)
-    produce(
-        settings.kafka_bootstrap,
-        settings.topic_clickstream,
-        [(json.loads(line)["shopper_id"].encode(), line) for line in lines],
-    )
-    env["INTENT_ALWAYS_REPARTITION"] = str(repartition).lower()
-    start_worker()
+    return lines, late_ids, Expected(want_changes, want_actions)
+
+
+def assert_outputs_match(settings: Settings, expected: Expected, late_ids: set[str]) -> None:
+    """The worker's tier changes and actions are exactly replay's, and every late event
+    is dead-lettered once."""
+    want_changes, want_actions = expected.changes, expected.actions
+    topics = settings.output_topics()
     reader = Reader(
         settings.kafka_bootstrap,
         settings.topic_tier_changes,
@@ -156,8 +181,3 @@ def test_the_live_worker_emits_exactly_what_replay_computes(
     assert {d["reason"] for d in dead} == {"late"}
     dead_ids = Counter(json.loads(base64.b64decode(d["value_b64"]))["event_id"] for d in dead)
     assert set(dead_ids) == late_ids and set(dead_ids.values()) == {1}
-    direct = scrape_metrics(settings.metrics_port)["intent_events_direct_total"]
-    if repartition:
-        assert direct == 0
-    else:
-        assert direct > len(lines) / 2  # most skipped the hop (the first fetches cannot)

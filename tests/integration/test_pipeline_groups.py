@@ -60,6 +60,7 @@ def _run(redis_url: str, sample: Path, groups: int, monkeypatch: pytest.MonkeyPa
         pipeline = agents.Pipeline(
             None, settings, Metrics(CollectorRegistry()), rules, client, sender=send
         )
+        await pipeline.owner.take(range(settings.partitions))  # as at an assignment
         try:
             for i in range(0, len(records), BATCH):
                 await pipeline.handle(records[i : i + BATCH])

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from stream.state.scores import profile
+from stream.state.store import profile
 from stream.topics import ensure_topics
 from stream.worker.store_guard import StoreLost
 from tests.integration.kafka_io import produce
@@ -86,14 +86,15 @@ def test_a_new_deployment_marks_redis_and_a_wipe_stops_the_worker(harness: Harne
     guard = pipeline.store_guard
     consumer = _consumer(harness)
     try:
-        harness.run(guard.on_assigned(consumer))  # the group never committed: new
+        partitions = set(range(harness.settings.partitions))
+        harness.run(pipeline.on_assigned(consumer, partitions))  # never committed: new
         assert harness.run(harness.client.exists(guard.key)) == 1
         start = datetime.now(UTC) - timedelta(hours=1)
         harness.run(pipeline.handle(_batch(harness, "w-1", ["add_to_cart"], start)))
         assert pipeline.loop.crash_reason is None
 
         _wipe(harness)  # Redis loses everything under the running worker
-        with pytest.raises(StoreLost, match=r"mark .* is gone"):
+        with pytest.raises(StoreLost, match=r"lost this deployment's state while .* NOEPOCH"):
             harness.run(pipeline.handle(_batch(harness, "w-2", ["add_to_cart"], start)))
         assert isinstance(pipeline.loop.crash_reason, StoreLost)
 
@@ -113,6 +114,7 @@ def test_started_from_empty_the_opted_out_stay_suppressed(harness: Harness) -> N
     of the one who complained is scored without any action."""
     pipeline = harness.pipeline
     settings = harness.settings
+    harness.run(pipeline.owner.take(range(settings.partitions)))
     start = datetime.now(UTC) - timedelta(hours=2)
     records = _batch(harness, "c-1", ["product_view", "spam_complaint"], start)
     records += _batch(harness, "c-2", ["opt_out"], start)
@@ -133,8 +135,8 @@ def test_started_from_empty_the_opted_out_stay_suppressed(harness: Harness) -> N
     guard = pipeline.store_guard  # started again, with the flag
     guard.settings = settings.model_copy(update={"start_from_empty_redis": True})
     consumer = _consumer(harness)
-    try:
-        harness.run(guard.on_assigned(consumer))
+    try:  # the assignment: the mark, then the partitions' epochs, all missing
+        harness.run(pipeline.on_assigned(consumer, set(range(settings.partitions))))
     finally:
         harness.run(consumer.stop())
     assert harness.metric("intent_store_restarts_total") == 1
@@ -152,6 +154,5 @@ def test_started_from_empty_the_opted_out_stay_suppressed(harness: Harness) -> N
 
 
 def _profile(harness: Harness, shopper: str) -> dict[str, Any]:
-    fields = harness.run(harness.client.hgetall(harness.pipeline.scores.keys(shopper)[0]))
-    decoded = {k.decode(): v.decode() for k, v in fields.items()}
-    return profile(shopper, decoded, datetime.now(UTC).timestamp())
+    record = harness.run(harness.pipeline.reader.record(shopper))
+    return profile(shopper, record, datetime.now(UTC).timestamp())

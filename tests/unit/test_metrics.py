@@ -56,8 +56,7 @@ def test_the_out_of_bounds_reason_and_the_sweeps_failures_are_there() -> None:
 
 def _retried(node: ast.AST) -> str | None:
     """The stage of `retry("<stage>", ...)`, `retry.each("<stage>", ...)`,
-    `partial(retry, "<stage>", ...)` or `pipeline.apply(failures, "<stage>")` (the score
-    script through `retry.each`)."""
+    or `partial(retry, "<stage>", ...)`."""
     if not isinstance(node, ast.Call):
         return None
     args = node.args
@@ -65,9 +64,7 @@ def _retried(node: ast.AST) -> str | None:
         node, args = args[0], args[1:]  # type: ignore[assignment]
     else:
         node = node.func
-    if isinstance(node, ast.Attribute) and node.attr == "apply" and len(args) == 2:
-        args = args[1:]
-    elif not (isinstance(node, ast.Attribute) and node.attr in ("retry", "each")):
+    if not (isinstance(node, ast.Attribute) and node.attr in ("retry", "each")):
         return None
     if args and isinstance(args[0], ast.Constant):
         return str(args[0].value)
@@ -112,7 +109,7 @@ def test_the_shopper_failure_stages_are_the_ones_the_worker_counts() -> None:
     text = WORKER_SOURCE + (ROOT / "stream" / "core" / "process.py").read_text()
     stages = set(re.findall(r"failures\.add\(\"(\w+)\"", text))
     stages |= set(re.findall(r"partial\(failures\.add, \"(\w+)\"\)", text))
-    stages |= set(re.findall(r"\.apply\(failures, \"(\w+)\"\)", text))  # its script's failures
+    stages |= set(re.findall(r"\.apply\(\w+, failures, \"(\w+)\"\)", text))  # scoring failures
     stages |= set(re.findall(r"detect_as=\"(\w+)\"", text))
     stages |= set(re.findall(r"shopper_failures\.labels\(\"(\w+)\"\)", text))
     assert stages == set(SHOPPER_FAILURE_STAGES)

@@ -30,13 +30,9 @@ def test_a_bug_in_a_stage_dead_letters_its_records_and_the_loop_goes_on(
     sent: list[Any] = []
     pipeline = _pipeline(sent)
 
-    async def no_states(shoppers: list[str]) -> dict[str, Any]:
-        return {}
-
     def broken(*args: Any) -> Any:
         raise RuntimeError("detector bug")
 
-    monkeypatch.setattr(pipeline.store, "load_fenced", no_states)
     monkeypatch.setattr(pipeline.core.engine, "process", broken)
     monkeypatch.setattr(agents, "ingest_batch", broken)
     raw = RawRecord(b'{"x": 1}', b"k", Settings().topic_clickstream, 2, 7)
@@ -66,10 +62,12 @@ def test_a_bug_in_one_group_stops_the_other_groups_before_they_score(
     pipeline = _pipeline(sent)
     scored: list[Any] = []
 
-    async def states(shoppers: list[str]) -> dict[str, Any]:
+    load = pipeline.owner.load
+
+    async def states(shoppers: dict[str, int]) -> dict[str, Any]:
         if "s-1" in shoppers:
             await asyncio.sleep(0.05)  # this group is waiting on Redis when the other fails
-        return {}
+        return await load(shoppers)
 
     detect = pipeline.core.detect
 
@@ -78,13 +76,16 @@ def test_a_bug_in_one_group_stops_the_other_groups_before_they_score(
             raise RuntimeError("detector bug")
         return detect(shoppers, *args)
 
-    async def apply_many(*args: Any) -> Any:
-        scored.append(args)
-        return {}
+    def apply(*args: Any) -> Any:
+        async def scoring(batch: Any) -> Any:
+            scored.append(batch)
+            return {}
 
-    monkeypatch.setattr(pipeline.store, "load_fenced", states)
+        return scoring
+
+    monkeypatch.setattr(pipeline.owner, "load", states)
     monkeypatch.setattr(pipeline.core, "detect", group_detect)
-    monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
+    monkeypatch.setattr(pipeline, "apply", apply)
     monkeypatch.setattr(agents, "PROCESS_GROUPS", 2)
 
     async def run() -> None:
@@ -101,28 +102,50 @@ def test_a_bug_in_one_group_stops_the_other_groups_before_they_score(
     assert all(d["detail"] == "RuntimeError: detector bug" for d in letters)  # not a group
 
 
-def test_after_the_send_the_score_indexes_go_before_the_detection_state() -> None:
-    """One round trip, run in order by Redis. A crash that left the state saved and the
-    indexes unwritten would lose them: the batch read again would find its events in
-    the state, drop them, and score nothing."""
-    from stream.state.patterns import Saved
+def test_after_the_send_each_partition_gets_one_write_of_its_records_and_indexes() -> None:
+    """Nothing is written before the broker acked the output; then one fenced write per
+    partition, the records first and the indexes after, all in that partition's slot."""
+    from stream.state.records import decode
     from stream.worker.pipeline import Outbox
 
+    events: list[str] = []
+
+    async def send(records: list[Any]) -> None:
+        events.append("send")
+
     pipeline = _pipeline([])
-    written: list[list[Any]] = []
-
-    async def write(commands: list[Any]) -> list[Any]:
-        written.append(commands)
-        return [None] * len(commands)  # Redis's replies
-
-    pipeline._write = write
+    pipeline.send = send
+    owner = pipeline.owner
+    written = owner.written
     outbox = Outbox()
-    outbox.index.append(({"s-1": (0, 500.0)}, [("add", "a", "s-1")], [("s-1", "none", "low")]))
-    outbox.saved["s-1"] = Saved({"seen": ["e1"]}, ttl_seconds=3600.0, deadline=900.0, partition=0)
-    asyncio.run(pipeline.flush(outbox))
-    (commands,) = written  # one round trip
-    verbs = [c[0] for c in commands]
-    # first whether Redis still holds the deployment's state (its mark), then the writes
-    assert verbs == ["EXISTS", "SADD", "ZADD", "SADD", "SET", "ZADD"]
-    assert commands[0][1] == pipeline.store_guard.key
-    assert commands[4][1] == pipeline.store.state_key("s-1")  # the state comes last
+    outbox.add("t", b"s-1", b"{}")
+    for shopper, partition in (("s-1", 0), ("s-2", 3)):
+        record = owner.fresh()
+        record.patterns["wm"] = 100.0
+        outbox.saved[shopper] = (partition, record)
+    first = outbox.write(0)
+    first.move("s-1", "none", "low")
+    first.decays["s-1"] = 500.0
+    first.audiences[("a", "s-1")] = "add"
+    owner.epochs = {0: 4, 3: 9}
+
+    async def run() -> None:
+        await pipeline.flush(outbox)
+        events.append("written")
+
+    asyncio.run(run())
+    assert events == ["send", "written"]
+    (writes,) = written  # one write, for both partitions
+    assert sorted(writes) == [0, 3]
+    steps = owner.fence.steps(0, writes[0])
+    assert [(verb, key) for verb, key, _ in steps] == [
+        ("SET", "intent:s:{0}:s-1"),
+        ("ZREM", "intent:deadlines:{0}"),
+        ("ZADD", "intent:decay:{0}"),
+        ("SADD", "intent:tier:{0}:low"),
+        ("SADD", "intent:audience:{0}:a"),
+    ]
+    value, ttl_ms = writes[0].records["s-1"]
+    assert decode(value, {}).patterns["wm"] == 100.0 and ttl_ms >= 1000
+    command = owner.fence.command(3, 9, writes[3])
+    assert command is not None and command[3] == "intent:epoch:{3}" and "9" in command

@@ -5,7 +5,6 @@ earlier output file of the same name as it was. The input: a generated REES46 fi
 
 from __future__ import annotations
 
-import socket
 import zlib
 from pathlib import Path
 
@@ -60,19 +59,6 @@ def test_an_output_that_cannot_be_written_fails_before_the_replay(
         assert code == 1, output
         assert f"Error: cannot write {blocker}" in output
         assert "reading" not in output and "Redis" not in output  # before the file is read
-
-
-def test_a_redis_that_does_not_answer_is_named_before_the_replay(
-    rees46_file: Path, tmp_path: Path
-) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"redis://:secret@127.0.0.1:{port}/0"
-    code, output = replay(str(rees46_file), "--format", "rees46", "--redis", url)
-    assert code == 1, output
-    assert f"Error: Redis at redis://127.0.0.1:{port}/0 did not answer" in output
-    assert "secret" not in output and "reading" not in output
 
 
 def test_a_failed_replay_leaves_the_earlier_output_files_as_they_were(

@@ -86,8 +86,8 @@ def test_the_sweep_waits_for_event_time_until_everything_owned_was_read(
         asked.append(args)
         return []
 
-    monkeypatch.setattr(pipeline.store, "due", due)
-    monkeypatch.setattr(pipeline.scores, "due", due)
+    monkeypatch.setattr(pipeline.reader, "due_deadlines", due)
+    monkeypatch.setattr(pipeline.reader, "due_decays", due)
     pipeline.loop.caught_up = False
     asyncio.run(pipeline.sweeper.sweep_partitions({5}))  # no event time known on partition 5
     assert asked == []
@@ -120,7 +120,7 @@ def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Until the broker has the demotion, the decay index keeps the shopper due: a crash
-    in between leaves the call to be made again, and apply.lua hands its output back."""
+    in between leaves the call to be made again, from the record Redis holds."""
     from stream.core.scoring import Change, Result
 
     order: list[str] = []
@@ -138,22 +138,24 @@ def test_a_decay_moves_its_deadline_only_after_its_output_was_sent(
     async def due(partition: int, until: float, limit: int) -> dict[str, float]:
         return {} if "index" in order else {"s-1": 500.0}  # due until it was indexed
 
-    async def apply_many(batch: dict[str, Any]) -> dict[str, Result]:
-        order.append("apply")
-        change = Change("mid", "low", 13.0, 500.0, 2, "decay", [("r", 13.0)], None)
-        return {"s-1": Result("mid", "low", 13.0, 500.0, 2, 9000.0, 3600.0, 0, [change])}
+    def apply(*args: Any) -> Any:
+        async def scoring(batch: dict[str, Any]) -> dict[str, Result]:
+            order.append("apply")
+            change = Change("mid", "low", 13.0, 500.0, 2, "decay", [("r", 13.0)], None)
+            return {"s-1": Result("mid", "low", 13.0, 500.0, 2, 9000.0, 3600.0, 0, [change])}
 
-    async def write(commands: list[Any]) -> list[Any]:  # the indexes and the state
+        return scoring
+
+    async def write(outbox: Any) -> None:  # the record and the indexes
         order.append("index")
-        return [None] * len(commands)  # Redis's replies: no forget since the load
 
     async def no_sleep(seconds: float) -> None:
         return None
 
     pipeline.send = send
-    monkeypatch.setattr(pipeline.store, "due", no_due_states)
-    monkeypatch.setattr(pipeline.scores, "due", due)
-    monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
+    monkeypatch.setattr(pipeline.reader, "due_deadlines", no_due_states)
+    monkeypatch.setattr(pipeline.reader, "due_decays", due)
+    monkeypatch.setattr(pipeline, "apply", apply)
     monkeypatch.setattr(pipeline, "_write", write)
     monkeypatch.setattr(agents.asyncio, "sleep", no_sleep)
     asyncio.run(pipeline.sweeper.sweep_partitions({0}))
@@ -323,30 +325,33 @@ def test_a_decay_left_due_goes_out_in_the_same_sweep_and_a_stuck_one_only_once(
         ready = sorted((t, s) for s, t in index.items() if t <= until)
         return {s: t for t, s in ready[:limit]}
 
-    async def apply_many(batch: dict[str, Any]) -> dict[str, Result]:
-        results = {}
-        for shopper, (_, at) in sorted(batch.items()):
-            calls.append((shopper, at))
-            if shopper == "stuck":
-                deadline: float | None = at  # not moved on
-            else:
-                deadline = {600.0: 700.0, 700.0: 800.0}.get(at)  # two more boundaries
-            results[shopper] = Result("low", "low", 1.0, at, 1, deadline, 3600.0, 0)
-        return results
+    def apply(*args: Any) -> Any:
+        async def scoring(batch: dict[str, Any]) -> dict[str, Result]:
+            results = {}
+            for shopper, (_, at) in sorted(batch.items()):
+                calls.append((shopper, at))
+                if shopper == "stuck":
+                    deadline: float | None = at  # not moved on
+                else:
+                    deadline = {600.0: 700.0, 700.0: 800.0}.get(at)  # two more boundaries
+                results[shopper] = Result("low", "low", 1.0, at, 1, deadline, 3600.0, 0)
+            return results
 
-    def write(writes: list[Any]) -> list[Any]:  # as if the round trip ran at once
-        for deadlines, *_ in writes:
-            for shopper, (_, deadline) in deadlines.items():
+        return scoring
+
+    async def write(writes: dict[int, Any]) -> int:  # as if the fenced write ran at once
+        for part in writes.values():
+            for shopper, deadline in part.decays.items():
                 if deadline is None:
                     del index[shopper]
                 else:
                     index[shopper] = deadline
-        return []
+        return 0
 
-    monkeypatch.setattr(pipeline.store, "due", no_deadlines)
-    monkeypatch.setattr(pipeline.scores, "due", due)
-    monkeypatch.setattr(pipeline.scores, "apply_many", apply_many)
-    monkeypatch.setattr(pipeline.scores, "index_commands", write)
+    monkeypatch.setattr(pipeline.reader, "due_deadlines", no_deadlines)
+    monkeypatch.setattr(pipeline.reader, "due_decays", due)
+    monkeypatch.setattr(pipeline, "apply", apply)
+    monkeypatch.setattr(pipeline.owner, "write", write)
     monkeypatch.setattr(pipeline.sweeper, "until", lambda partition: 1000.0)
     asyncio.run(pipeline.sweeper.sweep_partitions({0}))
     assert calls == [("chained", 600.0), ("stuck", 500.0), ("chained", 700.0), ("chained", 800.0)]
@@ -404,8 +409,8 @@ def test_the_sweep_takes_small_chunks_while_batches_come_and_large_ones_when_qui
 
     monkeypatch.undo()  # the real chunk functions, asking Redis for that many
     monkeypatch.setattr(agents.time, "monotonic", lambda: clock["t"])
-    monkeypatch.setattr(pipeline.store, "due", due)
-    monkeypatch.setattr(pipeline.scores, "due", due)
+    monkeypatch.setattr(pipeline.reader, "due_deadlines", due)
+    monkeypatch.setattr(pipeline.reader, "due_decays", due)
     asyncio.run(pipeline.handle([]))
     asyncio.run(pipeline.sweeper.sweep_partitions({0}))
     clock["t"] += sweep.SWEEP_QUIET_SECONDS

@@ -12,7 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from stream.metrics import Metrics
 from stream.settings import Settings
+from stream.state.records import PartitionWrite, Record
 from stream.worker.loop import StreamLoop
+from stream.worker.owner import Entry, Owner
 
 
 @dataclass
@@ -70,20 +72,39 @@ def _pipeline(sent: list[Any]) -> Any:
     async def send(records: list[Any]) -> None:
         sent.extend(records)
 
-    async def no_fences(shoppers: list[str]) -> dict[str, float | None]:
-        return dict.fromkeys(shoppers)  # nobody forgotten
-
     client = aioredis.Redis(host="127.0.0.1", port=1)  # never reached: Redis steps stubbed
     pipeline = Pipeline(
         None, Settings(), Metrics(CollectorRegistry()), load_rules(), client, sender=send
     )
 
-    async def no_guard(consumer: Any) -> None:
+    async def no_guard(consumer: Any, partitions: set[int]) -> None:
         return None  # the store guard has tests of its own, on a real Redis
 
-    pipeline.store.fences = no_fences  # type: ignore[method-assign]
+    pipeline.owner = MemoryOwner(client, pipeline.settings.app_id, 1000)
     pipeline.loop.on_assigned = no_guard
     return pipeline
+
+
+class MemoryOwner(Owner):
+    """The owner with Redis left out: records missing from the cache are new, and the
+    fenced writes are kept in `written` (the owner's own tests run on a real Redis)."""
+
+    def __init__(self, client: Any, app_id: str, capacity: int) -> None:
+        super().__init__(client, app_id, capacity)
+        self.written: list[dict[int, PartitionWrite]] = []
+
+    async def load(self, shoppers: dict[str, int]) -> dict[str, Record | Exception]:
+        out: dict[str, Record | Exception] = {}
+        for shopper, partition in shoppers.items():
+            entry = self.cache.get(shopper)
+            if entry is None:
+                entry = self.cache[shopper] = Entry(partition, self.fresh())
+            out[shopper] = entry.record
+        return out
+
+    async def write(self, writes: dict[int, PartitionWrite]) -> int:
+        self.written.append(writes)
+        return sum(len(self.fence.steps(p, w)) for p, w in writes.items())
 
 
 class Offsets:
