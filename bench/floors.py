@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -85,7 +86,8 @@ async def capture(
     settings: Settings, raw: list[RawRecord]
 ) -> tuple[list[list[OutRecord]], list[bytes]]:
     """The worker's pipeline over `raw` in batches, one worker owning every partition:
-    each batch's output records, and each score script call's argument."""
+    each batch's output records, and each score script call's argument (none when the
+    pipeline scores without a Redis script: then there is no script floor to take)."""
     client = redis_client(settings)
     outputs: list[list[OutRecord]] = []
     current: list[OutRecord] = []
@@ -96,14 +98,18 @@ async def capture(
     rules = load_ruleset(settings)
     pipeline = Pipeline(None, settings, Metrics(CollectorRegistry()), rules, client, sender=send)
     pipeline.loop.routing.own_all(list(range(settings.partitions)))
+    await hold_partitions(pipeline, range(settings.partitions))
     calls: list[bytes] = []
-    run_all = pipeline.scores.script.run_all
+    script: Any = getattr(getattr(pipeline, "scores", None), "script", None)
+    if script is not None:
+        run_all = script.run_all
 
-    async def counted(client: Any, commands: list[Any]) -> list[Any]:
-        calls.extend(command[-1] for command in commands)  # EVALSHA's one ARGV: the JSON
-        return await run_all(client, commands)
+        async def counted(client: Any, commands: list[Any]) -> list[Any]:
+            calls.extend(command[-1] for command in commands)  # EVALSHA's one ARGV: the JSON
+            result: list[Any] = await run_all(client, commands)
+            return result
 
-    pipeline.scores.script.run_all = counted  # type: ignore[method-assign]
+        script.run_all = counted
     try:
         for i in range(0, len(raw), settings.batch_size):
             await pipeline.handle(raw[i : i + settings.batch_size])
@@ -112,6 +118,14 @@ async def capture(
     finally:
         await client.aclose()
     return outputs, calls
+
+
+async def hold_partitions(pipeline: Pipeline, partitions: Iterable[int]) -> None:
+    """Take the partitions' write epochs, as a worker does when they are assigned to it,
+    for a pipeline that fences its Redis writes by partition (one without, nothing)."""
+    take: Any = getattr(getattr(pipeline, "owner", None), "take", None)
+    if take is not None:
+        await take(list(partitions))
 
 
 async def consume_cpu(settings: Settings, n: int) -> float:
@@ -176,7 +190,7 @@ def script_floor_us(redis_url: str, args: list[bytes]) -> float:
     return spent * 1e6 / len(calls)
 
 
-def throughput(settings: Settings, n: int, taobao: Path = TAOBAO) -> dict[str, float]:
+def throughput(settings: Settings, n: int, taobao: Path = TAOBAO) -> dict[str, float | None]:
     """The per-event floors of one worker and one Redis on n events (`settings`' topics)."""
     ensure_topics(settings)
     inputs = events(taobao_rows(taobao), n)
@@ -197,7 +211,7 @@ def throughput(settings: Settings, n: int, taobao: Path = TAOBAO) -> dict[str, f
     consume = asyncio.run(consume_cpu(settings, n))
     ingest = ingest_cpu(settings, raw)
     send = asyncio.run(send_cpu(settings, outputs))
-    floor_us = script_floor_us(settings.redis_url.get_secret_value(), calls)
+    floor_us = script_floor_us(settings.redis_url.get_secret_value(), calls) if calls else None
     per_event = {"consume": consume, "ingest": ingest, "send": send}
     transport_us = sum(per_event.values()) * 1e6 / n
     return {
@@ -209,7 +223,7 @@ def throughput(settings: Settings, n: int, taobao: Path = TAOBAO) -> dict[str, f
         "script_calls_per_event": len(calls) / n,
         "redis_script_us_per_event": script_us,
         "redis_floor_script_us_per_call": floor_us,
-        "redis_floor_events_per_s": 1e6 / (floor_us * len(calls) / n),
+        "redis_floor_events_per_s": 1e6 / (floor_us * len(calls) / n) if floor_us else None,
     }
 
 

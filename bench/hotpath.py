@@ -26,6 +26,7 @@ import redis
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry
 
+from bench.floors import hold_partitions
 from bench.run import events, log, redis_cpu, taobao_rows
 from stream.core.ingest import RawRecord
 from stream.devstack.embedded import free_port, redis_server
@@ -59,6 +60,7 @@ async def run(n: int, redis_url: str, profile: str | None, hop: bool = False) ->
     )
     if not hop:
         pipeline.loop.routing.own_all(parts)
+    await hold_partitions(pipeline, parts)
     raw = [
         RawRecord(v, k, settings.topic_clickstream, i % settings.partitions, i)
         for i, (k, v) in enumerate(events(taobao_rows(), n))

@@ -32,6 +32,7 @@ from typing import Any
 
 from quixstreams import Application, message_context
 
+from bench.floors import hold_partitions
 from stream.core.ingest import RawRecord
 from stream.metrics import default_metrics
 from stream.rulesfile import load_ruleset
@@ -75,6 +76,7 @@ def main() -> None:
     # One consumer owns every partition: events skip intent.events, as in the worker.
     partitions = set(range(settings.partitions))
     pipeline.loop.routing.own_all(sorted(partitions))
+    loop.run_until_complete(hold_partitions(pipeline, partitions))
     tune_gc()  # what the worker does once it is up: the same process tuning on both sides
     buffer: list[RawRecord] = []
     counts = {"raw": 0, "events": 0}
