@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+from stream.settings import redis_hint
 from stream.state.redisbatch import Command, Script, execute
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def is_cluster_server(url: str, options: dict[str, Any], wait: bool = False) -> 
                 info = probe.info("cluster")
             return bool(int(info.get("cluster_enabled", 0)))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if not wait or isinstance(exc, redis.AuthenticationError):
+            if not wait or redis_hint(exc):  # turned away for its settings: no waiting
                 raise
             log.warning("Redis did not answer (%s); asking again in %.1f s", exc, delay)
             time.sleep(delay)

@@ -71,22 +71,27 @@ class StateReader:
     async def audience_members(
         self, audience: str, cursor: int, count: int
     ) -> tuple[list[str], int | None, int]:
-        """A page of an audience's members (sorted), the cursor of the next page (None:
-        the last), and the audience's size. Members are kept per partition; a cursor is
-        the partition's scan cursor times the partition count, plus the partition."""
+        """A page of about `count` of an audience's members (sorted; like SSCAN, a page
+        may hold a few more or fewer), the cursor of the next page (None: the last), and
+        the audience's size. Members are kept per partition: a cursor is the partition's
+        scan cursor times the partition count, plus the partition; a page goes on into
+        the next partitions until it has `count` members."""
         n = self.partitions
-        partition, scan = cursor % n, cursor // n
-        key = self.keys.audience(partition, audience)
-        next_scan, members = await self.redis.sscan(key, scan, count=count)
-        next_scan = int(next_scan)
-        if next_scan:
-            next_cursor: int | None = next_scan * n + partition
-        else:
-            next_cursor = partition + 1 if partition + 1 < n else None
+        members: list[str] = []
+        next_cursor: int | None = cursor
+        while next_cursor is not None and len(members) < count:
+            partition, scan = next_cursor % n, next_cursor // n
+            key = self.keys.audience(partition, audience)
+            found, some = await self.redis.sscan(key, scan, count=count - len(members))
+            members += [_text(m) for m in some]
+            if int(found):
+                next_cursor = int(found) * n + partition
+            else:
+                next_cursor = partition + 1 if partition + 1 < n else None
         size = 0
         for p in range(n):
             size += int(await self.redis.scard(self.keys.audience(p, audience)))
-        return sorted(_text(m) for m in members), next_cursor, size
+        return sorted(members), next_cursor, size
 
 
 def _iso(t: float) -> str:

@@ -542,8 +542,9 @@ class Pipeline:
             if any(outbox.writes.values()):
                 await self.retry("write", self._write, outbox)
         except BaseException:
-            self.owner.drop(outbox.touched())
+            self.owner.drop(outbox.touched() | set(self.owner.live))
             raise
+        self.owner.written(outbox.writes)
         self.owner.drop(outbox.dropped)
         self.owner.trim()
 

@@ -36,12 +36,15 @@ import trustme
 from redis.exceptions import AuthenticationError
 
 from stream.cli.common import _redis
+from stream.core import scoring
 from stream.core.scoring import ScoreConfig, ScoreSignal
 from stream.devstack.embedded import Server, free_port, redis_binary, tcp_answers
 from stream.settings import Settings, redis_hint
-from stream.state.scores import ScoreStore
+from stream.state.records import PartitionWrite, encode
+from stream.state.store import StateReader, partition_of
 from stream.topics import ensure_topics
 from stream.worker.main import check_redis, redis_client
+from stream.worker.owner import Owner
 from tests.conftest import in_ci
 from tests.integration.conftest import wait_for
 from tests.integration.kafka_io import produce
@@ -175,19 +178,31 @@ def _tls_url(port: int, host: str = "127.0.0.1", password: str = PASSWORD) -> st
 
 
 async def _score_through(settings: Settings) -> dict[str, Any]:
-    """PING, SET/GET and the score script through the worker's own client."""
+    """PING, SET/GET, a partition's epoch taken, a fenced write of a scored record (the
+    fence script) and its read back, through the worker's own client."""
     client = redis_client(settings)
     try:
         assert await client.ping() is True
         await client.set(f"{settings.app_id}:probe", b"v", ex=60)
         assert await client.get(f"{settings.app_id}:probe") == b"v"
-        store = ScoreStore(client, settings.app_id, CFG)
+        owner = Owner(client, settings.app_id, 10)
+        shopper = "rs-shopper"
+        partition = partition_of(shopper, settings.partitions)
+        await owner.take([partition])
+        record = owner.fresh()
         now = datetime.now(UTC).timestamp()
         signal = ScoreSignal("rs-1", now - 60, 20.0, 86400.0, "checkout_started")
-        (result,) = (await store.apply_many({"rs-shopper": ([signal], now)})).values()
-        fields = await store.read("rs-shopper")
-        await client.delete(*store.keys("rs-shopper"), f"{settings.app_id}:probe")
-        return {"to_tier": result.to_tier, "tier": fields["tier"]}
+        result = scoring.apply(record.score, [signal], now, CFG)
+        write = PartitionWrite(records={shopper: (encode(record), 60_000)})
+        await owner.write({partition: write})
+        stored = await StateReader(client, settings.app_id, settings.partitions).record(shopper)
+        assert stored is not None
+        await client.delete(
+            owner.keys.record(partition, shopper),
+            owner.keys.epoch(partition),
+            f"{settings.app_id}:probe",
+        )
+        return {"to_tier": result.to_tier, "tier": stored.score["tier"]}
     finally:
         await client.aclose()
 

@@ -74,24 +74,38 @@ def test_a_script_the_server_forgot_is_loaded_again(servers: Servers) -> None:
     _run(servers, body)
 
 
-def test_index_writes_in_one_round_trip_end_as_if_made_one_by_one(servers: Servers) -> None:
+def test_index_writes_merged_in_one_fenced_write_end_as_if_made_one_by_one(
+    servers: Servers,
+) -> None:
     """A sweep chunk can hold two writes for one shopper (an absence scored, then a
     decay): its tier set and decay deadline end as the later write left them."""
-    from stream.core.scoring import ScoreConfig
-    from stream.state.scores import ScoreStore
+    from stream.state.connection import run
+    from stream.state.records import Fence, Keys, PartitionWrite
 
     async def body(client: aioredis.Redis, p: str) -> None:
-        store = ScoreStore(client, p, ScoreConfig(10.0, 40.0, 70.0, 2.0))
-        first = (
-            {"s-1": (3, 500.0), "s-2": (3, 600.0)},
-            [("add", "a", "s-1")],
-            [("s-1", "none", "low"), ("s-2", "none", "mid")],
-        )
-        later = ({"s-1": (3, None)}, [("remove", "a", "s-1")], [("s-1", "low", "none")])
-        await execute(client, store.index_commands([first, later]))
-        assert await client.smembers(store.tier_key("low")) == set()
-        assert await client.smembers(store.tier_key("mid")) == {b"s-2"}
-        assert await client.zrange(store.decay_key(3), 0, -1, withscores=True) == [(b"s-2", 600.0)]
-        assert await client.smembers(store.audience_key("a")) == set()
+        keys = Keys(p)
+        fence = Fence(keys)
+        first = PartitionWrite(decays={"s-1": 500.0, "s-2": 600.0})
+        first.audiences[("a", "s-1")] = "add"
+        first.move("s-1", "none", "low")
+        first.move("s-2", "none", "mid")
+        later = PartitionWrite(decays={"s-1": None})
+        later.audiences[("a", "s-1")] = "remove"
+        later.move("s-1", "low", "none")
+        first.merge(later)
+        await client.set(keys.epoch(3), 7)
+        command = fence.command(3, 7, first)
+        assert command is not None
+        await run(client, [command], [fence.script])
+        assert await client.smembers(keys.tier(3, "low")) == set()
+        assert await client.smembers(keys.tier(3, "mid")) == {b"s-2"}
+        assert await client.zrange(keys.decays(3), 0, -1, withscores=True) == [(b"s-2", 600.0)]
+        assert await client.smembers(keys.audience(3, "a")) == set()
+        # a writer with another epoch writes nothing
+        stale = fence.command(3, 6, PartitionWrite(decays={"s-3": 1.0}))
+        assert stale is not None
+        with pytest.raises(ResponseError, match="FENCED"):
+            await run(client, [stale], [fence.script])
+        assert await client.zscore(keys.decays(3), "s-3") is None
 
     _run(servers, body)

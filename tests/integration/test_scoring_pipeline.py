@@ -22,7 +22,9 @@ from stream.core import scoring as reference
 from stream.core.outputs import change_id, to_score_signal
 from stream.core.scoring import ScoreConfig
 from stream.settings import Settings
-from stream.state.scores import profile as shopper_view
+from stream.state.records import Keys, Record, decode
+from stream.state.store import partition_of
+from stream.state.store import profile as shopper_view
 from stream.topics import ensure_topics
 from tests.integration.conftest import wait_for
 from tests.integration.kafka_io import Reader, produce
@@ -193,16 +195,17 @@ def test_forget_erases_the_shopper(run: Any, env: dict[str, str]) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "forgot sc-s4: 4 keys" in done.stdout  # patterns, score, applied ids, last result
+    assert "forgot sc-s4: its state, tier and audiences are erased" in done.stdout
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    # Only the fence is left: when the shopper was forgotten, so that older events are
-    # dropped and a batch in flight does not write the shopper back.
-    fence = f"{settings.app_id}:{{sc-s4}}:forgotten".encode()
-    assert list(client.scan_iter(f"{settings.app_id}:{{sc-s4}}:*")) == [fence]
-    assert abs(float(client.get(fence) or 0) - time.time()) < 60
-    assert not any(
-        client.sismember(k, "sc-s4") for k in client.scan_iter(f"{settings.app_id}:audience:*")
-    )
+    # Only a tombstone is left: when the shopper was forgotten, so that older events are
+    # dropped; and nothing of the shopper in any tier, audience or timer index.
+    record = _record(client, settings, "sc-s4")
+    assert record is not None and abs((record.forgotten or 0) - time.time()) < 60
+    assert record.score["T"] is None and record.patterns["wm"] is None
+    for key in client.scan_iter(f"{settings.app_id}:*"):
+        kind = client.type(key)
+        assert not (kind == b"set" and client.sismember(key, "sc-s4")), key
+        assert not (kind == b"zset" and client.zscore(key, "sc-s4") is not None), key
     assert _get(settings.web_port, "/shoppers/sc-s4")["known"] is False
     reader.wait(
         lambda: any(
@@ -258,16 +261,23 @@ def test_out_of_order_reaches_the_same_score(settings: Settings, start_worker: A
     _send(settings, in_order + shuffled)
     start_worker()
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    key = f"{settings.app_id}:{{%s}}:score"
-    wait_for(lambda: client.exists(key % "ino") and client.exists(key % "ooo"), 60, "both scores")
+
+    def scored(shopper: str) -> bool:
+        record = _record(client, settings, shopper)
+        return record is not None and record.score["T"] is not None
+
+    wait_for(lambda: scored("ino") and scored("ooo"), 60, "both scores")
     reader = Reader(settings.kafka_bootstrap, settings.topic_signals)
     reader.settle(4)
     reader.close()
     now = datetime.now(UTC).timestamp()
-    views = [
-        shopper_view(s, {k.decode(): v.decode() for k, v in client.hgetall(key % s).items()}, now)
-        for s in ("ino", "ooo")
-    ]
+    views = [shopper_view(s, _record(client, settings, s), now) for s in ("ino", "ooo")]
     assert views[0]["score"] == pytest.approx(views[1]["score"], abs=1e-9)
     assert views[0]["tier"] == views[1]["tier"] == "high"
     assert views[0]["top_signals"] == views[1]["top_signals"]
+
+
+def _record(client: Any, settings: Settings, shopper: str) -> Record | None:
+    key = Keys(settings.app_id).record(partition_of(shopper, settings.partitions), shopper)
+    raw = client.get(key)
+    return None if raw is None else decode(raw, {})

@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 import redis
 
+from stream.core import scoring
 from stream.settings import Settings
+from stream.state.records import Keys, decode
+from stream.state.store import partition_of
 from stream.topics import ensure_topics
 from tests.integration.conftest import scrape_metrics, wait_for
 from tests.integration.kafka_io import Reader, produce
@@ -78,7 +81,7 @@ def test_playbook_scenarios_fire_exactly_their_signals(
         # Replaying the same input emits nothing new: re-sent events are recognised
         # (as duplicates, or as late for their shopper) and no signal id is repeated.
         client = redis.Redis.from_url(settings.redis_url.get_secret_value())
-        keys = sorted(client.scan_iter(f"{settings.app_id}:*:patterns"))
+        keys = sorted(client.scan_iter(f"{settings.app_id}:s:*"))  # the shoppers' records
         before = {k: client.get(k) for k in keys}
         _send(settings, [body for case in cases for body in case.events])
         replayed = reader.read_until(expected_total + 1, timeout=20, settle=4)
@@ -86,11 +89,14 @@ def test_playbook_scenarios_fire_exactly_their_signals(
         late = [json.loads(r.value) for r in replayed[settings.topic_dead_letter]]
         assert {d["reason"] for d in late} <= {"late"}
         after = {k: client.get(k) for k in keys}
-        assert after == before, "replaying the input changed pattern state"
-        # Pattern state is bounded and expires.
+        assert after == before, "replaying the input changed the shoppers' state"
+        # The state is bounded and expires.
+        # (the score keeps its shopper's record until it has decayed below a hundredth of
+        # a point, and a suppression until it ends: opt-outs for years)
         for key in keys:
             ttl = client.pttl(key)
-            assert 0 < ttl <= 31 * 86400 * 1000
+            score = decode(client.get(key) or b"", {}).score
+            assert 0 < ttl <= max(31 * 86400, scoring.lifetime(score)) * 1000
             assert client.memory_usage(key) < 4096
     finally:
         reader.close()
@@ -192,9 +198,11 @@ def test_a_restarted_worker_reads_what_waited_before_it_fires_by_the_wall_clock(
     def pending() -> bool:
         return any(client.zscore(key, "buyer") is not None for key in deadlines)
 
+    record_key = Keys(settings.app_id).record(partition_of("buyer", settings.partitions), "buyer")
+
     def seen() -> int:  # the buyer's events the detector has taken in
-        raw = client.get(f"{settings.app_id}:{{buyer}}:patterns")
-        return len(json.loads(raw)["seen"]) if raw else 0
+        raw = client.get(record_key)
+        return len(decode(raw, {}).patterns["seen"]) if raw else 0
 
     first = start_worker()
     reader = Reader(settings.kafka_bootstrap, settings.topic_normalised, settings.topic_signals)

@@ -23,12 +23,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from stream.core.scoring import ScoreConfig, ScoreSignal
 from stream.settings import Settings
-from stream.state.scores import ScoreStore
+from stream.state.store import StateReader
 from stream.topics import ensure_topics
 from stream.worker.app import create_app
 from stream.worker.views import register_views
 from tests.integration.conftest import scrape_metrics, wait_for
 from tests.integration.kafka_io import produce
+from tests.integration.seed import seed_audience, seed_shopper
 from tests.integration.servers import Servers, drop_keys
 
 TOKEN = "views-token-0123456789abcdef"
@@ -52,13 +53,13 @@ def serve(servers: Servers, app_id: str, check: Check, **settings: Any) -> None:
     async def run() -> None:
         config = Settings(redis_url=servers.redis_url, app_id=app_id, **settings)
         client = aioredis.Redis.from_url(servers.redis_url)
-        store = ScoreStore(client, app_id, CFG)
         now = datetime.now(UTC).timestamp()
         signal = ScoreSignal("vs-sig-1", now - 60, 20.0, 86400.0, "checkout_started")
-        await store.apply_many({SHOPPER: ([signal], now)})
-        await client.sadd(store.audience_key("vip"), *MEMBERS)
+        n = config.partitions
+        await seed_shopper(client, app_id, n, SHOPPER, [signal], now, CFG)
+        await seed_audience(client, app_id, n, "vip", MEMBERS)
         app = create_app(config)
-        register_views(app, store, lambda: datetime.now(UTC))
+        register_views(app, StateReader(client, app_id, n), lambda: datetime.now(UTC))
         try:
             async with TestClient(TestServer(await app.web.wsgi(), host="127.0.0.1")) as http:
                 await check(http)

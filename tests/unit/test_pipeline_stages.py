@@ -116,7 +116,7 @@ def test_after_the_send_each_partition_gets_one_write_of_its_records_and_indexes
     pipeline = _pipeline([])
     pipeline.send = send
     owner = pipeline.owner
-    written = owner.written
+    written = owner.made
     outbox = Outbox()
     outbox.add("t", b"s-1", b"{}")
     for shopper, partition in (("s-1", 0), ("s-2", 3)):

@@ -87,23 +87,26 @@ def _pipeline(sent: list[Any]) -> Any:
 
 class MemoryOwner(Owner):
     """The owner with Redis left out: records missing from the cache are new, and the
-    fenced writes are kept in `written` (the owner's own tests run on a real Redis)."""
+    fenced writes are kept in `made` (the owner's own tests run on a real Redis)."""
 
     def __init__(self, client: Any, app_id: str, capacity: int) -> None:
         super().__init__(client, app_id, capacity)
-        self.written: list[dict[int, PartitionWrite]] = []
+        self.made: list[dict[int, PartitionWrite]] = []
 
     async def load(self, shoppers: dict[str, int]) -> dict[str, Record | Exception]:
         out: dict[str, Record | Exception] = {}
         for shopper, partition in shoppers.items():
+            if shopper in self.live:
+                out[shopper] = self.live[shopper]
+                continue
             entry = self.cache.get(shopper)
             if entry is None:
-                entry = self.cache[shopper] = Entry(partition, self.fresh())
-            out[shopper] = entry.record
+                entry = self.cache[shopper] = Entry(partition, None)
+            out[shopper] = self._decoded(shopper, entry.raw)
         return out
 
     async def write(self, writes: dict[int, PartitionWrite]) -> int:
-        self.written.append(writes)
+        self.made.append(writes)
         return sum(len(self.fence.steps(p, w)) for p, w in writes.items())
 
 
