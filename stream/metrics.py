@@ -152,7 +152,7 @@ class Metrics:
         )
         self.redis_seconds = Histogram(
             "intent_redis_seconds",
-            "Redis round-trip latency (pipelines and the score script), by operation.",
+            "Redis round-trip latency (reads, and the fenced writes), by operation.",
             ["op"],
             buckets=REDIS_BUCKETS,
             registry=registry,

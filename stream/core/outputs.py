@@ -1,8 +1,8 @@
 """From a score result to what is emitted: tier changes and actions. Pure.
 
 Every output has a deterministic id built from the change or signal that caused it, so
-a consumer can drop duplicates, and a replay produces nothing new (the score script
-reports only signals not applied before).
+a consumer can drop duplicates, and a replay produces nothing new (scoring reports only
+signals not applied before, and detection drops events it has seen).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Output(NamedTuple):
 
 
 def to_score_signal(signal: Signal, group: int = 0) -> ScoreSignal:
-    """What the score script takes of a signal; `group`: its place in the scoring order
+    """What scoring takes of a signal; `group`: its place in the scoring order
     (`Outcome.groups`; `engine.ADVANCED` for what `Engine.advance` fired)."""
     sup = signal.suppression
     key = None
@@ -65,7 +65,7 @@ def to_score_signal(signal: Signal, group: int = 0) -> ScoreSignal:
 
 
 def score_signals(signals: list[Signal], groups: Mapping[str, int]) -> list[ScoreSignal]:
-    """The signals as the score script takes them, each in its group (`Outcome.groups`;
+    """The signals as scoring takes them, each in its group (`Outcome.groups`;
     one not in `groups`, fired by `Engine.advance`, is `ADVANCED`)."""
     return [to_score_signal(s, groups.get(s.signal_id, ADVANCED)) for s in signals]
 

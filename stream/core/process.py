@@ -1,10 +1,10 @@
 """The one composition of the core: detect -> score -> outputs, for a set of shoppers.
 
 The worker (a batch of events, a sweep of due deadlines) and `intent replay` (a file's
-shoppers, in event time) both call `Core.run`; only where the state comes from and
-where the scores are applied differ: Redis's score script live, or the same maths in
-memory (or that script) offline. So the order of the steps, the scoring order of the
-signals and the outputs' ids are the same in both by construction.
+shoppers, in event time) both call `Core.run`, with the same scoring maths in memory;
+only where the state comes from differs (the owner's records, or a fresh state per
+shopper of the file). So the order of the steps, the scoring order of the signals and
+the outputs' ids are the same in both by construction.
 
 A shopper whose detection, scoring or outputs raise (a bug, or input no bound caught) is
 left out alone: it goes into `Failures`, and every other shopper goes on.
@@ -127,7 +127,7 @@ class Core:
         at: float | None = None,
         groups: dict[str, int] | None = None,
     ) -> ScoreBatch:
-        """The signals as the score script takes them, in their scoring order (`groups`:
+        """The signals as scoring takes them, in their scoring order (`groups`:
         `Outcome.groups`; a signal not in it is `ADVANCED`)."""
         batch: ScoreBatch = {}
         for shopper, sigs in signals.items():

@@ -189,11 +189,12 @@ class Fence:
         return self.script.command(keys, args)
 
     def steps(self, p: int, write: PartitionWrite) -> list[tuple[str, str, list[Any]]]:
-        """(command, key, arguments): records first, then the indexes."""
+        """(command, key, arguments): the index moves, then the records. Redis does not
+        undo a script's earlier commands when a later one fails (a key of another type
+        in the index's place): with the records last, such a failure leaves them as they
+        were, and the batch processed again computes the same moves."""
         keys = self.keys
         steps: list[tuple[str, str, list[Any]]] = []
-        for shopper, (value, ttl_ms) in write.records.items():
-            steps.append(("SET", keys.record(p, shopper), [value, "PX", str(ttl_ms)]))
         _zsteps(steps, keys.deadlines(p), write.deadlines)
         _zsteps(steps, keys.decays(p), write.decays)
         rem: dict[str, list[str]] = defaultdict(list)
@@ -221,6 +222,8 @@ class Fence:
         for (op, audience), shoppers in members.items():
             name = "SADD" if op == "add" else "SREM"
             _chunked(steps, name, keys.audience(p, audience), shoppers)
+        for shopper, (value, ttl_ms) in write.records.items():
+            steps.append(("SET", keys.record(p, shopper), [value, "PX", str(ttl_ms)]))
         return steps
 
 

@@ -5,12 +5,13 @@
   An outage delays input, never drops it, and the worker resumes within that cap of
   Redis coming back.
 - **Redis refuses the work** (out of memory, no permission, a failed AUTH, writes refused
-  after a failed snapshot), whether by reply or from inside the score script: retried for
+  after a failed snapshot), whether by reply or from inside the fence script: retried for
   UNUSABLE_SECONDS, in case memory frees up or the ACL is fixed; then `RedisUnusable`,
   and the worker stops with that message (its batch uncommitted, so nothing is lost).
-- **Any other error reply** (a script error, WRONGTYPE: one shopper's keys, as a rule):
-  tried STEP_TRIES times, then `RedisGaveUp`. The pipeline then runs the step shopper by
-  shopper (`each`) and dead-letters only the shoppers whose step still fails.
+- **Any other error reply** (a script error, WRONGTYPE: a key the worker did not write):
+  tried STEP_TRIES times, then `RedisGaveUp`: a batch stage that gives up dead-letters
+  its records as `processing_error`; a write that gives up stops the worker, its batch
+  uncommitted (the fenced write leaves the records as they were: `records.Fence`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 from redis.exceptions import (
@@ -40,8 +41,6 @@ from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-K = TypeVar("K")
-V = TypeVar("V")
 
 RETRY_MAX_SECONDS: Final = 2.0  # the longest wait between two tries
 REDIS_STEP_SECONDS: Final = 10.0  # deadline of one Redis step (a round trip); then retried
@@ -61,7 +60,7 @@ TRANSIENT: Final = (
 )
 
 
-# The same refusals, raised inside the score script: Redis reports them as the script's
+# The same refusals, raised inside the fence script: Redis reports them as the script's
 # error ("Error running script ... -OOM command not allowed ..."), a plain ResponseError.
 UNUSABLE_REPLIES: Final = ("-OOM ", "OOM command not allowed", "NOPERM", "NOAUTH", "MISCONF")
 # "TTL exhausted": redis-py's cluster client gave up following a slot that is still
@@ -154,25 +153,3 @@ class RedisRetry:
                 log.warning("%s: Redis error (%s); retrying in %.1f s", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
-
-    async def each(
-        self,
-        what: str,
-        step: Callable[[dict[K, V]], Awaitable[Mapping[K, T]]],
-        items: dict[K, V],
-        failed: Callable[[K, Exception], None],
-    ) -> dict[K, T]:
-        """`step` on all the items; if it gives up (`RedisGaveUp`), on each item alone,
-        once (connection errors still retried), and `failed(key, error)` for each item
-        whose step still fails. What the others gave comes back."""
-        try:
-            return dict(await self.run(what, step, items))
-        except RedisGaveUp as exc:
-            log.warning("%s: %s; running it item by item", what, exc)
-        out: dict[K, T] = {}
-        for key, value in items.items():
-            try:
-                out.update(await self.run(what, step, {key: value}, tries=1))
-            except RedisGaveUp as exc:
-                failed(key, exc.error)
-        return out

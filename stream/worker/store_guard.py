@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REBUILD_BATCH: Final = 500  # shoppers per score-script round trip while rebuilding
+REBUILD_BATCH: Final = 500  # shoppers per load and fenced write while rebuilding
 REBUILD_HALF_LIFE: Final = 3600.0  # a rebuilt suppression carries no points
 
 

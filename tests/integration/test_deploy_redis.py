@@ -7,6 +7,7 @@ that Redis agrees."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import socket
@@ -17,9 +18,15 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 import yaml
 
 from stream.devstack import embedded
+from stream.settings import Settings
+from stream.state.records import PartitionWrite, encode
+from stream.state.store import StateReader, partition_of
+from stream.worker.main import redis_client
+from stream.worker.owner import Owner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,6 +146,25 @@ def test_the_workers_url_reaches_the_k8s_redis(k8s_redis: embedded.Server, passw
     # The Service's name resolves in the cluster only; the rest of the URL is as written.
     local = url.replace("@intent-redis-0.intent-redis:6379/", f"@127.0.0.1:{k8s_redis.port}/")
     assert local != url
-    client = redis.Redis.from_url(local)
-    assert client.ping()
-    client.close()
+    asyncio.run(_write_through_the_workers_client(Settings(redis_url=local, app_id="deploy")))
+
+
+async def _write_through_the_workers_client(settings: Settings) -> None:
+    """What the worker does with its URL: ask the server whether it is a cluster node
+    (it is not: one client for one server), take a partition's epoch, write a record
+    with the fence script and read it back."""
+    client = redis_client(settings)
+    try:
+        assert isinstance(client, aioredis.Redis)
+        assert await client.ping() is True
+        owner = Owner(client, settings.app_id, 10)
+        shopper = "deploy-shopper"
+        partition = partition_of(shopper, settings.partitions)
+        assert await owner.take([partition]) == [partition]  # a new deployment's
+        record = owner.fresh()
+        write = PartitionWrite(records={shopper: (encode(record), 60_000)})
+        assert await owner.write({partition: write}) == 1
+        reader = StateReader(client, settings.app_id, settings.partitions)
+        assert await reader.record(shopper) == record
+    finally:
+        await client.aclose()

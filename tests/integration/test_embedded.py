@@ -14,9 +14,12 @@ import pytest
 import redis
 from kafka import KafkaAdminClient
 
+from stream.core import scoring
+from stream.core.detectors.engine import Engine
 from stream.devstack import embedded
 from stream.devstack.embedded import EmbeddedStack
 from stream.errors import BinaryNotFound, PortInUse, ServerFailed, StackError
+from stream.state.records import Fence, Keys, PartitionWrite, Record, encode
 
 EVERYSEC_FSYNC = 1.5  # seconds: past appendfsync everysec's one-second fsync
 SUPPRESSION_TTL = 3650 * 86400  # seconds: how long an opt-out is kept
@@ -69,34 +72,64 @@ def test_server_that_exits_reports_its_log(tmp_path: Path) -> None:
         server.start(timeout=5)
 
 
+APP, SHOPPER, PARTITION = "intent", "s-1", 0
+KEYS = Keys(APP)
+OPTED_OUT_UNTIL = 2_082_758_400.0  # 2036-01-01: an opt-out of ten years
+
+
+def _record() -> bytes:
+    """A shopper who opted out of everything, with a few hundred events taken in."""
+    patterns = Engine.new_state()
+    patterns["seen"] = [[1_764_000_000.0 + i, f"evt-{i:04d}-{i * 7919:08x}"] for i in range(300)]
+    score = scoring.new_state()
+    score.update(tier="suppressed", T=1_764_000_300.0, x={"all:": OPTED_OUT_UNTIL})
+    return encode(Record(patterns, score))
+
+
+RECORD = _record()
+
+
 def _write(port: int) -> None:
+    """The shopper's record and indexes as the worker writes them: the partition's epoch
+    taken, then one fenced script call (`lua/fence.lua`)."""
     client = redis.Redis(port=port)
-    client.hset("intent:{s-1}:score", mapping={"tier": "high", "x|all": "2036-01-01"})
-    client.expire("intent:{s-1}:score", SUPPRESSION_TTL)
-    client.zadd("intent:decay:{0}", {"s-1": 1_800_000_000})
-    client.set("intent:{s-1}:patterns", b"{}" * 1000)
+    client.incr(KEYS.epoch(PARTITION))
+    write = PartitionWrite(
+        records={SHOPPER: (RECORD, SUPPRESSION_TTL * 1000)},
+        decays={SHOPPER: 1_800_000_000.0},
+    )
+    write.move(SHOPPER, "none", "suppressed")
+    fence = Fence(KEYS)
+    command = fence.command(PARTITION, 1, write)
+    assert command is not None
+    client.script_load(fence.script.source)
+    assert client.execute_command(*command) == 3  # the record, the decay, the tier
     client.close()
 
 
 def _read(port: int) -> dict[str, object]:
-    client = redis.Redis(port=port, decode_responses=True)
+    client = redis.Redis(port=port)
     try:
+        ttl = client.pttl(KEYS.record(PARTITION, SHOPPER))
         return {
-            "score": client.hgetall("intent:{s-1}:score"),
-            "ttl_days": round(client.ttl("intent:{s-1}:score") / 86400),
-            "decay": client.zrange("intent:decay:{0}", 0, -1, withscores=True),
-            "patterns": len(client.get("intent:{s-1}:patterns") or ""),
+            "epoch": client.get(KEYS.epoch(PARTITION)),
+            "record": client.get(KEYS.record(PARTITION, SHOPPER)),
+            "ttl_days": round(ttl / 86_400_000) if ttl > 0 else None,
+            "decay": client.zrange(KEYS.decays(PARTITION), 0, -1, withscores=True),
+            "tier": client.smembers(KEYS.tier(PARTITION, "suppressed")),
         }
     finally:
         client.close()
 
 
 WRITTEN = {
-    "score": {"tier": "high", "x|all": "2036-01-01"},
+    "epoch": b"1",
+    "record": RECORD,
     "ttl_days": 3650,
-    "decay": [("s-1", 1_800_000_000.0)],
-    "patterns": 2000,
+    "decay": [(b"s-1", 1_800_000_000.0)],
+    "tier": {b"s-1"},
 }
+NOTHING = {"epoch": None, "record": None, "ttl_days": None, "decay": [], "tier": set()}
 
 
 def _kill(server: embedded.Server) -> None:
@@ -148,7 +181,7 @@ def test_without_the_append_only_file_a_sigkill_loses_everything(tmp_path: Path)
     server = dataclasses.replace(durable, argv=argv)
     server.start()
     try:
-        assert _read(port) == {"score": {}, "ttl_days": 0, "decay": [], "patterns": 0}
+        assert _read(port) == NOTHING
     finally:
         server.stop()
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import random
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -255,10 +254,11 @@ def test_fuzzed_records_never_raise_out_of_a_batch_and_all_are_accounted_for(
     assert {d["reason"] for _, d in letters} <= INGEST_REASONS
 
     harness.sent.clear()
-    internal = [
-        RawRecord(v, k, settings_.topic_normalised, zlib.crc32(k or b"") % 8, offset + i)
-        for i, (k, v) in enumerate(events)
-    ]
+    internal = []
+    for i, (k, v) in enumerate(events):
+        assert k is not None  # ingest keys each event by its shopper
+        partition = partition_of(k.decode(), settings_.partitions)  # as its producer picks
+        internal.append(RawRecord(v, k, settings_.topic_normalised, partition, offset + i))
     before = Counter(
         {r: harness.metric("intent_events_rejected_total", reason=r) for r in errors.REASONS}
     )

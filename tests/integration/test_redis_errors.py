@@ -1,6 +1,7 @@
 """Errors that retrying does not heal, on a real Redis, through the pipeline: a shopper
 whose stored record cannot be read is dead-lettered alone; a Redis out of memory stops
-the worker, with its batch uncommitted and nothing dead-lettered."""
+the worker, with its batch uncommitted and nothing dead-lettered; a partition's write
+that fails on one of its keys leaves nothing written."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import redis
 from stream.state.records import Keys
 from stream.state.store import partition_of
 from stream.worker import retry
-from stream.worker.retry import RedisUnusable
+from stream.worker.retry import RedisGaveUp, RedisUnusable
 from tests.integration.test_isolation import Harness
 from tests.scenarios import ev
 
@@ -84,3 +85,32 @@ def test_a_redis_out_of_memory_stops_the_batch_and_dead_letters_nothing(
     assert harness.out(harness.settings.topic_dead_letter) == []
     assert harness.run(pipeline.reader.record("m-1")) is not None
     client.close()
+
+
+def test_a_partition_write_that_fails_on_one_key_writes_nothing(harness: Harness) -> None:
+    """A partition's deadline index holds a value of another type (not the worker's):
+    its fenced write fails, every try, and the batch raises. The records are written
+    last, after the index moves: no record is left written, so the batch, processed
+    again once the key is cleared, finds its events new and sends and writes the same
+    as the first time, the shopper's tier set included."""
+    settings = harness.settings
+    pipeline = harness.pipeline
+    keys = Keys(settings.app_id)
+    partition = partition_of("w-1", settings.partitions)
+    deadlines = keys.deadlines(partition)
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client.set(deadlines, "not what the worker wrote")
+    records = _batch(harness, ["w-1"])
+    try:
+        with pytest.raises(RedisGaveUp, match="WRONGTYPE"):
+            harness.run(pipeline.handle(records))
+        first = list(harness.sent)
+        client.delete(deadlines)
+        assert harness.run(pipeline.reader.record("w-1")) is None
+        harness.sent.clear()
+        harness.run(pipeline.handle(records))  # the batch again, as after a restart
+        assert harness.sent == first
+        tier = harness.out(settings.topic_tier_changes)[-1][1]["to_tier"]
+        assert client.smembers(keys.tier(partition, tier)) == {b"w-1"}
+    finally:
+        client.close()

@@ -1,5 +1,7 @@
 """`stream.state.redisbatch` on a real Redis: replies in order and undecoded, an error reply
-raises and leaves no stray replies behind, a forgotten script is loaded again."""
+raises and leaves no stray replies behind, a forgotten script is loaded again. And the
+fenced write of a partition (`lua/fence.lua`): merged index moves end as if made one by
+one, a stale or lost epoch writes nothing, and a write past Lua's stack is made whole."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from stream.state.redisbatch import Script, execute
-from tests.integration.servers import Servers
+from tests.integration.servers import Servers, drop_keys
 
 ECHO = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])"
 
@@ -19,10 +21,12 @@ ECHO = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])"
 def _run(servers: Servers, body: object) -> None:
     async def main() -> None:
         client = aioredis.Redis.from_url(servers.redis_url, socket_timeout=None)
+        prefix = uuid.uuid4().hex
         try:
-            await body(client, uuid.uuid4().hex)  # type: ignore[operator]
+            await body(client, prefix)  # type: ignore[operator]
         finally:
             await client.aclose()
+            drop_keys(servers.redis_url, prefix)
 
     asyncio.run(main())
 
@@ -107,5 +111,44 @@ def test_index_writes_merged_in_one_fenced_write_end_as_if_made_one_by_one(
         with pytest.raises(ResponseError, match="FENCED"):
             await run(client, [stale], [fence.script])
         assert await client.zscore(keys.decays(3), "s-3") is None
+        # nor one whose partition has lost its epoch (Redis lost its data)
+        await client.delete(keys.epoch(3))
+        lost = fence.command(3, 7, PartitionWrite(decays={"s-3": 1.0}))
+        assert lost is not None
+        with pytest.raises(ResponseError, match="NOEPOCH"):
+            await run(client, [lost], [fence.script])
+        assert await client.zscore(keys.decays(3), "s-3") is None
+
+    _run(servers, body)
+
+
+def test_a_fenced_write_larger_than_luas_stack_is_made_whole(servers: Servers) -> None:
+    """A partition's write after a large batch (or a sweep of a busy partition): more
+    index arguments than a Lua call takes at once are split, inside the one script call,
+    and every record and index move is made."""
+    from stream.state.connection import run
+    from stream.state.records import MAX_ARGS, Fence, Keys, PartitionWrite
+
+    async def body(client: aioredis.Redis, p: str) -> None:
+        keys = Keys(p)
+        fence = Fence(keys)
+        shoppers = [f"s-{i}" for i in range(3 * MAX_ARGS)]
+        write = PartitionWrite()
+        for i, shopper in enumerate(shoppers):
+            write.records[shopper] = (b"\x02record", 60_000)
+            write.deadlines[shopper] = 1_000.0 + i
+            write.move(shopper, "none", "low")
+            write.audiences[("big", shopper)] = "add"
+        await client.set(keys.epoch(0), 1)
+        command = fence.command(0, 1, write)
+        assert command is not None
+        (made,) = await run(client, [command], [fence.script])
+        assert made > len(shoppers) + 3  # the records, then more than one call per index
+        assert await client.scard(keys.tier(0, "low")) == len(shoppers)
+        assert await client.scard(keys.audience(0, "big")) == len(shoppers)
+        assert await client.zcard(keys.deadlines(0)) == len(shoppers)
+        last = shoppers[-1]
+        assert await client.zscore(keys.deadlines(0), last) == 1_000.0 + len(shoppers) - 1
+        assert await client.get(keys.record(0, last)) == b"\x02record"
 
     _run(servers, body)

@@ -19,10 +19,11 @@ import redis
 
 from schemas.signals import Signal
 from stream.core import scoring as reference
+from stream.core.detectors.engine import Engine
 from stream.core.outputs import change_id, to_score_signal
 from stream.core.scoring import ScoreConfig
 from stream.settings import Settings
-from stream.state.records import Keys, Record, decode
+from stream.state.records import Keys, Record, decode, encode
 from stream.state.store import partition_of
 from stream.state.store import profile as shopper_view
 from stream.topics import ensure_topics
@@ -171,6 +172,7 @@ def test_replay_changes_nothing(run: Any) -> None:
     reader.settle(8)
     assert {t: len(r) for t, r in reader.records.items()} == counts
     assert {k: _dump(client, k) for k in keys} == before
+    assert sorted(client.scan_iter(f"{settings.app_id}:*")) == keys  # and no new key
 
 
 def _dump(client: Any, key: bytes) -> Any:
@@ -187,6 +189,12 @@ def _dump(client: Any, key: bytes) -> Any:
 def test_forget_erases_the_shopper(run: Any, env: dict[str, str]) -> None:
     settings, reader, _ = run
     assert _get(settings.web_port, "/shoppers/sc-s4")["known"] is True
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    keys = Keys(settings.app_id)
+    partition = partition_of("sc-s4", settings.partitions)
+    held = _holding(client, settings, "sc-s4")  # its tier, audiences and timers
+    assert keys.tier(partition, "mid").encode() in held
+    assert keys.audience(partition, "started_checkout").encode() in held
     done = subprocess.run(
         [sys.executable, "-m", "stream", "forget", "sc-s4", "--yes"],
         env={**os.environ, **env},
@@ -196,16 +204,14 @@ def test_forget_erases_the_shopper(run: Any, env: dict[str, str]) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "forgot sc-s4: its state, tier and audiences are erased" in done.stdout
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     # Only a tombstone is left: when the shopper was forgotten, so that older events are
-    # dropped; and nothing of the shopper in any tier, audience or timer index.
+    # dropped, beside a state that knows nothing of the shopper; and nothing of the
+    # shopper in any tier, audience or timer index.
     record = _record(client, settings, "sc-s4")
     assert record is not None and abs((record.forgotten or 0) - time.time()) < 60
-    assert record.score["T"] is None and record.patterns["wm"] is None
-    for key in client.scan_iter(f"{settings.app_id}:*"):
-        kind = client.type(key)
-        assert not (kind == b"set" and client.sismember(key, "sc-s4")), key
-        assert not (kind == b"zset" and client.zscore(key, "sc-s4") is not None), key
+    tombstone = Record(Engine.new_state(), reference.new_state(), record.forgotten)
+    assert client.get(keys.record(partition, "sc-s4")) == encode(tombstone)
+    assert _holding(client, settings, "sc-s4") == set()
     assert _get(settings.web_port, "/shoppers/sc-s4")["known"] is False
     reader.wait(
         lambda: any(
@@ -275,6 +281,18 @@ def test_out_of_order_reaches_the_same_score(settings: Settings, start_worker: A
     assert views[0]["score"] == pytest.approx(views[1]["score"], abs=1e-9)
     assert views[0]["tier"] == views[1]["tier"] == "high"
     assert views[0]["top_signals"] == views[1]["top_signals"]
+
+
+def _holding(client: Any, settings: Settings, shopper: str) -> set[bytes]:
+    """The sets and sorted sets of the deployment that hold `shopper`."""
+    found = set()
+    for key in client.scan_iter(f"{settings.app_id}:*"):
+        kind = client.type(key)
+        if (kind == b"set" and client.sismember(key, shopper)) or (
+            kind == b"zset" and client.zscore(key, shopper) is not None
+        ):
+            found.add(key)
+    return found
 
 
 def _record(client: Any, settings: Settings, shopper: str) -> Record | None:

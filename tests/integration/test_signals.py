@@ -82,6 +82,11 @@ def test_playbook_scenarios_fire_exactly_their_signals(
         # (as duplicates, or as late for their shopper) and no signal id is repeated.
         client = redis.Redis.from_url(settings.redis_url.get_secret_value())
         keys = sorted(client.scan_iter(f"{settings.app_id}:s:*"))  # the shoppers' records
+        record_keys = Keys(settings.app_id).record
+        shoppers = {body["shopper_id"] for case in cases for body in case.events}
+        assert set(keys) == {
+            record_keys(partition_of(s, settings.partitions), s).encode() for s in shoppers
+        }
         before = {k: client.get(k) for k in keys}
         _send(settings, [body for case in cases for body in case.events])
         replayed = reader.read_until(expected_total + 1, timeout=20, settle=4)

@@ -37,6 +37,8 @@ from aiokafka.record.util import calc_crc32c
 from kafka import KafkaConsumer, TopicPartition
 
 from stream.settings import Settings
+from stream.state.records import Keys
+from stream.state.store import partition_of
 from stream.topics import ensure_topics
 from tests.integration.conftest import scrape_metrics, wait_for
 from tests.integration.kafka_io import Reader
@@ -164,9 +166,10 @@ def test_a_transactional_clickstream_is_committed_to_its_end(
 
     # A marker that comes after the worker handled its records (an idle partition), or,
     # with transactions, a whole aborted transaction: nothing is handed over.
+    late: list[tuple[bytes, bytes]] = []
     if transactions:
-        more = [_checkout(f"tx-aborted-late-{i}", at) for i in range(2)]
-        asyncio.run(_write(settings.kafka_bootstrap, topic, [], more))
+        late = [_checkout(f"tx-aborted-late-{i}", at) for i in range(2)]
+        asyncio.run(_write(settings.kafka_bootstrap, topic, [], late))
     else:
         asyncio.run(_write_marker(settings.kafka_bootstrap, topic))
     second_end = _group_offsets(settings, tp)[1]
@@ -184,6 +187,14 @@ def test_a_transactional_clickstream_is_committed_to_its_end(
     reader.close()
     shoppers = sorted(json.loads(record.value)["shopper_id"] for record in changes)
     assert shoppers == sorted(key.decode() for key, _ in kept)  # none of the aborted
+    # In Redis, a record for each committed shopper and none for an aborted one.
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    for key, _ in dropped:
-        assert not client.exists(f"{settings.app_id}:{{{key.decode()}}}:score")
+    keys = Keys(settings.app_id)
+
+    def stored(shopper: bytes) -> bool:
+        name = shopper.decode()
+        return bool(client.exists(keys.record(partition_of(name, settings.partitions), name)))
+
+    assert all(stored(key) for key, _ in kept)
+    assert not any(stored(key) for key, _ in dropped + late)
+    client.close()

@@ -165,6 +165,31 @@ def test_a_page_over_the_cap_is_refused_with_the_limit(servers: Servers, app_id:
     serve(servers, app_id, check, api_token=TOKEN, max_page_size=20)
 
 
+def test_an_audience_is_read_to_its_end_page_by_page(servers: Servers, app_id: str) -> None:
+    """Members are kept per partition and the cursor says where a page ended (partition
+    and scan position): following it from 0 gives every member once, then no cursor."""
+
+    async def check(http: TestClient[Any, Any]) -> None:
+        cursor: int | None = 0
+        seen: list[str] = []
+        pages = 0
+        while cursor is not None:
+            params = {"count": "4", "cursor": str(cursor)}
+            response = await http.get("/audiences/vip", params=params, headers=bearer(TOKEN))
+            assert response.status == 200
+            page = await response.json()
+            assert page["size"] == len(MEMBERS)
+            assert page["members"] == sorted(page["members"])
+            seen += page["members"]
+            cursor = page["next_cursor"]
+            pages += 1
+            assert pages <= len(MEMBERS), "the cursor goes round"
+        assert sorted(seen) == MEMBERS  # each once
+        assert pages > 1
+
+    serve(servers, app_id, check, api_token=TOKEN)
+
+
 # --- real workers ------------------------------------------------------------------------
 
 

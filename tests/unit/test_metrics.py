@@ -55,8 +55,7 @@ def test_the_out_of_bounds_reason_and_the_sweeps_failures_are_there() -> None:
 
 
 def _retried(node: ast.AST) -> str | None:
-    """The stage of `retry("<stage>", ...)`, `retry.each("<stage>", ...)`,
-    or `partial(retry, "<stage>", ...)`."""
+    """The stage of `retry("<stage>", ...)` or `partial(retry, "<stage>", ...)`."""
     if not isinstance(node, ast.Call):
         return None
     args = node.args
@@ -64,7 +63,7 @@ def _retried(node: ast.AST) -> str | None:
         node, args = args[0], args[1:]  # type: ignore[assignment]
     else:
         node = node.func
-    if not (isinstance(node, ast.Attribute) and node.attr in ("retry", "each")):
+    if not (isinstance(node, ast.Attribute) and node.attr == "retry"):
         return None
     if args and isinstance(args[0], ast.Constant):
         return str(args[0].value)

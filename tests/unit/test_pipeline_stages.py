@@ -104,7 +104,8 @@ def test_a_bug_in_one_group_stops_the_other_groups_before_they_score(
 
 def test_after_the_send_each_partition_gets_one_write_of_its_records_and_indexes() -> None:
     """Nothing is written before the broker acked the output; then one fenced write per
-    partition, the records first and the indexes after, all in that partition's slot."""
+    partition, the index moves first and the records last, all in that partition's
+    slot."""
     from stream.state.records import decode
     from stream.worker.pipeline import Outbox
 
@@ -139,11 +140,11 @@ def test_after_the_send_each_partition_gets_one_write_of_its_records_and_indexes
     assert sorted(writes) == [0, 3]
     steps = owner.fence.steps(0, writes[0])
     assert [(verb, key) for verb, key, _ in steps] == [
-        ("SET", "intent:s:{0}:s-1"),
         ("ZREM", "intent:deadlines:{0}"),
         ("ZADD", "intent:decay:{0}"),
         ("SADD", "intent:tier:{0}:low"),
         ("SADD", "intent:audience:{0}:a"),
+        ("SET", "intent:s:{0}:s-1"),  # last: a failed index write leaves it as it was
     ]
     value, ttl_ms = writes[0].records["s-1"]
     assert decode(value, {}).patterns["wm"] == 100.0 and ttl_ms >= 1000

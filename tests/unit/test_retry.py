@@ -87,39 +87,13 @@ def test_redis_refusing_the_work_stops_after_a_while(
     assert len(step.calls) == len(slept) + 1
 
 
-def test_each_runs_item_by_item_when_the_batch_gives_up(slept: list[float]) -> None:
-    """One item's keys are broken: the batch fails, then each item runs alone, once; only
-    the broken one is reported, and the others' results come back."""
-    retry = RedisRetry(Metrics(CollectorRegistry()))
-    calls: list[list[str]] = []
-
-    async def step(items: dict[str, int]) -> dict[str, int]:
-        calls.append(list(items))
-        if "bad" in items:
-            raise ResponseError("WRONGTYPE Operation against a key")
-        return {k: v * 10 for k, v in items.items()}
-
-    failed: list[tuple[str, str]] = []
-    got = asyncio.run(
-        retry.each(
-            "score",
-            step,
-            {"a": 1, "bad": 2, "c": 3},
-            failed=lambda k, e: failed.append((k, str(e))),
-        )
-    )
-    assert got == {"a": 10, "c": 30}
-    assert [k for k, _ in failed] == ["bad"] and "WRONGTYPE" in failed[0][1]
-    assert calls == [["a", "bad", "c"]] * STEP_TRIES + [["a"], ["bad"], ["c"]]
-
-
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
         (RedisConnectionError("Connection refused"), "transient"),
         (ResponseError("READONLY You can't write against a read only replica."), "transient"),
         (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "unusable"),
-        # Refusals raised inside the score script come back as the script's error.
+        # Refusals raised inside a script come back as the script's error.
         (
             ResponseError(
                 "Error running script (call to f_bbf6): @user_script:222: @user_script: 222: "
