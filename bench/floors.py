@@ -86,8 +86,8 @@ async def capture(
     settings: Settings, raw: list[RawRecord]
 ) -> tuple[list[list[OutRecord]], list[bytes]]:
     """The worker's pipeline over `raw` in batches, one worker owning every partition:
-    each batch's output records, and each score script call's argument (none when the
-    pipeline scores without a Redis script: then there is no script floor to take)."""
+    each batch's output records, and one placeholder per fenced script call (one per
+    partition a batch writes), for the script floor to make as many calls."""
     client = redis_client(settings)
     outputs: list[list[OutRecord]] = []
     current: list[OutRecord] = []
@@ -100,16 +100,13 @@ async def capture(
     pipeline.loop.routing.own_all(list(range(settings.partitions)))
     await hold_partitions(pipeline, range(settings.partitions))
     calls: list[bytes] = []
-    script: Any = getattr(getattr(pipeline, "scores", None), "script", None)
-    if script is not None:
-        run_all = script.run_all
+    write = pipeline.owner.write
 
-        async def counted(client: Any, commands: list[Any]) -> list[Any]:
-            calls.extend(command[-1] for command in commands)  # EVALSHA's one ARGV: the JSON
-            result: list[Any] = await run_all(client, commands)
-            return result
+    async def counted(writes: dict[int, Any]) -> int:
+        calls.extend(b"x" for part in writes.values() if part)  # one script call each
+        return await write(writes)
 
-        script.run_all = counted
+    pipeline.owner.write = counted  # type: ignore[method-assign]
     try:
         for i in range(0, len(raw), settings.batch_size):
             await pipeline.handle(raw[i : i + settings.batch_size])
