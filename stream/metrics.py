@@ -159,7 +159,8 @@ class Metrics:
         )
         self.redis_roundtrips = Counter(
             "intent_redis_roundtrips_total",
-            "Redis round trips (one per pipeline or script call), by operation.",
+            "Fenced writes to Redis (one per batch or sweep chunk that changed state), by "
+            "operation.",
             ["op"],
             registry=registry,
         )

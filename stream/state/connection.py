@@ -43,6 +43,12 @@ def is_cluster_server(url: str, options: dict[str, Any], wait: bool = False) -> 
             with probe:
                 info = probe.info("cluster")
             return bool(int(info.get("cluster_enabled", 0)))
+        except redis.exceptions.NoPermissionError:
+            log.warning(
+                "this Redis user may not run INFO: taken for a standalone server (grant "
+                "+info to use a Redis Cluster)"
+            )
+            return False
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if not wait or redis_hint(exc):  # turned away for its settings: no waiting
                 raise

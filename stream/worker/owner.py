@@ -204,7 +204,7 @@ class Owner:
             text = str(exc)
             if "FENCED" in text:
                 raise Fenced(text) from exc
-            if "NOEPOCH" in text:
+            if "NOEPOCH" in text or "EPOCHLOST" in text:
                 raise EpochLost(text) from exc
             raise
         return sum(int(r) for r in replies)

@@ -21,6 +21,7 @@ from schemas.events import Event
 from stream.core.detectors.engine import State
 from stream.core.process import Failures
 from stream.worker.outbox import Outbox, concurrently
+from stream.worker.owner import Fenced
 from stream.worker.retry import RedisUnusable
 
 if TYPE_CHECKING:
@@ -161,6 +162,9 @@ class Sweeper:
             if self._sweeps % TIER_GAUGE_EVERY == 0:
                 await self.pipeline.retry("tiers", self.refresh_tier_gauge)
             self.metrics.up.set(1 if partitions else 0)
+        except Fenced as exc:  # a newer owner holds a partition: its rebalance is coming
+            self.metrics.fenced_writes.inc()
+            log.warning("a sweep's write was fenced (%s); nothing of it was written", exc)
         except Exception:  # the timer must keep running; the next sweep retries
             self.metrics.up.set(0)
             log.exception("sweep failed")

@@ -2,10 +2,12 @@
 refused, nothing is swept until what may have been scored without being sent has been
 processed again.
 
-A worker's last batch may have been scored in Redis with its output unsent (a crash
-between the two). That batch is read again, perhaps in several parts, and a decay fired
-in between (in event time) would be a transition after the unsent result, so the score
-script could no longer hand that result back, and those changes would be lost.
+A worker's last batch may have been computed, and even sent, without its state written
+(a crash before the write). That batch is read again, perhaps in several parts, from the
+state Redis holds. A decay or absence fired in between (in event time) would be
+evaluated without the batch's events, which happened before it: a demotion those events
+would have prevented, and its outputs sent with ids the run without the crash never
+makes.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from stream.worker.main import redis_client
 from stream.worker.outbox import Outbox, OutRecord
 from stream.worker.owner import Fenced
 from stream.worker.pipeline import Pipeline
+from stream.worker.store_guard import StoreLost
 from tests.integration.servers import Servers, drop_keys
 from tests.scenarios import generated_shopper
 
@@ -306,3 +307,25 @@ def _hashable(record: OutRecord) -> tuple[Any, ...]:
 
 def _renamed(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     return {key.replace(old, new, 1): value for key, value in state.items()}
+
+
+def test_an_epoch_gone_back_stops_the_writer(servers: Servers, app_id: str) -> None:
+    """Redis lost its last writes, the epoch's increment among them (a failover to a
+    replica behind it): the owner's epoch is ahead of the partition's. Its writes are
+    refused as lost state (the worker stops and, restarted, takes a new epoch), not as
+    a zombie's, which it would retry for ever."""
+    worker = Worker(servers.redis_url, app_id)
+    first = batches()[0]
+    worker.handle(first)
+    client = redis.Redis.from_url(servers.redis_url)
+    partition = first[0].partition
+    client.decr(Keys(app_id).epoch(partition))
+    client.close()
+    try:
+        with pytest.raises(StoreLost, match="EPOCHLOST"):
+            worker.handle(batches()[1])
+        worker.take()  # as a restarted worker: a new epoch, and its writes go through
+        worker.pipeline.loop.crash_reason = None
+        worker.handle(batches()[1])
+    finally:
+        worker.close()

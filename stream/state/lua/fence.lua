@@ -6,11 +6,15 @@ ARGV[1]   the writer's epoch
 ARGV[2..] per write, in KEYS' order: the command, its argument count, its arguments
 RETURNS   the number of writes made; or the error FENCED (a newer owner holds the
           partition: this writer is a zombie, and writes nothing), or NOEPOCH (the epoch
-          is gone: Redis lost its data)
+          is gone: Redis lost its data), or EPOCHLOST (the epoch went back behind the
+          writer's: Redis lost the last writes, the increment among them)
 ]==]
 local held = redis.call("GET", KEYS[1])
 if not held then
   return redis.error_reply("NOEPOCH " .. KEYS[1] .. " is missing")
+end
+if tonumber(held) < tonumber(ARGV[1]) then
+  return redis.error_reply("EPOCHLOST " .. KEYS[1] .. " is " .. held .. ", behind " .. ARGV[1])
 end
 if held ~= ARGV[1] then
   return redis.error_reply("FENCED " .. KEYS[1] .. " is " .. held .. ", not " .. ARGV[1])
