@@ -96,8 +96,38 @@ KeyName = Literal["shopper", "session", "product", "category"]
 Tier = Literal["low", "mid", "high"]
 
 _OPERATORS: Final = frozenset(
-    {"eq", "in", "not_in", "contains_any", "prefix", "regex", "exists", "gt", "gte", "lt", "lte"}
+    {
+        "eq",
+        "in",
+        "not_in",
+        "contains_any",
+        "prefix",
+        "segment",
+        "regex",
+        "exists",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+    }
 )
+# A category path's segments: `coffee/subscriptions`, `Subscriptions > Coffee`,
+# `electronics.smartphone`, `Home | Garden`. Commas are not separators (`Clothing, Shoes`).
+SEGMENT_SEPARATORS: Final = re.compile(r"\s*[/>|\\.\u203a\u00bb:]\s*")  # and the two guillemets
+_SPELLING: Final = re.compile(r"[\s_\-]+")
+
+
+def segment_key(text: str) -> str:
+    """One segment as `segment` compares it: case, spaces, `-` and `_` do not matter, and
+    a word's plural in `s` is its singular, so `Subscription-Boxes`, `subscription box`
+    and `subscriptions_boxes` are one name."""
+    words = _SPELLING.sub(" ", text.lower()).split()
+    return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words)
+
+
+def segments(path: str) -> tuple[str, ...]:
+    """A category path's segments, each as `segment_key` gives it; empty ones dropped."""
+    return tuple(key for part in SEGMENT_SEPARATORS.split(path) if (key := segment_key(part)))
 
 
 class Condition(BaseModel):
@@ -110,6 +140,10 @@ class Condition(BaseModel):
     not_in: list[Any] | None = None
     contains_any: list[str] | None = None
     prefix: list[str] | None = None
+    # Any of the names is one of the value's path segments (`segments`), or whole words
+    # of one, or a run of segments for a name that has separators itself. In the YAML, a
+    # string names a list from the rules file's `lists:`, which `RuleSet` puts in its place.
+    segment: list[str] | None = None
     regex: str | None = None
     exists: bool | None = None
     gt: Number | None = None
@@ -133,6 +167,12 @@ class Condition(BaseModel):
                 out["prefix"] = [out["prefix"]]
             if isinstance(out.get("contains_any"), str):
                 out["contains_any"] = [out["contains_any"]]
+            if isinstance(out.get("segment"), str):
+                raise ValueError(
+                    f"segment names the list {out['segment']!r}, and the file's `lists:`"
+                    " has no list of that name; add it there, or give the names inline"
+                    " as a list"
+                )
             return out
         if isinstance(value, list):
             return {"in": value}
@@ -142,6 +182,13 @@ class Condition(BaseModel):
     def _finite(self) -> Condition:
         _finite_values([self.eq, *(self.in_ or []), *(self.not_in or [])])
         return self
+
+    @field_validator("segment")
+    @classmethod
+    def _named(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not any(segments(name) for name in value):
+            raise ValueError("segment needs at least one non-empty name")
+        return value
 
     @field_validator("regex")
     @classmethod
@@ -338,6 +385,17 @@ class TierThresholds(BaseModel):
         return self
 
 
+def _with_lists(node: Any, lists: dict[Any, Any]) -> Any:
+    if isinstance(node, list):
+        return [_with_lists(item, lists) for item in node]
+    if not isinstance(node, dict):
+        return node
+    named = node.get("segment")
+    if len(node) == 1 and isinstance(named, str) and isinstance(lists.get(named), list):
+        return {"segment": list(lists[named])}
+    return {key: _with_lists(item, lists) for key, item in node.items()}
+
+
 class RuleSet(BaseModel):
     """Every number in it is finite (`allow_inf_nan=False`): NaN compares false to
     everything and infinity never decays, so either would break scoring silently."""
@@ -345,9 +403,24 @@ class RuleSet(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     version: Literal[1] = 1
+    # Named lists of names, for `segment` conditions: a shop's taxonomy (which categories
+    # risk returns, which are subscriptions) is edited in one place, not in each rule.
+    lists: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)
     tiers: TierThresholds = Field(default_factory=TierThresholds)
     rules: Annotated[list[Rule], Field(min_length=1)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_lists(cls, value: Any) -> Any:
+        """`{segment: name}` anywhere in the rules becomes `{segment: [the list's names]}`.
+        A name with no list is left as it is, and the condition then says so, at its line."""
+        if not isinstance(value, dict):
+            return value
+        lists = value.get("lists")
+        if not isinstance(lists, dict) or not lists or "rules" not in value:
+            return value
+        return {**value, "rules": _with_lists(value["rules"], lists)}
 
     @field_validator("rules")
     @classmethod

@@ -54,8 +54,41 @@ class Scenario:
     flush: bool = True  # let deadlines pass after the script (absence, visit end)
 
 
-def scenarios(prefix: str = "", start: datetime = T0) -> list[Scenario]:
+# The same shop's categories as three other shops spell them: the scenarios must come out
+# the same under each (the default rules take categories from lists, matched on any part
+# of the path, in any case).
+TAXONOMIES: dict[str, dict[str, str]] = {
+    "coffee/subscriptions": {
+        "electronics/cables": "accessories/electronics/cables",
+        "apparel/tops": "women/apparel/tops",
+        "subscriptions/coffee": "coffee/subscriptions",
+        "apparel/outerwear": "women/apparel/outerwear",
+    },
+    "Subscriptions > Coffee": {
+        "electronics/cables": "Tech > Consumer Electronics > USB Cables",
+        "apparel/tops": "Clothing > Tops",
+        "subscriptions/coffee": "Subscriptions > Coffee",
+        "apparel/outerwear": "Clothing > Outerwear",
+    },
+    "subscription-boxes": {
+        "electronics/cables": "electronics-and-cables",
+        "apparel/tops": "mens-apparel",
+        "subscriptions/coffee": "subscription-boxes",
+        "apparel/outerwear": "rain-jackets",
+    },
+}
+
+
+def scenarios(
+    prefix: str = "", start: datetime = T0, taxonomy: str | None = None
+) -> list[Scenario]:
+    """The scenarios, with categories as this project's own examples spell them, or as
+    one of `TAXONOMIES` does."""
+    names = TAXONOMIES[taxonomy] if taxonomy is not None else {}
+
     def e(shopper: str, *args: Any, **kw: Any) -> dict[str, Any]:
+        if "category" in kw:
+            kw["category"] = names.get(kw["category"], kw["category"])
         return ev(prefix + shopper, *args, start=start, **kw)
 
     cable = {"sku": "CBL-USB-C", "category": "electronics/cables"}

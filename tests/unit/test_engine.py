@@ -16,7 +16,7 @@ from schemas.rules import RuleSet
 from schemas.signals import Signal
 from stream.core.detectors.engine import Engine
 from stream.rulesfile import load_rules
-from tests.scenarios import T0, ev, scenarios
+from tests.scenarios import T0, TAXONOMIES, ev, scenarios
 
 CABLE = {"sku": "CBL-USB-C", "category": "electronics/cables"}
 
@@ -46,7 +46,14 @@ def at(minutes: float) -> datetime:
 
 
 # --- the six scenarios of tests/scenarios.py on the default rules -----------------------
-@pytest.mark.parametrize("case", scenarios(), ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, id=f"{taxonomy or 'default'}: {case.name}")
+        for taxonomy in (None, *TAXONOMIES)
+        for case in scenarios(taxonomy=taxonomy)
+    ],
+)
 def test_default_rules_get_the_playbook_scenarios_right(case: Any) -> None:
     eng = Engine(load_rules())
     by_shopper: dict[str, list[Event]] = {}

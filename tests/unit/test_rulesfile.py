@@ -253,3 +253,64 @@ def test_an_infinite_lateness_setting_is_refused(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("INTENT_ALLOWED_LATENESS_SECONDS", "inf")
     with pytest.raises(ConfigError, match="INTENT_ALLOWED_LATENESS_SECONDS must be a finite"):
         load_ruleset(Settings())
+
+
+# --- named lists and `segment`: a shop's taxonomy in one place -----------------------------
+LISTS = """\
+version: 1
+lists:
+  plans: [subscription, subscribe and save]
+rules:
+  - id: plan_chosen
+    kind: single
+    when: {type: variant_selected, product.category: {segment: plans}}
+  - id: garden_tools
+    kind: single
+    when: {type: product_view, product.category: {segment: [home/garden]}}
+  - id: typo
+    kind: single
+    when: {type: product_view, product.category: {segment: plan}}
+"""
+
+
+def test_a_segment_condition_names_a_list_and_an_unknown_name_is_refused_at_its_line() -> None:
+    rules, problems = check_text(LISTS)
+    assert rules is None
+    assert [(p.line, p.path) for p in problems] == [(13, "rules[2] (typo).when.product.category")]
+    assert "'plan'" in problems[0].message and "lists:" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("category", "plan", "garden"),
+    [
+        ("coffee/subscriptions", True, False),
+        ("Subscriptions > Coffee", True, False),
+        ("subscription-boxes", True, False),
+        ("Tea | Subscribe_And_Save", True, False),
+        ("Shop/Subscription", True, False),
+        ("subscriptionsbox", False, False),  # a word must be whole
+        ("coffee/unsubscribed", False, False),
+        ("Home > Garden > Tools", False, True),
+        ("garden/home", False, False),  # a run of segments keeps its order
+        ("home", False, False),
+        ("", False, False),
+    ],
+)
+def test_segment_matches_any_part_of_the_path_in_any_spelling(
+    category: str, plan: bool, garden: bool
+) -> None:
+    from schemas.events import Event
+    from stream.core.detectors.match import compile_match
+
+    rules, problems = check_text(LISTS.split("  - id: typo")[0])
+    assert rules is not None, problems
+    by_id = {rule.id: rule for rule in rules.rules}
+    plan_chosen = compile_match(by_id["plan_chosen"].when)  # type: ignore[attr-defined]
+    garden_tools = compile_match(by_id["garden_tools"].when)  # type: ignore[attr-defined]
+    base = {"shopper_id": "s", "ts": "2026-11-23T10:00:00Z"}
+    product = {"sku": "X", "category": category}
+    chosen = Event.model_validate({**base, "type": "variant_selected", "product": product})
+    viewed = Event.model_validate({**base, "type": "product_view", "product": product})
+    assert plan_chosen(chosen) is plan
+    assert garden_tools(viewed) is garden
+    assert not plan_chosen(viewed)  # the type still has to hold

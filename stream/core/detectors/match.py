@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas.events import EVENT_TYPES, Event
-from schemas.rules import Condition, Match
+from schemas.rules import Condition, Match, segments
 
 Predicate = Callable[[Event], bool]
 
@@ -58,6 +58,8 @@ def compile_condition(cond: Condition) -> Callable[[Any], bool]:
     if cond.prefix is not None:
         prefixes = tuple(cond.prefix)
         return lambda v: isinstance(v, str) and v.startswith(prefixes)
+    if cond.segment is not None:
+        return _segment_test(cond.segment)
     if cond.regex is not None:
         pattern = re.compile(cond.regex)
         return lambda v: isinstance(v, str) and pattern.search(v) is not None
@@ -68,6 +70,35 @@ def compile_condition(cond: Condition) -> Callable[[Any], bool]:
         if bound is not None:
             return _compare(op, bound)
     raise ValueError("empty condition")  # the schema makes this unreachable
+
+
+def _segment_test(names: list[str]) -> Callable[[Any], bool]:
+    """True when one of the names is a segment of the value, or whole words of one
+    (`subscription` is in `subscription-boxes`, `shoes` in `Running Shoes`), whatever the
+    case and the spelling of spaces, `-` and `_`. A name with separators itself must be a
+    run of whole segments (`home/garden`)."""
+    keys = [segments(name) for name in names]
+    words = [f" {key[0]} " for key in keys if len(key) == 1]
+    runs = [key for key in keys if len(key) > 1]
+    seen: dict[str, bool] = {}  # a shop has few categories and many events
+
+    def test(value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        found = seen.get(value)
+        if found is None:
+            parts = segments(value)
+            found = any(word in f" {part} " for part in parts for word in words) or any(
+                parts[i : i + len(run)] == run for run in runs for i in range(len(parts))
+            )
+            if len(seen) < _SEGMENT_CACHE:
+                seen[value] = found
+        return found
+
+    return test
+
+
+_SEGMENT_CACHE = 100_000  # distinct category paths remembered per condition
 
 
 def _compare(op: str, bound: float) -> Callable[[Any], bool]:
