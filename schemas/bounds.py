@@ -143,6 +143,7 @@ def check_event(event: Event, bounds: Bounds = DEFAULT_BOUNDS) -> Event:
             _check_text(f"product.{name}", getattr(product, name), bounds)
     if event.page is not None:
         _check_text("page.url", event.page.url, bounds)
+    _check_text("name", event.name, bounds)
     return event
 
 

@@ -38,6 +38,7 @@ EventType = Literal[
     "email_bounce",
     "spam_complaint",
     "consent_update",
+    "custom",
 ]
 PageType = Literal[
     "home",
@@ -57,6 +58,10 @@ EVENT_TYPES: Final[frozenset[str]] = frozenset(get_args(EventType))
 PAGE_TYPES: Final[frozenset[str]] = frozenset(get_args(PageType))
 
 ID_MAX_LENGTH: Final = 256  # ids longer than this are not ids; they would bloat Redis keys
+CUSTOM: Final = "custom"  # the type of an event outside the fixed types, told apart by its name
+CUSTOM_NEEDS_NAME: Final = (
+    'a custom event needs a name, the event as the source calls it: "name": "Pop-up Email Accepted"'
+)
 
 
 def _id_string(value: Any) -> Any:
@@ -102,7 +107,12 @@ class Product(BaseModel):
 
 
 class Event(BaseModel):
-    """One clickstream event in canonical form."""
+    """One clickstream event in canonical form.
+
+    `type` is one of the fixed types, or `custom` for any other event the source sends
+    (a Segment track call outside the spec, a GA4 event with no canonical type); a
+    custom event carries the source's event name in `name`.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -114,6 +124,11 @@ class Event(BaseModel):
     page: Page | None = None
     product: Product | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+    """The event's name as the source gave it (`"Pop-up Email Accepted"`, `"sign_up"`).
+    Required when `type` is `custom`; set on the events mapped to `signup` too, so a rule
+    can tell a popup's email capture from an account creation. A rule matches it as
+    `name`."""
     # Which input format this came from (canonical, segment, ga4, rees46, ...). Added
     # field; used for metrics by source format and for debugging.
     source: str = "canonical"
@@ -126,8 +141,17 @@ class Event(BaseModel):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _blank_name_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
     @model_validator(mode="after")
     def _derive(self) -> Event:
+        if self.type == CUSTOM and self.name is None:
+            raise ValueError(CUSTOM_NEEDS_NAME)
         # Frozen model: set the derived fields once, here, during validation.
         if self.type == "page_view" and self.page is None:
             object.__setattr__(self, "page", Page())

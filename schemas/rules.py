@@ -15,7 +15,8 @@ stage), and a list of `rules`, each one of seven kinds:
 Conditions (`when`, `unless`, `steps[]`, `all`, `none`) map a field path to a value
 (equality), a list (any of), or one operator object: `{contains_any: [...]}`,
 `{prefix: ...}`, `{regex: ...}`, `{in: [...]}`, `{not_in: [...]}`, `{exists: bool}`,
-`{gt|gte|lt|lte: number}`. Field paths: `type`, `source`, `session_id`, `page.type`,
+`{gt|gte|lt|lte: number}`. Field paths: `type`, `name` (a custom event's name, or a
+signup's: `{type: custom, name: Quiz Completed}`), `source`, `session_id`, `page.type`,
 `page.url`, `product.<field>`, `properties.<name>`.
 """
 
@@ -90,7 +91,7 @@ Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 Number = Annotated[float, BeforeValidator(_number)]
 
 
-FIELD_ROOTS: Final = ("type", "source", "session_id", "page", "product", "properties")
+FIELD_ROOTS: Final = ("type", "name", "source", "session_id", "page", "product", "properties")
 PRODUCT_FIELDS: Final = ("sku", "category", "price", "variant", "brand", "name", "quantity")
 KeyName = Literal["shopper", "session", "product", "category"]
 Tier = Literal["low", "mid", "high"]
@@ -211,7 +212,7 @@ def _check_path(path: str) -> str:
         raise ValueError(f"unknown field {path!r}: page has type and url")
     if root == "product" and rest not in PRODUCT_FIELDS:
         raise ValueError(f"unknown field {path!r}: product has {', '.join(PRODUCT_FIELDS)}")
-    if root in ("type", "source", "session_id") and rest:
+    if root in ("type", "name", "source", "session_id") and rest:
         raise ValueError(f"{root!r} has no sub-fields")
     return path
 

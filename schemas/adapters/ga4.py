@@ -8,11 +8,14 @@ from typing import Any, Final
 
 from schemas import errors
 from schemas.adapters.common import build, first, product_from
+from schemas.adapters.leads import SIGNUP, lead_channel, unmapped_type
 from schemas.adapters.pages import infer_page_type
 from schemas.errors import InvalidEvent
-from schemas.events import Event
+from schemas.events import CUSTOM, Event
 
-# GA4 recommended event name -> canonical type.
+# GA4 recommended event name -> canonical type. Any other name is `unmapped_type`'s: a
+# `custom` event with that name, or a `signup` for an email or SMS capture
+# (`newsletter_signup`).
 GA4_EVENTS: Final[dict[str, str]] = {
     "page_view": "page_view",
     "view_item": "product_view",
@@ -29,6 +32,7 @@ GA4_EVENTS: Final[dict[str, str]] = {
     "search": "search",
     "view_search_results": "search",
     "sign_up": "signup",
+    "generate_lead": "signup",
     "select_promotion": "ad_click",
 }
 
@@ -71,11 +75,9 @@ def _timestamp(obj: dict[str, Any]) -> Any:
 
 def from_ga4(obj: dict[str, Any]) -> Event:
     name = obj.get("event_name")
-    kind = GA4_EVENTS.get(name) if isinstance(name, str) else None
-    if kind is None:
-        raise InvalidEvent(
-            errors.UNSUPPORTED_EVENT_TYPE, f"GA4 event {name!r} has no canonical mapping"
-        )
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidEvent(errors.INVALID_EVENT, f"a GA4 event needs an event_name, not {name!r}")
+    kind = GA4_EVENTS.get(name) or unmapped_type(name)
     params = _params(obj)
     session = params.pop("ga_session_id", None)
     fields: dict[str, Any] = {
@@ -100,5 +102,9 @@ def from_ga4(obj: dict[str, Any]) -> Event:
         params["url"] = url
     if kind == "search":
         params["query"] = params.pop("search_term", None)
+    if kind in (SIGNUP, CUSTOM):
+        fields["name"] = name
+    if kind == SIGNUP:
+        params["channel"] = lead_channel(params, name) or params.get("channel")
     fields["properties"] = {k: v for k, v in params.items() if v is not None}
     return build({k: v for k, v in fields.items() if v is not None})

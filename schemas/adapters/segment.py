@@ -1,4 +1,7 @@
-"""Segment track and page calls, Ecommerce v2 and Email spec names, taken as they are."""
+"""Segment track and page calls, Ecommerce v2 and Email spec names, taken as they are.
+
+A track call outside the spec is a `custom` event named as the call is, except an email
+or SMS capture (`schemas.adapters.leads`), which is a `signup`."""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ from typing import Any, Final
 
 from schemas import errors
 from schemas.adapters.common import build, first, mapping, product_from
+from schemas.adapters.leads import SIGNUP, lead_channel, unmapped_type
 from schemas.adapters.pages import infer_page_type
 from schemas.errors import InvalidEvent
-from schemas.events import Event
+from schemas.events import CUSTOM, Event
 
-# Segment spec event name -> canonical type.
+# Segment spec event name -> canonical type (exact names; any other is `unmapped_type`'s).
 TRACK_EVENTS: Final[dict[str, str]] = {
     "Products Searched": "search",
     "Product List Viewed": "category_view",
@@ -73,13 +77,15 @@ def from_segment(obj: dict[str, Any]) -> Event:
         fields["page"] = {"type": infer_page_type(url, hint), "url": url}
     elif call == "track":
         name = obj.get("event")
-        kind = TRACK_EVENTS.get(name) if isinstance(name, str) else None
-        if kind is None:
+        if not isinstance(name, str) or not name.strip():
             raise InvalidEvent(
-                errors.UNSUPPORTED_EVENT_TYPE, f"Segment event {name!r} has no canonical mapping"
+                errors.INVALID_EVENT, f"a Segment track call needs an event name, not {name!r}"
             )
+        kind = TRACK_EVENTS.get(name) or unmapped_type(name)
         fields["type"] = kind
-        fields.update(_track_details(kind, props))
+        if kind in (SIGNUP, CUSTOM):
+            fields["name"] = name
+        fields.update(_track_details(kind, name, props))
     else:
         raise InvalidEvent(errors.UNSUPPORTED_EVENT_TYPE, f"Segment {call!r} calls are not events")
     for key in ("session_id", "sessionId", "product_id", "sku", "url", "path", "page_type"):
@@ -88,7 +94,7 @@ def from_segment(obj: dict[str, Any]) -> Event:
     return build({k: v for k, v in fields.items() if v is not None})
 
 
-def _track_details(kind: str, props: dict[str, Any]) -> dict[str, Any]:
+def _track_details(kind: str, name: str, props: dict[str, Any]) -> dict[str, Any]:
     details: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     product = product_from(props)
@@ -106,6 +112,8 @@ def _track_details(kind: str, props: dict[str, Any]) -> dict[str, Any]:
         extra["query"] = first(props, "query", "search_term")
     elif kind == "email_click":
         extra["url"] = first(props, "link_url", "url")
+    elif kind == SIGNUP:
+        extra["channel"] = lead_channel(props, name)
     elif kind == "opt_out":
         extra["channel"] = first(props, "channel") or "email"
     elif kind == "ad_click":

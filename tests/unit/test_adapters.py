@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from schemas import errors
 from schemas.adapters import decode_json, detect, to_event
@@ -14,7 +15,7 @@ from schemas.adapters.ga4 import GA4_EVENTS
 from schemas.adapters.pages import infer_page_type
 from schemas.adapters.segment import TRACK_EVENTS
 from schemas.errors import InvalidEvent
-from schemas.events import EVENT_TYPES, Event, Page, Product
+from schemas.events import CUSTOM_NEEDS_NAME, EVENT_TYPES, Event, Page, Product
 
 TS = "2026-11-23T10:00:00Z"
 TS_UTC = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -286,11 +287,75 @@ def test_segment_timestamp_falls_back_to_original_timestamp() -> None:
     assert to_event(call).ts == TS_UTC
 
 
-def test_segment_unknown_event_is_unsupported() -> None:
-    exc = reject(segment_track("Product Teleported"))
+def test_segment_track_outside_the_spec_is_a_custom_event_with_its_name() -> None:
+    event = to_event(segment_track("Quiz Completed", result="dry skin", product_id="P-1"))
 
-    assert exc.reason == errors.UNSUPPORTED_EVENT_TYPE
-    assert "Product Teleported" in exc.detail
+    assert (event.type, event.name, event.source) == ("custom", "Quiz Completed", "segment")
+    assert event.properties == {"result": "dry skin"}
+    assert event.product == Product(sku="P-1")
+
+
+@pytest.mark.parametrize("name", [None, "", "   ", 7, ["Quiz Completed"]])
+def test_segment_track_without_an_event_name_is_invalid(name: Any) -> None:
+    call = segment_track("x")
+    if name is None:
+        del call["event"]
+    else:
+        call["event"] = name
+
+    exc = reject(call)
+
+    assert exc.reason == errors.INVALID_EVENT
+    assert exc.detail == f"a Segment track call needs an event name, not {name!r}"
+
+
+@pytest.mark.parametrize(
+    ("name", "channel"),
+    [
+        ("Pop-up Email Accepted", "email"),
+        ("Email Captured", "email"),
+        ("Newsletter Signup", "email"),
+        ("Email Signup", "email"),
+        ("SMS Signup", "sms"),
+        ("popup_sms_accepted", "sms"),
+        ("NEWSLETTER SIGN-UP", "email"),
+        ("Popup Email Accepted", "email"),
+    ],
+)
+def test_segment_email_and_sms_captures_are_signups_with_their_channel(
+    name: str, channel: str
+) -> None:
+    event = to_event(segment_track(name, form="spring-popup"))
+
+    assert (event.type, event.name) == ("signup", name)
+    assert event.properties == {"form": "spring-popup", "channel": channel}
+
+
+def test_segment_signup_channel_given_in_the_properties_wins() -> None:
+    sms = to_event(segment_track("Newsletter Signup", channel=" SMS "))
+    other = to_event(segment_track("Email Signup", channel="whatsapp"))
+
+    assert sms.properties == {"channel": "sms"}
+    assert other.properties == {"channel": "whatsapp"}  # kept as the source said it
+
+
+def test_segment_signed_up_is_a_signup_that_keeps_its_name() -> None:
+    account = to_event(segment_track("Signed Up", method="google"))
+    by_sms = to_event(segment_track("Signed Up", channel="sms"))
+
+    assert (account.type, account.name, account.properties) == (
+        "signup",
+        "Signed Up",
+        {"method": "google"},
+    )
+    assert (by_sms.type, by_sms.properties) == ("signup", {"channel": "sms"})
+
+
+@pytest.mark.parametrize("name", ["Email Signup Form Viewed", "Newsletter", "Pop-up Shown"])
+def test_segment_names_that_only_contain_a_capture_name_stay_custom(name: str) -> None:
+    event = to_event(segment_track(name))
+
+    assert (event.type, event.name, event.properties) == ("custom", name, {})
 
 
 @pytest.mark.parametrize("call", ["identify", "group", "alias", "screen"])
@@ -308,7 +373,7 @@ def test_segment_non_event_calls_are_unsupported(call: str) -> None:
 
 def test_ga4_mappings_are_canonical_types() -> None:
     assert set(GA4_EVENTS.values()) <= EVENT_TYPES
-    assert len(GA4_EVENTS) == 16
+    assert len(GA4_EVENTS) == 17
 
 
 @pytest.mark.parametrize(("name", "kind"), sorted(GA4_EVENTS.items()))
@@ -436,12 +501,40 @@ def test_ga4_user_id_wins_over_pseudo_id() -> None:
     assert to_event(obj).shopper_id == "known-1"
 
 
-@pytest.mark.parametrize("name", ["scroll", "session_start", "first_visit", "View_Item"])
-def test_ga4_unknown_event_is_unsupported(name: str) -> None:
-    exc = reject(ga4_bigquery(name))
+@pytest.mark.parametrize("name", ["quiz_complete", "scroll", "session_start", "View_Item"])
+def test_ga4_event_with_no_canonical_type_is_a_custom_event_with_its_name(name: str) -> None:
+    event = to_event(ga4_bigquery(name))
 
-    assert exc.reason == errors.UNSUPPORTED_EVENT_TYPE
-    assert repr(name) in exc.detail
+    assert (event.type, event.name, event.source) == ("custom", name, "ga4")
+    assert event.properties == {"url": "https://shop.example/x", "engagement_time_msec": 250}
+    assert event.product is not None and event.product.sku == "CBL-USB-C"
+
+
+@pytest.mark.parametrize("name", [None, "", " ", 7])
+def test_ga4_event_without_a_name_is_invalid(name: Any) -> None:
+    exc = reject({**ga4_bigquery("view_item"), "event_name": name})
+
+    assert exc.reason == errors.INVALID_EVENT
+    assert exc.detail == f"a GA4 event needs an event_name, not {name!r}"
+
+
+@pytest.mark.parametrize("name", ["sign_up", "generate_lead"])
+def test_ga4_sign_up_and_generate_lead_are_signups_that_keep_their_name(name: str) -> None:
+    plain = to_event(ga4_gtag(name, method="Google"))
+    by_email = to_event(ga4_gtag(name, channel="Email"))
+
+    assert (plain.type, plain.name, plain.source) == ("signup", name, "ga4")
+    assert plain.properties == {"method": "Google"}
+    assert (by_email.type, by_email.properties) == ("signup", {"channel": "email"})
+
+
+@pytest.mark.parametrize(
+    ("name", "channel"), [("newsletter_signup", "email"), ("sms_signup", "sms")]
+)
+def test_ga4_email_and_sms_captures_are_signups_with_their_channel(name: str, channel: str) -> None:
+    event = to_event(ga4_gtag(name))
+
+    assert (event.type, event.name, event.properties) == ("signup", name, {"channel": channel})
 
 
 @pytest.mark.parametrize("stamp", ["yesterday", "1.7e15", "", [1]])
@@ -497,6 +590,32 @@ def test_canonical_keeps_a_given_source() -> None:
     obj = {"shopper_id": "s", "type": "signup", "ts": TS, "source": "replay"}
 
     assert to_event(obj).source == "replay"
+
+
+def test_canonical_custom_event_keeps_its_name_through_the_wire_form() -> None:
+    obj = {"shopper_id": "s", "type": "custom", "name": " Quiz Completed ", "ts": TS}
+
+    event = decode_json(json.dumps(obj))
+
+    assert (event.type, event.name, event.source) == ("custom", "Quiz Completed", "canonical")
+    assert Event.model_validate_json(event.to_json()) == event  # the intent.events hop
+
+
+@pytest.mark.parametrize("name", [None, "", "  "])
+def test_canonical_custom_event_without_a_name_is_invalid(name: str | None) -> None:
+    obj = {"shopper_id": "s", "type": "custom", "ts": TS}
+    if name is not None:
+        obj["name"] = name
+
+    exc = reject(json.dumps(obj))
+
+    assert exc.reason == errors.INVALID_EVENT
+    assert exc.detail == CUSTOM_NEEDS_NAME
+
+
+def test_a_custom_event_without_a_name_is_refused_by_the_model_too() -> None:
+    with pytest.raises(ValidationError, match="a custom event needs a name"):
+        Event.model_validate({"shopper_id": "s", "type": "custom", "ts": TS})
 
 
 def test_canonical_unknown_type_is_unsupported() -> None:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from schemas.adapters import to_event
 from schemas.events import Event
@@ -108,6 +109,79 @@ def test_email_click_with_product_link_regex() -> None:
         ],
     )
     assert [s.at for s in signals] == [at(1)]
+
+
+# --- custom events and names -----------------------------------------------------------------
+def segment_track(shopper: str, minutes: float, name: str, **props: Any) -> dict[str, Any]:
+    return {"type": "track", "event": name, "userId": shopper, "properties": props,
+            "timestamp": at(minutes).isoformat()}  # fmt: skip
+
+
+def ga4_event(shopper: str, minutes: float, name: str, **params: Any) -> dict[str, Any]:
+    return {"event_name": name, "client_id": shopper, "params": params,
+            "timestamp_micros": int(at(minutes).timestamp() * 1_000_000)}  # fmt: skip
+
+
+def test_a_rule_matches_custom_events_by_name_from_every_source() -> None:
+    eng = engine(
+        {
+            "id": "quiz_completed",
+            "kind": "single",
+            "points": 6,
+            "when": {"type": "custom", "name": "Quiz Completed"},
+        }
+    )
+    signals = run(
+        eng,
+        [
+            segment_track("s", 0, "Quiz Completed", result="dry skin"),
+            segment_track("s", 1, "Quiz Started"),
+            ga4_event("s", 2, "quiz_complete"),
+            {**ev("s", 3, "custom"), "name": "Quiz Completed"},
+            {**ev("s", 4, "signup"), "name": "Quiz Completed"},  # not custom
+        ],
+    )
+    assert [s.at for s in signals] == [at(0), at(3)]
+    assert all(s.points == 6 for s in signals)
+
+
+def test_a_rule_tells_signups_apart_by_name_and_channel() -> None:
+    eng = engine(
+        {
+            "id": "popup_email",
+            "kind": "single",
+            "points": 3,
+            "when": {"type": "signup", "name": {"in": ["Pop-up Email Accepted"]}},
+        },
+        {
+            "id": "email_or_sms_signup",
+            "kind": "single",
+            "points": 8,
+            "when": {"type": "signup", "properties.channel": ["email", "sms"]},
+        },
+    )
+    signals = run(
+        eng,
+        [
+            segment_track("s", 0, "Pop-up Email Accepted"),
+            segment_track("s", 1, "Signed Up"),
+            ga4_event("s", 2, "generate_lead"),
+            segment_track("s", 3, "SMS Signup"),
+            ga4_event("s", 4, "sign_up", channel="SMS"),
+        ],
+    )
+    assert sorted((s.at, s.rule_id) for s in signals) == [
+        (at(0), "email_or_sms_signup"),
+        (at(0), "popup_email"),
+        (at(3), "email_or_sms_signup"),
+        (at(4), "email_or_sms_signup"),
+    ]
+
+
+def test_name_is_a_field_without_sub_fields() -> None:
+    rule = {"id": "r", "kind": "single", "points": 1, "when": {"name.first": "x"}}
+    with pytest.raises(ValidationError, match="'name' has no sub-fields"):
+        engine(rule)
 
 
 # --- sequence -------------------------------------------------------------------------------
@@ -418,6 +492,15 @@ def test_a_visit_ended_by_the_gap_fires_once_however_many_of_its_events_come_aft
 def test_offsite_events_do_not_break_a_visit() -> None:
     signals = run(engine(BLOG), [ev("s", 0, "page_view", page="blog"), ev("s", 1, "email_open")])
     assert rule_ids(signals) == ["blog_only_visit"]
+
+
+def test_custom_events_neither_break_nor_count_in_a_visit() -> None:
+    # GA4 sends scroll and user_engagement beside most pages: a blog-only visit of one
+    # page is still blog-only, and still of one page.
+    one_page = {"id": "one_page", "kind": "session", "max_events": 1}
+    scrolls = [{**ev("s", minute, "custom"), "name": "scroll"} for minute in (1, 2)]
+    signals = run(engine(BLOG, one_page), [ev("s", 0, "page_view", page="blog"), *scrolls])
+    assert sorted(rule_ids(signals)) == ["blog_only_visit", "one_page"]
 
 
 # --- repeat ----------------------------------------------------------------------------------

@@ -71,8 +71,8 @@ def test_contract_example_is_valid() -> None:
 
 
 def test_type_and_page_literals_match_the_contract() -> None:
-    assert len(EVENT_TYPES) == 23
-    assert {"page_view", "purchase", "opt_out", "consent_update"} <= EVENT_TYPES
+    assert len(EVENT_TYPES) == 24
+    assert {"page_view", "purchase", "opt_out", "consent_update", "custom"} <= EVENT_TYPES
     expected = {
         "home",
         "blog",

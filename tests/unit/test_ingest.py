@@ -91,6 +91,32 @@ def test_mixed_batch() -> None:
         assert rejection.record is records[rejection.record.offset]
 
 
+def test_custom_events_pass_and_only_a_custom_event_without_a_name_is_rejected() -> None:
+    segment = {"type": "track", "event": "Quiz Completed", "userId": "s-42",
+               "timestamp": NOW.isoformat()}  # fmt: skip
+    ga4 = {"event_name": "quiz_complete", "client_id": "s-42",
+           "timestamp_micros": int(NOW.timestamp()) * 1_000_000}  # fmt: skip
+    records = [
+        record(json.dumps(segment).encode(), 0),
+        record(json.dumps(ga4).encode(), 1),
+        record(canonical(type="custom", name="Quiz Completed"), 2),
+        record(canonical(type="custom"), 3),
+        record(json.dumps({**segment, "event": "Pop-up Email Accepted"}).encode(), 4),
+    ]
+
+    result = ingest_batch(records, NOW, LIMITS)
+
+    assert [(e.type, e.name) for e in result.events] == [
+        ("custom", "Quiz Completed"),
+        ("custom", "quiz_complete"),
+        ("custom", "Quiz Completed"),
+        ("signup", "Pop-up Email Accepted"),
+    ]
+    [rejected] = result.rejected
+    assert (rejected.record.offset, rejected.reason) == (3, errors.INVALID_EVENT)
+    assert "a custom event needs a name" in rejected.detail
+
+
 def test_empty_batch() -> None:
     result = ingest_batch([], NOW, LIMITS)
 

@@ -297,7 +297,8 @@ def test_ga4_json_line(fmt: str) -> None:
          errors.INVALID_EVENT, None),
         ("canonical", '{"shopper_id": "s", "type": "page_view"', errors.MALFORMED_JSON, None),
         ("segment", '{"type": "identify", "userId": "u"}', errors.UNSUPPORTED_EVENT_TYPE, None),
-        ("ga4", '{"event_name": "scroll", "client_id": "c"}', errors.UNSUPPORTED_EVENT_TYPE, None),
+        ("ga4", '{"event_name": 7, "client_id": "c"}', errors.INVALID_EVENT,
+         "a GA4 event needs an event_name, not 7"),
     ],
 )  # fmt: skip
 def test_malformed_lines(fmt: str, line: str, reason: str, detail: str | None) -> None:

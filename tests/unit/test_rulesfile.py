@@ -86,7 +86,7 @@ def test_load_rules_raises_a_config_error_naming_the_check_command(tmp_path: Pat
 def test_rules_check_command(tmp_path: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(main, ["rules", "check"])
-    assert ok.exit_code == 0 and "OK, 31 rules" in ok.output
+    assert ok.exit_code == 0 and f"OK, {len(load_rules().rules)} rules (" in ok.output
     path = tmp_path / "rules.yaml"
     path.write_text(BAD)
     bad = runner.invoke(main, ["rules", "check", str(path)])

@@ -13,10 +13,13 @@ Predicate = Callable[[Event], bool]
 
 
 def field_value(event: Event, path: str) -> Any:
-    """The value at a field path (`type`, `page.type`, `product.sku`, `properties.a.b`)."""
+    """The value at a field path (`type`, `name`, `page.type`, `product.sku`,
+    `properties.a.b`)."""
     root, _, rest = path.partition(".")
     if root == "type":
         return event.type
+    if root == "name":
+        return event.name
     if root == "source":
         return event.source
     if root == "session_id":

@@ -5,7 +5,10 @@ A visit is the source's `session_id` when it gives one; otherwise events closer 
 visit ends when an event of another visit arrives, or when `session_gap` has passed
 after its last event, whatever its session id (through `advance`, in event time or on
 the timer, or as the next event arrives). Email, SMS and consent events happen off-site
-and are not part of visits.
+and are not part of visits; nor are custom events (a shop's own names, GA4's `scroll` or
+`user_engagement`, sent alongside most pages): they say nothing of what a visit was, so
+they neither open, extend nor count in one, and `blog_only_visit` or `single_page_visit`
+still fire on a feed full of them.
 
 A session id whose visit has ended stays ended (the last CLOSED_CAP are kept): a later
 event of it leaves the current visit alone and opens none. So what fires does not
@@ -28,6 +31,7 @@ OFFSITE_TYPES: Final = frozenset(
     {"email_open", "email_click", "email_bounce", "spam_complaint", "opt_out", "consent_update",
      "sms_click"}
 )  # fmt: skip
+OUTSIDE_VISITS: Final = OFFSITE_TYPES | {"custom"}
 CLOSED_CAP: Final = 8  # ended session ids remembered per shopper
 
 
@@ -42,7 +46,7 @@ class Sessions:
         self, st: dict[str, Any], event: Event, ts: float
     ) -> tuple[str | None, list[tuple[SessionRule, Fired]]]:
         """The visit this event belongs to, and the session rules fired by a visit it ends."""
-        if event.type in OFFSITE_TYPES:
+        if event.type in OUTSIDE_VISITS:
             return event.session_id, []
         cur: dict[str, Any] | None = st.get("cur")
         fired: list[tuple[SessionRule, Fired]] = []
