@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,23 @@ from stream.cli.common import (
     _writable,
 )
 from stream.offline.files import SHARD_EVENTS, unreadable_file
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+    """'7d', '36h', '90m' or a number of seconds, as the rules file writes durations."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from schemas.rules import Seconds
+
+    given: str | float = value
+    with contextlib.suppress(ValueError):
+        given = float(value)  # a number of seconds
+    try:
+        return float(TypeAdapter(Seconds).validate_python(given))
+    except ValidationError as exc:
+        problem = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+        hint = "" if "e.g." in problem else " (e.g. 7d, 36h, 90m)"
+        raise click.BadParameter(problem + hint) from exc
 
 
 @click.command()
@@ -38,6 +56,10 @@ from stream.offline.files import SHARD_EVENTS, unreadable_file
               help="Shoppers a signal needs before the report lists its lift.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Replay the shards in this many processes (same output).")  # fmt: skip
+@click.option("--horizon", default="7d", show_default=True, callback=_duration,
+              metavar="DURATION",
+              help="The report's score thresholds: a purchase within this long after "
+              "reaching one counts (e.g. 7d, 36h, 90m, or seconds).")  # fmt: skip
 @click.option("--order", type=click.Choice(["time", "file"]), default="time", show_default=True,
               help="Each shopper's events by event time, or in the order the file lists them, "
               "as a worker reads the file once produced to the input topic (out of order "
@@ -45,7 +67,7 @@ from stream.offline.files import SHARD_EVENTS, unreadable_file
 def replay(
     file: Path, fmt: str, rules_path: Path | None, changes: Path | None, actions: Path | None,
     report_dir: Path | None, shard_events: int, min_support: int,
-    jobs: int, order: str,
+    jobs: int, horizon: float, order: str,
 ) -> None:  # fmt: skip
     """Run the rules offline, in event time, over a historical FILE."""
     import tempfile
@@ -67,7 +89,7 @@ def replay(
         require_charts()
         _writable(report_dir)
     size = max(file.stat().st_size, 1)
-    tally = Tally()
+    tally = Tally(horizon)
     counts = {"signals": 0, "changes": 0, "actions": 0, "late": 0, "failed": 0}
     with tempfile.TemporaryDirectory(prefix="intent-replay-out-") as work, ExitStack() as bars:
         try:
@@ -97,7 +119,7 @@ def replay(
                      bounds=ingest_bounds(settings))  # fmt: skip
 
         def go() -> None:
-            for shard_tally, shard_counts in run.summaries(jobs, outputs):
+            for shard_tally, shard_counts in run.summaries(jobs, outputs, horizon):
                 tally.merge(shard_tally)
                 for name, n in shard_counts.items():
                     counts[name] += n
@@ -151,12 +173,14 @@ def replay(
             report = write(tally, report_dir, file.name, (rules, source), min_support, order)
         except OSError as exc:
             raise click.ClickException(_os_error(exc)) from exc
-        for tier in report["tiers"]:
+        for tier, plain in zip(report["tiers"], report["naive"]["tiers"], strict=True):
             conv = tier["conversion"]
             lift = tier["lift"]
+            naive = plain["lift"]
             click.echo(
                 f"  {tier['tier']:<5} reached {tier['reached']:>7,}  conversion "
                 f"{'-' if conv is None else f'{100 * conv:.1f} %':>7}  lift "
-                f"{'-' if lift is None else f'{lift:.2f}x'}"
+                f"{'-' if lift is None else f'{lift:.2f}x'}  (naive rule: lift "
+                f"{'-' if naive is None else f'{naive:.2f}x'})"
             )
         click.echo(f"report: {report_dir / 'report.md'}")

@@ -226,11 +226,18 @@ MAX_STEPS: Final = 16  # decay transitions evaluated in one call (none < low < m
 
 
 def apply(
-    state: dict[str, Any], signals: list[ScoreSignal], now: float | None, cfg: ScoreConfig
+    state: dict[str, Any],
+    signals: list[ScoreSignal],
+    now: float | None,
+    cfg: ScoreConfig,
+    *,
+    trace: list[tuple[float, float]] | None = None,
 ) -> Result:
     """Apply new signals (deduplicated by id) by group, then event time, evaluating the
     tier after each group and time, and at every decay crossing in between, then up to
-    `now`. The transitions never depend on how signals were batched."""
+    `now`. The transitions never depend on how signals were batched. `trace`, if given,
+    gets (time, score) of each evaluation after a group: the score the tier was taken
+    from (the backtest report's thresholds)."""
     previous = state["tier"]
     seq_before = state["seq"]
     was = sorted(state["x"])
@@ -282,9 +289,11 @@ def apply(
                 state["cats"][key] = _add(state["cats"].get(key), sig.points, sig.t, h)
         if state["T"] is None or t > state["T"]:
             state["T"] = t
-        _evaluate(
+        score = _evaluate(
             state, cfg, changes, unsuppressed, "purchase" if reset_seen else "signal", group[-1].id
         )
+        if trace is not None:
+            trace.append((state["T"], score))
         keys = sorted(state["x"])
         for sig in group:
             after[sig.id] = state["seq"]
@@ -392,7 +401,8 @@ def _evaluate(
     unsuppressed: list[str],
     reason: str,
     cause: str | None,
-) -> None:
+) -> float:
+    """Take the tier at `state["T"]`; returns the score it was taken from."""
     T = state["T"]
     for key in sorted(k for k, until in state["x"].items() if until <= T):
         del state["x"][key]
@@ -402,12 +412,13 @@ def _evaluate(
     was = "none" if previous == SUPPRESSED else previous
     tier = SUPPRESSED if ALL in state["x"] else tier_for(score, was, cfg)
     if tier == previous:
-        return
+        return score
     if (previous == SUPPRESSED) != (tier == SUPPRESSED):
         reason = "suppression"
     state["seq"] += 1
     state["tier"] = tier
     changes.append(Change(previous, tier, score, T, state["seq"], reason, _top(state, T), cause))
+    return score
 
 
 def _top(state: dict[str, Any], T: float) -> list[tuple[str, float]]:

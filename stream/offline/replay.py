@@ -40,11 +40,13 @@ from stream.core import scoring
 from stream.core.detectors.engine import State
 from stream.core.process import Core, Failures, ScoreBatch
 from stream.core.scoring import Result, ScoreConfig
+from stream.offline import naive
 from stream.offline.files import SHARD_EVENTS
 from stream.offline.outputs import OutputFiles
 from stream.offline.report import Tally
 from stream.offline.result import ReplayResult, action_order
 from stream.offline.shards import ReadOptions, ShardReader, shard_of
+from stream.offline.thresholds import HORIZON_SECONDS, add_highs
 
 log = logging.getLogger(__name__)
 SCORE_BATCH: Final = 100  # shoppers per run of the core, and a step of the progress
@@ -117,18 +119,21 @@ class Replay(ShardReader):
             for by_shopper in self._shards(Path(work)):
                 yield self._replay_shard(store, runner, by_shopper)
 
-    def summaries(self, jobs: int, outputs: OutputFiles) -> Iterator[tuple[Any, dict[str, int]]]:
+    def summaries(
+        self, jobs: int, outputs: OutputFiles, horizon: float = HORIZON_SECONDS
+    ) -> Iterator[tuple[Any, dict[str, int]]]:
         """Each shard replayed and its lines written to `outputs` (`close` merges them):
-        yields its report counts (a `report.Tally`) and how many signals, changes, actions
-        and late events it had. With `jobs` > 1, in that many processes."""
+        yields its report counts (a `report.Tally`, its score thresholds' purchases
+        within `horizon` seconds) and how many signals, changes, actions and late events
+        it had. With `jobs` > 1, in that many processes."""
         # With jobs too: the file is read in this process (with the collector on, reading
         # Taobao took 3.4 s instead of 2.0), and the forks inherit the pause.
         with gc_paused():
             if jobs > 1:
-                yield from self._in_processes(jobs, outputs)
+                yield from self._in_processes(jobs, outputs, horizon)
                 return
             for index, part in enumerate(self.results()):
-                yield _summary(part, outputs, self.shards, index)
+                yield _summary(part, outputs, self.shards, index, horizon)
 
     @contextmanager
     def _scoring(self) -> Iterator[tuple[asyncio.Runner, MemoryScores]]:
@@ -146,6 +151,7 @@ class Replay(ShardReader):
         fresh state, with everything due by the file's last event time fired."""
         part = ReplayResult(end=self.end)
         store.states.clear()  # shoppers are never seen again in a later shard
+        store.highs.clear()
         shoppers = sorted(by_shopper)
         loop = runner.get_loop()
         for i in range(0, len(shoppers), SCORE_BATCH):
@@ -160,6 +166,10 @@ class Replay(ShardReader):
                 self.core.run(chunk, store.apply_many, failures, until=self.end, at=self.end)
             )
             part.failed += len(failures)
+            for shopper in chunk:
+                highs = store.highs.pop(shopper, None)
+                if highs and shopper not in failures:
+                    part.highs[shopper] = highs
             part.late += sum(len(late) for late in done.late.values())
             part.signals += done.all_signals(failures)
             for outputs in done.outputs.values():
@@ -193,10 +203,11 @@ class Replay(ShardReader):
         buys = [e.ts.timestamp() for e in events if e.type == "purchase"]
         if buys:
             part.purchases[shopper] = buys
+        part.naive[shopper] = naive.reached(events)
         return self.core.new_state(), events
 
     def _in_processes(
-        self, jobs: int, outputs: OutputFiles
+        self, jobs: int, outputs: OutputFiles, horizon: float
     ) -> Iterator[tuple[Any, dict[str, int]]]:
         """`summaries` in `jobs` forked processes. A file that fits in one shard is split
         in `jobs` groups of shoppers in memory, which the processes share with this one
@@ -212,7 +223,7 @@ class Replay(ShardReader):
                 sources = list(groups)
                 del held
             self.shards = len(sources)
-            _FORKED = (self, sources, outputs)
+            _FORKED = (self, sources, outputs, horizon)
             try:
                 context = multiprocessing.get_context("fork")
                 with context.Pool(min(jobs, len(sources))) as pool:
@@ -225,28 +236,28 @@ class Replay(ShardReader):
                 _FORKED = None
 
 
-_FORKED: tuple[Replay, list[dict[str, list[Event]] | Path], OutputFiles] | None = None
+_FORKED: tuple[Replay, list[dict[str, list[Event]] | Path], OutputFiles, float] | None = None
 
 
 def _forked(index: int) -> tuple[Any, dict[str, int], dict[str, float]]:
     """One shard, in a process forked by `Replay._in_processes` (its state is inherited)."""
     assert _FORKED is not None
-    run, sources, outputs = _FORKED
+    run, sources, outputs, horizon = _FORKED
     run.seconds = {stage: 0.0 for stage in run.seconds}
     run.on_replayed = None  # the parent's: it reports each shard as it comes back
     source = sources[index]
     by_shopper = source if isinstance(source, dict) else run._load(source)
     with gc_paused(), run._scoring() as (runner, store):
         part = run._replay_shard(store, runner, by_shopper)
-    return (*_summary(part, outputs, len(sources), index), run.seconds)
+    return (*_summary(part, outputs, len(sources), index, horizon), run.seconds)
 
 
 def _summary(
-    part: ReplayResult, outputs: OutputFiles, shards: int, index: int
+    part: ReplayResult, outputs: OutputFiles, shards: int, index: int, horizon: float
 ) -> tuple[Any, dict[str, int]]:
     """A shard's lines written, and what the command keeps of it: the report's counts."""
     outputs.add(part, shards, index)
-    tally = Tally()
+    tally = Tally(horizon)
     tally.add(part)
     counts = {
         "signals": len(part.signals), "changes": len(part.changes),
@@ -283,17 +294,21 @@ def replay(
 
 
 class MemoryScores:
-    """Each shopper's score state, scored by the same maths as the worker's owner."""
+    """Each shopper's score state, scored by the same maths as the worker's owner, and
+    the new highs of each shopper's score (`highs`: (time, score), for the report)."""
 
     def __init__(self, cfg: ScoreConfig) -> None:
         self.cfg = cfg
         self.states: dict[str, dict[str, Any]] = {}
+        self.highs: dict[str, list[tuple[float, float]]] = {}
 
     async def apply_many(self, batch: ScoreBatch) -> dict[str, Result]:
         out = {}
         for shopper, (signals, now) in batch.items():
             state = self.states.setdefault(shopper, scoring.new_state())
-            out[shopper] = scoring.apply(state, signals, now, self.cfg)
+            trace: list[tuple[float, float]] = []
+            out[shopper] = scoring.apply(state, signals, now, self.cfg, trace=trace)
+            add_highs(self.highs.setdefault(shopper, []), trace)
         return out
 
 

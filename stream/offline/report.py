@@ -8,6 +8,11 @@ Definitions (also in the Markdown output):
   is buyers / all shoppers in the file;
 - *share of buyers*: buyers who reached the tier before their first purchase, over all
   buyers; *lead time*: from reaching the tier to that first purchase (median).
+
+Beside each tier, the same figures for the naive rule (`naive.py`: a cart add puts a
+shopper in high, their third product view in mid, any first event in low), computed from
+the events alone; and precision and recall by score threshold (`thresholds.py`), to see
+where the tiers could go.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from typing import Any, Final
 from schemas.outputs import CartRecovery
 from schemas.rules import RuleSet
 from stream.errors import MissingExtra
+from stream.offline import naive
 from stream.offline.result import ReplayResult
+from stream.offline.thresholds import HORIZON_SECONDS, Curve, table
 from stream.rulesfile import digest
 
 TIERS: Final = ("low", "mid", "high")
@@ -41,21 +48,68 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
-class Tally:
-    """The report's counts, taken in shard by shard: a shopper's events, changes, signals
-    and actions are all in the same shard, and everything below is counted per shopper."""
+class Reach:
+    """Per tier: shoppers who reached it (or a higher one), who bought after, who reached
+    it before their first purchase, and how long before it."""
 
     def __init__(self) -> None:
+        self.reached = {tier: 0 for tier in TIERS}
+        self.bought_after = {tier: 0 for tier in TIERS}
+        self.before_first = {tier: 0 for tier in TIERS}
+        self.leads: dict[str, list[float]] = {tier: [] for tier in TIERS}
+
+    def add(self, reached: dict[str, dict[str, float]], purchases: dict[str, list[float]]) -> None:
+        """`reached`: tier -> shopper -> when they first reached it or a higher one."""
+        for tier in TIERS:
+            who = reached[tier]
+            self.reached[tier] += len(who)
+            for shopper, t in who.items():
+                times = purchases.get(shopper, ())
+                if any(p > t for p in times):
+                    self.bought_after[tier] += 1
+                if times and t < min(times):
+                    self.before_first[tier] += 1
+                    self.leads[tier].append(min(times) - t)
+
+    def merge(self, other: Reach) -> None:
+        for tier in TIERS:
+            self.reached[tier] += other.reached[tier]
+            self.bought_after[tier] += other.bought_after[tier]
+            self.before_first[tier] += other.before_first[tier]
+            self.leads[tier] += other.leads[tier]
+
+    def rows(self, buyers: int, base: float | None) -> list[dict[str, Any]]:
+        rows = []
+        for tier in TIERS:
+            leads = self.leads[tier]
+            conversion = _ratio(self.bought_after[tier], self.reached[tier])
+            rows.append({
+                "tier": tier,
+                "reached": self.reached[tier],
+                "bought_after": self.bought_after[tier],
+                "conversion": conversion,
+                "lift": _ratio(conversion, base) if conversion is not None and base else None,
+                "share_of_buyers": _ratio(self.before_first[tier], buyers),
+                "median_lead_time_seconds": statistics.median(leads) if leads else None,
+            })  # fmt: skip
+        return rows
+
+
+class Tally:
+    """The report's counts, taken in shard by shard: a shopper's events, changes, signals
+    and actions are all in the same shard, and everything below is counted per shopper.
+    `horizon`: seconds after reaching a score threshold within which a purchase counts."""
+
+    def __init__(self, horizon: float = HORIZON_SECONDS) -> None:
         self.events = 0
         self.late = 0  # events not scored: older than the lateness behind their shopper's
         self.shoppers = 0
         self.buyers = 0
         self.start = math.inf
         self.end = 0.0
-        self.reached = {tier: 0 for tier in TIERS}
-        self.bought_after = {tier: 0 for tier in TIERS}
-        self.before_first = {tier: 0 for tier in TIERS}
-        self.leads: dict[str, list[float]] = {tier: [] for tier in TIERS}
+        self.tiers = Reach()
+        self.naive = Reach()
+        self.curve = Curve(horizon)
         self.triggers = 0
         self.recovered = 0
         self.rule_shoppers: dict[str, int] = defaultdict(int)
@@ -76,16 +130,14 @@ class Tally:
             for tier in TIERS:
                 if RANK[change.to_tier] >= RANK[tier]:
                     reached[tier].setdefault(change.shopper_id, at)
-        for tier in TIERS:
-            who = reached[tier]
-            self.reached[tier] += len(who)
-            for shopper, t in who.items():
-                times = purchases.get(shopper, ())
-                if any(p > t for p in times):
-                    self.bought_after[tier] += 1
-                if times and t < min(times):
-                    self.before_first[tier] += 1
-                    self.leads[tier].append(min(times) - t)
+        self.tiers.add(reached, purchases)
+        by_naive: dict[str, dict[str, float]] = {tier: {} for tier in TIERS}
+        for shopper, times in part.naive.items():
+            for tier, at in times.items():
+                by_naive[tier][shopper] = at
+        self.naive.add(by_naive, purchases)
+        for shopper, highs in part.highs.items():
+            self.curve.add(highs, purchases.get(shopper, ()))
 
         for action in part.actions:
             trigger = action.value
@@ -117,11 +169,9 @@ class Tally:
         self.buyers += other.buyers
         self.start = min(self.start, other.start)
         self.end = max(self.end, other.end)
-        for tier in TIERS:
-            self.reached[tier] += other.reached[tier]
-            self.bought_after[tier] += other.bought_after[tier]
-            self.before_first[tier] += other.before_first[tier]
-            self.leads[tier] += other.leads[tier]
+        self.tiers.merge(other.tiers)
+        self.naive.merge(other.naive)
+        self.curve.merge(other.curve)
         self.triggers += other.triggers
         self.recovered += other.recovered
         for rule, n in other.rule_shoppers.items():
@@ -129,22 +179,13 @@ class Tally:
         for rule, n in other.rule_bought_after.items():
             self.rule_bought_after[rule] += n
 
-    def report(self, min_support: int = MIN_SUPPORT) -> dict[str, Any]:
-        """The figures; a signal's lift is listed once `min_support` shoppers had it."""
+    def report(
+        self, min_support: int = MIN_SUPPORT, marks: tuple[float, ...] = ()
+    ) -> dict[str, Any]:
+        """The figures; a signal's lift is listed once `min_support` shoppers had it, and
+        score thresholds up to the highest `min_support` shoppers reached and the tier
+        thresholds `marks`."""
         base = _ratio(self.buyers, self.shoppers)
-        tiers = []
-        for tier in TIERS:
-            leads = self.leads[tier]
-            conversion = _ratio(self.bought_after[tier], self.reached[tier])
-            tiers.append({
-                "tier": tier,
-                "reached": self.reached[tier],
-                "bought_after": self.bought_after[tier],
-                "conversion": conversion,
-                "lift": _ratio(conversion, base) if conversion is not None and base else None,
-                "share_of_buyers": _ratio(self.before_first[tier], self.buyers),
-                "median_lead_time_seconds": statistics.median(leads) if leads else None,
-            })  # fmt: skip
         signals: list[dict[str, Any]] = []
         for rule, shoppers in self.rule_shoppers.items():
             bought = self.rule_bought_after[rule]
@@ -156,6 +197,7 @@ class Tally:
             })  # fmt: skip
         listed = [s for s in signals if s["shoppers"] >= min_support and s["lift"] is not None]
         listed.sort(key=lambda s: (-s["lift"], s["rule"]))
+        curve = self.curve
         return {
             "events": self.events,
             "late_events": self.late,
@@ -163,7 +205,13 @@ class Tally:
             "buyers": self.buyers,
             "base_rate": base,
             "window": [_iso(self.start if self.start < math.inf else 0.0), _iso(self.end)],
-            "tiers": tiers,
+            "tiers": self.tiers.rows(self.buyers, base),
+            "naive": {"rule": naive.RULE, "tiers": self.naive.rows(self.buyers, base)},
+            "thresholds": {
+                "horizon_seconds": curve.horizon,
+                "highest_whole_score": curve.top,
+                "rows": curve.at(curve.grid(min_support, marks), self.buyers),
+            },
             "cart_recovery": {
                 "triggers": self.triggers,
                 "followed_by_purchase": self.recovered,
@@ -174,10 +222,18 @@ class Tally:
         }
 
 
-def compute(result: ReplayResult, min_support: int = MIN_SUPPORT) -> dict[str, Any]:
-    tally = Tally()
+def compute(
+    result: ReplayResult, min_support: int = MIN_SUPPORT, horizon: float = HORIZON_SECONDS,
+    marks: tuple[float, ...] = (),
+) -> dict[str, Any]:  # fmt: skip
+    tally = Tally(horizon)
     tally.add(result)
-    return tally.report(min_support)
+    return tally.report(min_support, marks)
+
+
+def tier_marks(rules: RuleSet) -> tuple[float, float, float]:
+    """The tier thresholds, to mark among the score thresholds."""
+    return rules.tiers.low, rules.tiers.mid, rules.tiers.high
 
 
 def with_rules(report: dict[str, Any], rules: RuleSet, source: str) -> dict[str, Any]:
@@ -211,6 +267,14 @@ def _pct(x: float | None) -> str:
 
 def _times(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
+
+
+def _span(seconds: float) -> str:
+    """A horizon: `7 d`, `36 h`, `90 min`, `45 s`."""
+    for unit, name in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= unit:
+            return f"{seconds / unit:.3g} {name}"
+    return f"{seconds:.3g} s"
 
 
 def _duration(seconds: float | None) -> str:
@@ -250,15 +314,22 @@ def markdown(report: dict[str, Any], source: str) -> str:
             "",
         ]
     lines += [
-        "| tier | reached | bought after | conversion | lift | share of buyers | median lead |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| tier | reached | bought after | conversion | lift | share of buyers | median lead "
+        "| naive: reached | lift | share of buyers |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for t in report["tiers"]:
+    for t, n in zip(report["tiers"], report["naive"]["tiers"], strict=True):
         lines.append(
             f"| {t['tier']} | {t['reached']:,} | {t['bought_after']:,} | {_pct(t['conversion'])} "
             f"| {_times(t['lift'])} | {_pct(t['share_of_buyers'])} "
-            f"| {_duration(t['median_lead_time_seconds'])} |"
+            f"| {_duration(t['median_lead_time_seconds'])} "
+            f"| {n['reached']:,} | {_times(n['lift'])} | {_pct(n['share_of_buyers'])} |"
         )
+    lines += [
+        "",
+        f"Naive rule, from the events alone: {report['naive']['rule']} (same definitions).",
+    ]
+    lines += _threshold_table(report)
     cart = report["cart_recovery"]
     lines += [
         "",
@@ -286,7 +357,46 @@ def markdown(report: dict[str, Any], source: str) -> str:
         "![conversion by tier](conversion_by_tier.png)",
         "",
     ]
+    if report["thresholds"]["rows"]:
+        lines += ["![score threshold against purchases](thresholds.png)", ""]
     return "\n".join(lines)
+
+
+def _threshold_table(report: dict[str, Any]) -> list[str]:
+    """A few rows of the score-threshold curve: 1, evenly spaced ones, the tiers'."""
+    curve = report["thresholds"]
+    rows = curve["rows"]
+    if not rows:
+        return []
+    tiers = report.get("rules", {}).get("tiers", {})
+    named = {math.ceil(tiers[t]): t for t in TIERS if t in tiers}
+    shown = table(rows[-1]["threshold"], named)
+    within = _span(curve["horizon_seconds"])
+    lines = [
+        "",
+        f"Score thresholds against purchases within {within} (all of them in report.json; "
+        "the chart: thresholds.png):",
+        "",
+        f"| score threshold | reached | bought within {within} | precision "
+        f"| buyers who reached it before buying | recall |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        t = r["threshold"]
+        if t not in shown:
+            continue
+        label = f"{t} ({named[t]})" if t in named else f"{t}"
+        lines.append(
+            f"| {label} | {r['reached']:,} | {r['bought_within']:,} | {_pct(r['precision'])} "
+            f"| {r['buyers_reached_before']:,} | {_pct(r['recall'])} |"
+        )
+    lines += [
+        "",
+        f"*Precision*: of the shoppers whose score reached the threshold, the share who "
+        f"bought within {within} after first reaching it. *Recall*: of all buyers, the share "
+        f"whose score reached it before their first purchase, at most {within} before it.",
+    ]
+    return lines
 
 
 def require_charts() -> None:
@@ -326,6 +436,10 @@ def charts(report: dict[str, Any], out: Path) -> list[Path]:
     plt.close(fig)
     paths.append(path)
 
+    rows = report["thresholds"]["rows"]
+    if rows:
+        paths.append(_threshold_chart(plt, report, out))
+
     top = report["top_signals"]
     if top:
         fig, ax = plt.subplots(figsize=(6, 0.4 * len(top) + 1.2), dpi=120)
@@ -341,17 +455,62 @@ def charts(report: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def _threshold_chart(plt: Any, report: dict[str, Any], out: Path) -> Path:
+    """Precision (top) and recall (bottom) by score threshold, the tier thresholds
+    marked: two panels, as precision is often a few percent and recall up to 100."""
+    curve = report["thresholds"]
+    rows = curve["rows"]
+    within = _span(curve["horizon_seconds"])
+    x = [r["threshold"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 5.4), dpi=120)
+    for ax, key, color in ((top, "precision", "#08519c"), (bottom, "recall", "#ff7f0e")):
+        y = [math.nan if r[key] is None else 100 * r[key] for r in rows]
+        ax.plot(x, y, marker=".", markersize=3, color=color)
+        ax.set_ylabel(f"{key} (%)")
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", linewidth=0.3)
+    if report["base_rate"] is not None:
+        top.axhline(100 * report["base_rate"], color="#d62728", linestyle=":", linewidth=1,
+                    label="base rate")  # fmt: skip
+        top.legend(loc="upper left", fontsize=8)
+    bottom.set_ylim(0, 105)
+    tiers = report.get("rules", {}).get("tiers", {})
+    for tier in TIERS:
+        if tier in tiers:
+            for ax in (top, bottom):
+                ax.axvline(tiers[tier], color="#555555", linestyle="--", linewidth=1)
+            bottom.annotate(f" {tier} {tiers[tier]:g}", (tiers[tier], 1.0),
+                            xycoords=("data", "axes fraction"), ha="left", va="top",
+                            fontsize=8, color="#555555")  # fmt: skip
+    top.set_title(
+        f"Shoppers who bought within {within} of reaching the threshold (precision),\n"
+        f"buyers who reached it within {within} before buying (recall)",
+        fontsize=10,
+    )
+    bottom.set_xlabel("score threshold (points)")
+    fig.tight_layout()
+    path = out / "thresholds.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write(
     result: ReplayResult | Tally, out: Path, source: str,
     rules: tuple[RuleSet, str] | None = None, min_support: int = MIN_SUPPORT,
-    order: str | None = None,
+    order: str | None = None, horizon: float = HORIZON_SECONDS,
 ) -> dict[str, Any]:  # fmt: skip
     """Write report.json, report.md and the charts to `out`; `rules` (the rule set and
-    where it came from) adds their identity and each listed signal's points, `order`
-    the order each shopper's events were replayed in (`replay.ORDERS`)."""
+    where it came from) adds their identity and each listed signal's points, and marks
+    their tier thresholds among the score thresholds; `order` the order each shopper's
+    events were replayed in (`replay.ORDERS`); `horizon` (seconds) is that of the score
+    thresholds' purchases for a `ReplayResult` (a `Tally` has its own)."""
     out.mkdir(parents=True, exist_ok=True)
+    tiers = tier_marks(rules[0]) if rules is not None else ()
     report = (
-        result.report(min_support) if isinstance(result, Tally) else compute(result, min_support)
+        result.report(min_support, tiers)
+        if isinstance(result, Tally)
+        else compute(result, min_support, horizon, tiers)
     )
     if order is not None:
         report["order"] = order

@@ -22,6 +22,10 @@ class ReplayResult:
     changes: list[TierChange] = field(default_factory=list)
     actions: list[Output] = field(default_factory=list)
     purchases: dict[str, list[float]] = field(default_factory=dict)  # shopper -> purchase times
+    # shopper -> tier -> when the naive rule (`naive.py`) first put them in it or higher
+    naive: dict[str, dict[str, float]] = field(default_factory=dict)
+    # shopper -> (time, score) each time their score rose above its highest so far
+    highs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     first_seen: dict[str, float] = field(default_factory=dict)
     end: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -43,6 +47,8 @@ class ReplayResult:
         self.actions += part.actions
         self.purchases.update(part.purchases)
         self.first_seen.update(part.first_seen)
+        self.naive.update(part.naive)
+        self.highs.update(part.highs)
 
     def sort(self) -> None:
         """Signals by shopper (each shopper's in their own order), changes and actions by
