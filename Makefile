@@ -34,6 +34,9 @@ bench: $(STAMP) ## End-to-end benchmark on the embedded stack (500k events; writ
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+evidence: $(STAMP) ## Choose the default rules' points on the real sample files, leaving each out in turn (bench/evidence.py)
+	$(BIN)/python -m bench.evidence
+
 hotpath: $(STAMP) ## The pipeline's own µs per event on a real Redis, without the broker (bench/hotpath.py)
 	$(BIN)/python -m bench.hotpath $(HOTPATH_ARGS)
 
@@ -58,4 +61,4 @@ check: lint typecheck test ## What CI runs
 clean: ## Remove the virtualenv and run folders
 	rm -rf $(VENV) .intent .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install prometheus demo bench hotpath floors failover faults test unit lint typecheck check clean
+.PHONY: help install prometheus demo bench evidence hotpath floors failover faults test unit lint typecheck check clean

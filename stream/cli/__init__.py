@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from stream.cli.calibrate import calibrate
 from stream.cli.common import Group
 from stream.cli.dev import dev
 from stream.cli.forget import forget
@@ -24,5 +25,5 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (dev, worker, produce, rules, shopper, forget, replay, migrate_state):
+for command in (dev, worker, produce, rules, shopper, forget, replay, calibrate, migrate_state):
     main.add_command(command)

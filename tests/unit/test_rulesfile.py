@@ -101,8 +101,8 @@ def test_default_file_is_the_one_shipped() -> None:
 
 def test_the_digest_follows_what_the_rules_mean_not_their_layout(tmp_path: Path) -> None:
     text = default_rules_text()
-    relaid = "# my copy\n" + text.replace("  high: 35", "  high:    35.0")
-    changed = text.replace("  high: 35", "  high: 36")
+    relaid = "# my copy\n" + text.replace("  mid: 15 ", "  mid:    15.0 ")
+    changed = text.replace("  mid: 15 ", "  mid: 16 ")
     assert text != relaid and text != changed
     for name, body in (("relaid", relaid), ("changed", changed)):
         (tmp_path / name).write_text(body)
