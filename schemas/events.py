@@ -118,6 +118,10 @@ class Event(BaseModel):
 
     event_id: Id | None = None
     shopper_id: Id
+    anonymous_id: Id | None = None
+    """The anonymous id the source gave beside the known one (Snowplow's `domain_userid`
+    beside its `user_id`), for identity stitching. None when `shopper_id` is itself the
+    anonymous id."""
     session_id: Id | None = None
     type: EventType
     ts: datetime

@@ -30,7 +30,7 @@ from schemas.errors import REASONS
 # canonical event may carry any source of its own: those count as OTHER_SOURCE, so the
 # label cannot grow a series per value a producer makes up.
 SOURCES: Final = frozenset(
-    {"canonical", "segment", "ga4", "rees46", "retailrocket", "taobao", "otto"}
+    {"canonical", "segment", "ga4", "snowplow", "rees46", "retailrocket", "taobao", "otto"}
 )
 OTHER_SOURCE: Final = "other"
 # Label values of the error counters, exported at 0 from the start

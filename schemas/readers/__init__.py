@@ -28,7 +28,7 @@ class Format:
     parse: Parse
     header: str | None = None  # a first line starting with this is skipped
     description: str = ""
-    json: bool = False  # lines of JSON: `parse` is `decode_json`, which takes the bounds
+    json: bool = False  # read by `decode_json` (JSON, or Snowplow TSV), which takes the bounds
 
     def read(self, line: str, bounds: Bounds = DEFAULT_BOUNDS) -> list[Event]:
         """The events of one line, each within `bounds` (`schemas.bounds`)."""
@@ -71,7 +71,14 @@ FORMATS: Final[dict[str, Format]] = {
         _jsonl("auto"),
         None,
         json=True,
-        description="any mix of the three JSON shapes, JSON Lines",
+        description="any mix of the JSON shapes and Snowplow enriched TSV, a record a line",
+    ),
+    "snowplow": Format(
+        "snowplow",
+        _jsonl("snowplow"),
+        None,
+        json=True,
+        description="Snowplow enriched events: TSV, or the analytics SDK's JSON, a record a line",
     ),
     "rees46": Format("rees46", parse_rees46, REES46_HEADER, "REES46 ecommerce behaviour CSV"),
     "retailrocket": Format(

@@ -69,6 +69,7 @@ def test_formats_are_the_documented_ones() -> None:
         "rees46",
         "retailrocket",
         "segment",
+        "snowplow",
         "taobao",
     ]
     assert {name: spec.name for name, spec in FORMATS.items()} == {n: n for n in FORMATS}
