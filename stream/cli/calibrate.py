@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -50,7 +52,10 @@ def calibrate(
     except OSError as exc:
         raise click.ClickException(_os_error(exc, doing="cannot read")) from exc
     size = max(file.stat().st_size, 1)
-    with click.progressbar(length=size, label=f"reading {file.name}", file=sys.stderr) as bar:
+    with ExitStack() as bars:
+        bar = bars.enter_context(
+            click.progressbar(length=size, label=f"reading {file.name}", file=sys.stderr)
+        )
         done = 0
 
         def advance(position: int) -> None:
@@ -59,12 +64,19 @@ def calibrate(
             done = position
 
         def stage(name: str) -> None:
-            if name != "reading":
-                click.echo(f"\n{name} ...", err=True)
+            if name in ("fitting the points", "choosing points and thresholds"):
+                bars.close()  # the last bar ends here
+                click.echo(f"{name} ...", err=True)
 
-        result = run(
-            file, fmt, rules, text, horizon=horizon, split=split, progress=stage, reading=advance
-        )
+        def replaying(what: str, units: int) -> Callable[[int], None]:
+            bars.close()  # one bar at a time: the previous one ends here
+            follow = bars.enter_context(
+                click.progressbar(length=max(units, 1), label=what, file=sys.stderr)
+            )
+            return follow.update
+
+        result = run(file, fmt, rules, text, horizon=horizon, split=split,
+                     progress=stage, reading=advance, replaying=replaying)  # fmt: skip
     check_written(result.text)
     try:
         out.write_text(result.text)

@@ -42,7 +42,7 @@ from schemas.rules import RuleSet, SuppressionRule, TierThresholds
 from stream.errors import ConfigError, MissingExtra
 from stream.offline import search
 from stream.offline.files import LineError, read_events
-from stream.offline.replay import replay
+from stream.offline.replay import REPLAY_UNITS, replay
 from stream.offline.result import ReplayResult
 from stream.offline.search import moments, scored_rules
 from stream.offline.standing import (
@@ -117,15 +117,21 @@ def read_history(
     return History(older, newer, newer[0].ts.timestamp(), bad)
 
 
-def replay_events(events: Sequence[Event], rules: RuleSet, work: Path) -> ReplayResult:
-    """`events` replayed with `rules`, as `intent replay` would replay a file of them."""
+def replay_events(
+    events: Sequence[Event],
+    rules: RuleSet,
+    work: Path,
+    on_replayed: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """`events` replayed with `rules`, as `intent replay` would replay a file of them;
+    `on_replayed(units)` follows it (REPLAY_UNITS per event in all)."""
     path = work / "part.jsonl"
     with open(path, "wb") as out:
         for event in events:
             out.write(event.model_dump_json(exclude_none=True).encode())
             out.write(b"\n")
     try:
-        return replay(path, "canonical", rules)
+        return replay(path, "canonical", rules, on_replayed=on_replayed)
     finally:
         path.unlink()
 
@@ -334,17 +340,24 @@ def calibrate(
     split: float = DEFAULT_SPLIT,
     progress: Callable[[str], None] | None = None,
     reading: Callable[[int], None] | None = None,
+    replaying: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> Calibration:
     """Steps 1 to 4 of the module's docstring. `progress(stage)` names each stage as it
-    starts; `reading(bytes_read)` follows the reading of the file."""
+    starts; `reading(bytes_read)` follows the reading of the file; for each replay,
+    `replaying(what, units)` returns the function that follows it, `units` in all."""
     say = progress or (lambda stage: None)
+
+    def replayed(events: Sequence[Event], with_rules: RuleSet, what: str) -> ReplayResult:
+        say(what)
+        tick = replaying(what, REPLAY_UNITS * len(events)) if replaying else None
+        return replay_events(events, with_rules, work, tick)
+
     require_sklearn()
     say("reading")
     history = read_history(path, fmt, split, reading)
     with tempfile.TemporaryDirectory(prefix="intent-calibrate-") as tmp:
         work = Path(tmp)
-        say("replaying the older part")
-        older = replay_events(history.older, rules, work)
+        older = replayed(history.older, rules, "replaying the older part")
         say("fitting the points")
         fit = fit_points(older, rules, horizon, history.split_at)
         say("choosing points and thresholds")
@@ -357,10 +370,9 @@ def calibrate(
         tiers = rules.tiers.model_copy(update={"low": choice["low"], "high": choice["high"]})
         fit.thresholds = tiers
         calibrated = search.with_points(rules, choice)
-        say("checking on the newer part")
         newer_buys = purchases_of(history.newer)
-        given_newer = replay_events(history.newer, rules, work)
-        calibrated_newer = replay_events(history.newer, calibrated, work)
+        given_newer = replayed(history.newer, rules, "checking the rules given on the newer part")
+        calibrated_newer = replayed(history.newer, calibrated, "checking the new rules on it")
     shoppers = given_newer.shoppers
     before = standing(rules_reached(given_newer), newer_buys, shoppers)
     after = standing(rules_reached(calibrated_newer), newer_buys, shoppers)

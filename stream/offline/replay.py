@@ -275,12 +275,14 @@ def replay(
     progress: Callable[[int], None] | None = None,
     shard_events: int = SHARD_EVENTS,
     order: str = "time",
+    on_replayed: Callable[[int], None] | None = None,
 ) -> ReplayResult:
     """The whole run's results in memory, in time order (tests, small files; the command
-    streams the shards to its output files instead)."""
+    streams the shards to its output files instead). `progress` and `on_replayed` are
+    `Replay`'s."""
     run = Replay(
         path, fmt, rules, progress=progress, shard_events=shard_events,
-        order=order,
+        order=order, on_replayed=on_replayed,
     )  # fmt: skip
     result = ReplayResult()
     with gc_paused():

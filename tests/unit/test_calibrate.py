@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 
 from stream.cli import main
 from stream.offline.calibrate import Evidence, Fit, calibrate, check_written, rewrite
+from stream.offline.replay import REPLAY_UNITS
 from stream.rulesfile import check_text, default_rules_text, load_rules
 
 # Views are the playbook's guess here (10 points each: two views make mid), cart adds
@@ -158,3 +160,31 @@ def test_rewrite_keeps_the_layout_and_adds_the_evidence() -> None:
     # calibrating the output again replaces the comments instead of stacking them
     again = rewrite(out, Fit(evidence, 1.0, 0, 0), tiers)
     assert again.count("# calibrated: support 111") == 1
+
+
+def test_each_replay_reports_its_progress_to_the_end(tmp_path: Path) -> None:
+    path = history(tmp_path / "history.jsonl", shoppers=200)
+    rules, _ = check_text(GIVEN)
+    assert rules is not None
+    totals: dict[str, int] = {}
+    ticks: dict[str, int] = {}
+    read: list[int] = []
+
+    def replaying(what: str, units: int) -> Callable[[int], None]:
+        totals[what] = units
+        ticks[what] = 0
+
+        def tick(n: int) -> None:
+            ticks[what] += n
+
+        return tick
+
+    done = calibrate(path, "canonical", rules, GIVEN, replaying=replaying, reading=read.append)
+    assert list(totals) == [
+        "replaying the older part",
+        "checking the rules given on the newer part",
+        "checking the new rules on it",
+    ]
+    assert ticks == totals  # every bar ends full
+    assert totals["replaying the older part"] == REPLAY_UNITS * len(done.history.older)
+    assert read and read[-1] == path.stat().st_size
