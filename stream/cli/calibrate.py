@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from schemas.readers import FORMATS
-from stream.cli.common import _n, _os_error, _settings
+from stream.cli.common import _n, _os_error, _settings, follow_position
 from stream.cli.replay import _duration
 
 
@@ -56,12 +56,7 @@ def calibrate(
         bar = bars.enter_context(
             click.progressbar(length=size, label=f"reading {file.name}", file=sys.stderr)
         )
-        done = 0
-
-        def advance(position: int) -> None:
-            nonlocal done
-            bar.update(position - done)
-            done = position
+        advance = follow_position(bar)
 
         def stage(name: str) -> None:
             if name in ("fitting the points", "choosing points and thresholds"):
@@ -89,6 +84,8 @@ def calibrate(
         f"{_n(len(history.newer), 'newer event')}; "
         f"started from {rules_source(settings, rules_path)}"
     )
+    if history.line_errors:
+        click.echo(f"{_n(history.line_errors, 'unreadable line')} of {file.name} left out")
     for note in fit.notes:
         click.echo(f"note: {note}")
     click.echo("")

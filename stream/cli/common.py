@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,19 @@ from stream.settings import Settings, get_settings, redis_hint, url_without_cred
 def _n(count: int, noun: str) -> str:
     """`1 tier change`, `2 tier changes`."""
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def follow_position(bar: Any) -> Callable[[int], None]:
+    """A progress callback that takes a position (bytes read so far) and moves `bar` by
+    what was read since the last call."""
+    done = 0
+
+    def advance(position: int) -> None:
+        nonlocal done
+        bar.update(position - done)
+        done = position
+
+    return advance
 
 
 def _settings() -> Settings:

@@ -15,6 +15,7 @@ from stream.cli.common import (
     _os_error,
     _settings,
     _writable,
+    follow_position,
 )
 from stream.offline.files import SHARD_EVENTS, unreadable_file
 
@@ -100,12 +101,7 @@ def replay(
             click.progressbar(length=size, label=f"reading {file.name}", file=sys.stderr)
         )
         replaying: list[Any] = []
-        done = 0
-
-        def advance(position: int) -> None:
-            nonlocal done
-            reading.update(position - done)
-            done = position
+        advance = follow_position(reading)
 
         def read(events: int) -> None:
             bars.close()  # the reading bar ends here, the next one starts

@@ -44,7 +44,7 @@ from stream.offline import search
 from stream.offline.files import LineError, read_events
 from stream.offline.replay import REPLAY_UNITS, replay
 from stream.offline.result import ReplayResult
-from stream.offline.search import moments, scored_rules
+from stream.offline.search import MIN_SUPPORT, moments, scored_rules
 from stream.offline.standing import (
     TIERS,
     Standing,
@@ -57,11 +57,8 @@ from stream.rulesfile import check_text
 
 DEFAULT_SPLIT: Final = 0.6  # the older 60 % of the events fit, the newer 40 % check
 DEFAULT_HORIZON_SECONDS: Final = 7 * 86400  # a purchase within 7 days labels a moment
-MIN_SUPPORT: Final = 20  # shoppers a rule must fire for in the older part to be fitted
-MIN_TIER_SHOPPERS: Final = 10  # a threshold reached by fewer shoppers is not chosen
 MIN_PART_EVENTS: Final = 100  # each part needs at least this many events
 MAX_ROWS: Final = 400_000  # moments given to the regression (every n-th beyond that)
-THRESHOLD_CANDIDATES: Final = 400  # thresholds tried, at quantiles of the scores seen
 REGULARISATION: Final = 1.0  # scikit-learn's C: the default, L2
 
 

@@ -91,17 +91,23 @@ def test_calibration_learns_that_cart_adds_predict_and_beats_the_guess(tmp_path:
     assert re.search(r"# calibrated: support \d+ shoppers, lift [0-9.]+x; points 1 -> ", done.text)
 
 
-def test_the_command_prints_the_table_and_writes_the_rules(tmp_path: Path) -> None:
+def command(tmp_path: Path) -> tuple[list[str], Path]:
+    """`intent calibrate` on the history, from GIVEN; and where it writes."""
     path = history(tmp_path / "history.jsonl")
     given = tmp_path / "given.yaml"
     given.write_text(GIVEN)
     out = tmp_path / "calibrated.yaml"
-    result = CliRunner().invoke(
-        main,
-        ["calibrate", str(path), "--format", "canonical", "--rules", str(given),
-         "--out", str(out), "--horizon", "2d", "--split", "0.5"],
-    )  # fmt: skip
+    args = ["calibrate", str(path), "--format", "canonical", "--rules", str(given)]
+    return [*args, "--out", str(out)], out
+
+
+def test_the_command_prints_the_table_and_writes_the_rules(tmp_path: Path) -> None:
+    args, out = command(tmp_path)
+    with open(tmp_path / "history.jsonl", "a") as history_file:
+        history_file.write("not json\n")
+    result = CliRunner().invoke(main, [*args, "--horizon", "2d", "--split", "0.5"])
     assert result.exit_code == 0, result.output
+    assert "1 unreadable line of history.jsonl left out" in result.output
     for row in ("naive rule", "rules given", "calibrated"):
         assert re.search(rf"^{row} +[0-9.]+x +[0-9.]+x +[0-9.]+x +[0-9.]+%$", result.output, re.M)
     assert f"wrote the calibrated rules to {out}" in result.output
@@ -114,14 +120,8 @@ def test_rules_that_do_no_better_are_written_back_unchanged(
     from stream.offline import standing
 
     monkeypatch.setattr(standing.Standing, "beats", lambda self, other: False)
-    path = history(tmp_path / "history.jsonl")
-    given = tmp_path / "given.yaml"
-    given.write_text(GIVEN)
-    out = tmp_path / "calibrated.yaml"
-    result = CliRunner().invoke(
-        main,
-        ["calibrate", str(path), "--format", "canonical", "--rules", str(given), "--out", str(out)],
-    )
+    args, out = command(tmp_path)
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "do not beat the rules given" in result.output
     assert out.read_text() == GIVEN

@@ -84,3 +84,6 @@ def test_calibrate_from_the_defaults_beats_them_or_keeps_them(
     assert done.kept == done.after.beats(done.before)
     if not done.kept:
         assert done.text == text
+    else:  # what it writes is what it checked
+        assert check_written(done.text).tiers == done.calibrated.tiers
+        assert done.text != text
