@@ -39,6 +39,8 @@ EventType = Literal[
     "spam_complaint",
     "consent_update",
     "custom",
+    "identify",
+    "alias",
 ]
 PageType = Literal[
     "home",
@@ -62,9 +64,20 @@ CUSTOM: Final = "custom"  # the type of an event outside the fixed types, told a
 CUSTOM_NEEDS_NAME: Final = (
     'a custom event needs a name, the event as the source calls it: "name": "Pop-up Email Accepted"'
 )
+# The types that link two ids of one shopper: `anonymous_id` joins `shopper_id`.
+IDENTIFY: Final = "identify"  # an anonymous id becomes known (Segment identify)
+ALIAS: Final = "alias"  # a previous id, known or not, joins shopper_id (Segment alias)
+IDENTITY_TYPES: Final = frozenset({IDENTIFY, ALIAS})
+IDENTITY_NEEDS_ANONYMOUS_ID: Final = (
+    "an identify or alias event needs the id it links to shopper_id in anonymous_id: "
+    '"anonymous_id": "anon-7"'
+)
+IDENTITY_NEEDS_TWO_IDS: Final = (
+    "an identify or alias event links two ids: its anonymous_id must differ from its shopper_id"
+)
 
 
-def _id_string(value: Any) -> Any:
+def as_id(value: Any) -> Any:
     """Ids given as numbers (common in exports) become strings; whitespace is stripped."""
     if isinstance(value, bool):
         return value  # pydantic rejects it as a string
@@ -75,7 +88,7 @@ def _id_string(value: Any) -> Any:
     return value
 
 
-Id = Annotated[str, BeforeValidator(_id_string), Field(min_length=1, max_length=ID_MAX_LENGTH)]
+Id = Annotated[str, BeforeValidator(as_id), Field(min_length=1, max_length=ID_MAX_LENGTH)]
 
 
 class Page(BaseModel):
@@ -111,7 +124,9 @@ class Event(BaseModel):
 
     `type` is one of the fixed types, or `custom` for any other event the source sends
     (a Segment track call outside the spec, a GA4 event with no canonical type); a
-    custom event carries the source's event name in `name`.
+    custom event carries the source's event name in `name`. An `identify` or `alias`
+    event links two ids of one shopper: its `anonymous_id` joins its `shopper_id`
+    (docs/identity.md).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -119,9 +134,11 @@ class Event(BaseModel):
     event_id: Id | None = None
     shopper_id: Id
     anonymous_id: Id | None = None
-    """The anonymous id the source gave beside the known one (Snowplow's `domain_userid`
-    beside its `user_id`), for identity stitching. None when `shopper_id` is itself the
-    anonymous id."""
+    """The anonymous id the source gave beside the known one, for identity stitching
+    (Segment's `anonymousId` beside its `userId`, GA4's `user_pseudo_id` or `client_id`
+    beside its `user_id`, Snowplow's `domain_userid` beside its `user_id`); on an
+    `identify` or `alias` event, the id it links to `shopper_id` (required there, and
+    never `shopper_id` itself). None when `shopper_id` is itself the anonymous id."""
     session_id: Id | None = None
     type: EventType
     ts: datetime
@@ -133,6 +150,11 @@ class Event(BaseModel):
     Required when `type` is `custom`; set on the events mapped to `signup` too, so a rule
     can tell a popup's email capture from an account creation. A rule matches it as
     `name`."""
+    identified: bool | None = None
+    """True when `shopper_id` is the source's known user id (Segment `userId`, GA4
+    `user_id`, Snowplow `user_id`) rather than a device or cookie id; None when the
+    source does not say (a canonical event that leaves it out). Not part of the derived
+    `event_id`."""
     # Which input format this came from (canonical, segment, ga4, rees46, ...). Added
     # field; used for metrics by source format and for debugging.
     source: str = "canonical"
@@ -156,6 +178,11 @@ class Event(BaseModel):
     def _derive(self) -> Event:
         if self.type == CUSTOM and self.name is None:
             raise ValueError(CUSTOM_NEEDS_NAME)
+        if self.type in IDENTITY_TYPES:
+            if self.anonymous_id is None:
+                raise ValueError(IDENTITY_NEEDS_ANONYMOUS_ID)
+            if self.anonymous_id == self.shopper_id:
+                raise ValueError(IDENTITY_NEEDS_TWO_IDS)
         # Frozen model: set the derived fields once, here, during validation.
         if self.type == "page_view" and self.page is None:
             object.__setattr__(self, "page", Page())
@@ -177,10 +204,15 @@ class Event(BaseModel):
 def derive_event_id(event: Event) -> str:
     """A content hash: the same event content always gives the same id.
 
-    `source` is left out on purpose, so an event read from a CSV export and the same
-    event sent live as canonical JSON agree.
+    `source` and `identified` are left out on purpose, so an event read from a CSV export
+    and the same event sent live as canonical JSON agree, and so does an event whose
+    source says whether its shopper id is a known one and the same event whose source
+    does not. `anonymous_id` counts: two identify events of one shopper that link
+    different ids are different events.
     """
-    content = event.model_dump(mode="json", exclude={"event_id", "source"}, exclude_none=True)
+    content = event.model_dump(
+        mode="json", exclude={"event_id", "source", "identified"}, exclude_none=True
+    )
     digest = hashlib.blake2b(
         json.dumps(content, sort_keys=True, separators=(",", ":")).encode(), digest_size=16
     )

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from schemas import errors
 from schemas.errors import InvalidEvent
-from schemas.events import Event
+from schemas.events import ID_MAX_LENGTH, Event, as_id
 
 PRODUCT_FIELDS = ("sku", "category", "price", "variant", "brand", "name", "quantity")
 
@@ -41,20 +41,44 @@ def mapping(obj: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def build(fields: dict[str, Any]) -> Event:
-    """Validate a canonical dict; map pydantic's error onto `invalid_event` with the field path."""
+def beside(known: Any, anonymous: Any) -> str | None:
+    """The anonymous id a source gave beside its known user id, to keep as `anonymous_id`
+    on an ordinary event: None without a known id, when it is the known id itself, or
+    when it is no usable id (blank, too long, neither a string nor a number), since an
+    event is never refused for the id it merely carries beside its shopper's."""
+    if known is None:
+        return None
+    anonymous = as_id(anonymous)
+    if not isinstance(anonymous, str) or not 0 < len(anonymous) <= ID_MAX_LENGTH:
+        return None
+    return None if anonymous == as_id(known) else anonymous
+
+
+def build(fields: dict[str, Any], anonymous: str | None = None) -> Event:
+    """Validate a canonical dict; map pydantic's error onto `invalid_event` with the field
+    path (an error of the whole event, such as a custom event without a name, is its
+    message alone).
+
+    `anonymous` (from `beside`) becomes `anonymous_id` after the event id is derived, so
+    an ordinary event's id is the same whether or not its source sent the anonymous id
+    beside the known one."""
     require(fields.get("shopper_id"), errors.MISSING_SHOPPER_ID, "no shopper id in the event")
     require(fields.get("ts"), errors.MISSING_TIMESTAMP, "no timestamp in the event")
     try:
-        return Event.model_validate(fields)
+        event = Event.model_validate(fields)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<event>'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()[:5]
         )
         raise InvalidEvent(errors.INVALID_EVENT, problems) from exc
     except TypeError as exc:  # a value of a type the validators cannot even compare
         raise InvalidEvent(errors.INVALID_EVENT, f"a field has the wrong type ({exc})") from exc
+    if anonymous is None:
+        return event
+    return event.model_copy(update={"anonymous_id": anonymous})
 
 
 def product_from(source: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,5 +1,8 @@
 """GA4 events as exported to BigQuery (`event_params` list) or sent by the Measurement
-Protocol / gtag (`params` dict), with their `items`."""
+Protocol / gtag (`params` dict), with their `items`.
+
+The shopper is `user_id` (`identified`), else `user_pseudo_id`, else `client_id`; beside
+a `user_id`, the pseudo or client id is kept as `anonymous_id` (docs/identity.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from schemas import errors
-from schemas.adapters.common import build, first, product_from
+from schemas.adapters.common import beside, build, first, product_from
 from schemas.adapters.leads import SIGNUP, lead_channel, unmapped_type
 from schemas.adapters.pages import infer_page_type
 from schemas.errors import InvalidEvent
@@ -80,9 +83,11 @@ def from_ga4(obj: dict[str, Any]) -> Event:
     kind = GA4_EVENTS.get(name) or unmapped_type(name)
     params = _params(obj)
     session = params.pop("ga_session_id", None)
+    user = first(obj, "user_id")
     fields: dict[str, Any] = {
         "event_id": first(obj, "event_id", "insert_id"),
         "shopper_id": first(obj, "user_id", "user_pseudo_id", "client_id"),
+        "identified": True if user is not None else None,
         "ts": _timestamp(obj),
         "session_id": session,
         "type": kind,
@@ -107,4 +112,5 @@ def from_ga4(obj: dict[str, Any]) -> Event:
     if kind == SIGNUP:
         params["channel"] = lead_channel(params, name) or params.get("channel")
     fields["properties"] = {k: v for k, v in params.items() if v is not None}
-    return build({k: v for k, v in fields.items() if v is not None})
+    anonymous = beside(user, first(obj, "user_pseudo_id", "client_id"))
+    return build({k: v for k, v in fields.items() if v is not None}, anonymous)

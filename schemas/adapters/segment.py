@@ -1,18 +1,22 @@
-"""Segment track and page calls, Ecommerce v2 and Email spec names, taken as they are.
+"""Segment track and page calls, Ecommerce v2 and Email spec names, taken as they are,
+and the identify and alias calls that link a shopper's ids (docs/identity.md).
 
 A track call outside the spec is a `custom` event named as the call is, except an email
-or SMS capture (`schemas.adapters.leads`), which is a `signup`."""
+or SMS capture (`schemas.adapters.leads`), which is a `signup`. The shopper is `userId`
+(`identified`), else `anonymousId`; beside a `userId`, `anonymousId` is kept as
+`anonymous_id`. An identify with both ids is an `identify` event; an alias is an `alias`
+event that merges `previousId` into `userId`. Screen and group calls are not events."""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
 from schemas import errors
-from schemas.adapters.common import build, first, mapping, product_from
+from schemas.adapters.common import beside, build, first, mapping, product_from
 from schemas.adapters.leads import SIGNUP, lead_channel, unmapped_type
 from schemas.adapters.pages import infer_page_type
 from schemas.errors import InvalidEvent
-from schemas.events import CUSTOM, Event
+from schemas.events import ALIAS, CUSTOM, IDENTIFY, IDENTITY_TYPES, Event
 
 # Segment spec event name -> canonical type (exact names; any other is `unmapped_type`'s).
 TRACK_EVENTS: Final[dict[str, str]] = {
@@ -47,29 +51,36 @@ TRACK_EVENTS: Final[dict[str, str]] = {
 
 _SESSION_KEYS: Final = ("session_id", "sessionId")
 SEGMENT_CALLS: Final = frozenset({"track", "page", "identify", "screen", "group", "alias"})
+_SEGMENT_IDS: Final = ("userId", "anonymousId", "previousId")
 
 
 def looks_like_segment(obj: dict[str, Any]) -> bool:
     call = obj.get("type")
-    return (
-        isinstance(call, str)
-        and call in SEGMENT_CALLS
-        and ("userId" in obj or "anonymousId" in obj or "event" in obj or "messageId" in obj)
-    )
+    if not isinstance(call, str) or call not in SEGMENT_CALLS:
+        return False
+    if call in IDENTITY_TYPES:  # canonical types too; a Segment call has camelCase ids
+        return any(key in obj for key in _SEGMENT_IDS)
+    return "userId" in obj or "anonymousId" in obj or "event" in obj or "messageId" in obj
 
 
 def from_segment(obj: dict[str, Any]) -> Event:
     call = obj.get("type")
     props = dict(mapping(obj, "properties"))
     context = mapping(obj, "context")
+    user = first(obj, "userId")
     fields: dict[str, Any] = {
         "event_id": obj.get("messageId"),
         "shopper_id": first(obj, "userId", "anonymousId"),
+        "identified": True if user is not None else None,
         "ts": first(obj, "timestamp", "originalTimestamp", "sentAt", "receivedAt"),
         "session_id": first(props, *_SESSION_KEYS) or first(context, *_SESSION_KEYS),
         "source": "segment",
     }
-    if call == "page":
+    anonymous = beside(user, obj.get("anonymousId"))
+    if call in IDENTITY_TYPES:
+        fields.update(_identity(obj, call))
+        anonymous = None  # the event's own anonymous_id, part of its id
+    elif call == "page":
         page_ctx = mapping(context, "page")
         url = first(props, "url", "path") or first(page_ctx, "url", "path")
         hint = first(props, "page_type") or obj.get("name") or obj.get("category")
@@ -91,7 +102,38 @@ def from_segment(obj: dict[str, Any]) -> Event:
     for key in ("session_id", "sessionId", "product_id", "sku", "url", "path", "page_type"):
         props.pop(key, None)
     fields["properties"] = {**props, **fields.get("properties", {})}
-    return build({k: v for k, v in fields.items() if v is not None})
+    return build({k: v for k, v in fields.items() if v is not None}, anonymous)
+
+
+def _identity(obj: dict[str, Any], call: str) -> dict[str, Any]:
+    """The ids of an identify or alias call; its traits (an email, a name) are not kept."""
+    user = _given(obj, "userId")
+    if call == IDENTIFY:
+        anonymous = _given(obj, "anonymousId")
+        if user is None or anonymous is None:
+            missing = "userId" if user is None else "anonymousId"
+            raise InvalidEvent(
+                errors.UNSUPPORTED_EVENT_TYPE, f"a Segment identify without {missing} links nothing"
+            )
+        return {"type": IDENTIFY, "shopper_id": user, "anonymous_id": anonymous}
+    previous = _given(obj, "previousId")
+    if previous is None:
+        raise InvalidEvent(
+            errors.INVALID_EVENT,
+            "a Segment alias call needs a previousId, the id it merges into userId",
+        )
+    if user is None:
+        raise InvalidEvent(
+            errors.MISSING_SHOPPER_ID,
+            "a Segment alias call needs a userId, the id it merges previousId into",
+        )
+    return {"type": ALIAS, "shopper_id": user, "anonymous_id": previous}
+
+
+def _given(obj: dict[str, Any], key: str) -> Any:
+    """`obj[key]`, None when it is missing, null or blank."""
+    value = obj.get(key)
+    return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
 def _track_details(kind: str, name: str, props: dict[str, Any]) -> dict[str, Any]:

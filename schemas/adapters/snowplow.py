@@ -19,10 +19,11 @@ What each event becomes:
   `event_name`, `page_ping`): `custom` with that name, or `signup` for an email or SMS
   capture, as the other adapters do (`schemas.adapters.leads`).
 
-The shopper is `user_id`, else `domain_userid`, else `network_userid`; with a `user_id`,
-`anonymous_id` keeps the cookie id beside it. The time is `derived_tstamp`, else
-`dvce_created_tstamp`, else `collector_tstamp`. The session is `domain_sessionid`, else
-(the mobile trackers) the `client_session` entity's `sessionId`.
+The shopper is `user_id` (`identified`), else `domain_userid`, else `network_userid`;
+with a `user_id`, `anonymous_id` keeps the cookie id beside it (docs/identity.md). The
+time is `derived_tstamp`, else `dvce_created_tstamp`, else `collector_tstamp`. The
+session is `domain_sessionid`, else (the mobile trackers) the `client_session` entity's
+`sessionId`.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def from_record(record: dict[str, Any]) -> Event:
         "event_id": first(record, "event_id"),
         "shopper_id": user if user is not None else cookie,
         "anonymous_id": cookie if user is not None and cookie != user else None,
+        "identified": True if user is not None else None,
         "session_id": first(record, "domain_sessionid")
         or (first(sessions[0], "sessionId") if sessions else None),
         "ts": _event_time(record),

@@ -358,14 +358,24 @@ def test_segment_names_that_only_contain_a_capture_name_stay_custom(name: str) -
     assert (event.type, event.name, event.properties) == ("custom", name, {})
 
 
-@pytest.mark.parametrize("call", ["identify", "group", "alias", "screen"])
+@pytest.mark.parametrize("call", ["group", "screen"])
 def test_segment_non_event_calls_are_unsupported(call: str) -> None:
+    # identify and alias calls are events (tests/unit/test_identity_input.py)
     obj = {"type": call, "userId": "u-1", "timestamp": TS, "traits": {"email": "a@b.c"}}
 
     exc = reject(obj)
 
     assert exc.reason == errors.UNSUPPORTED_EVENT_TYPE
     assert repr(call) in exc.detail
+
+
+def test_segment_identify_that_only_updates_traits_is_unsupported() -> None:
+    obj = {"type": "identify", "userId": "u-1", "timestamp": TS, "traits": {"email": "a@b.c"}}
+
+    exc = reject(obj)
+
+    assert exc.reason == errors.UNSUPPORTED_EVENT_TYPE
+    assert exc.detail == "a Segment identify without anonymousId links nothing"
 
 
 # --- GA4 ----------------------------------------------------------------------------------

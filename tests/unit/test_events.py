@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from schemas.events import EVENT_TYPES, PAGE_TYPES, Event, Page, Product, derive_event_id
+from schemas.events import (
+    EVENT_TYPES,
+    IDENTITY_NEEDS_ANONYMOUS_ID,
+    IDENTITY_NEEDS_TWO_IDS,
+    PAGE_TYPES,
+    Event,
+    Page,
+    Product,
+    derive_event_id,
+)
 
 TS = "2026-11-23T10:00:00Z"
 TS_UTC = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -71,8 +80,9 @@ def test_contract_example_is_valid() -> None:
 
 
 def test_type_and_page_literals_match_the_contract() -> None:
-    assert len(EVENT_TYPES) == 24
+    assert len(EVENT_TYPES) == 26
     assert {"page_view", "purchase", "opt_out", "consent_update", "custom"} <= EVENT_TYPES
+    assert {"identify", "alias"} <= EVENT_TYPES
     expected = {
         "home",
         "blog",
@@ -174,6 +184,24 @@ def test_derived_event_id_ignores_source(source: str) -> None:
 
     assert other.source == source
     assert other.event_id == canonical.event_id
+
+
+@pytest.mark.parametrize("identified", [True, False])
+def test_derived_event_id_ignores_identified(identified: bool) -> None:
+    plain = make()
+    told = make(identified=identified)
+
+    assert (plain.identified, told.identified) == (None, identified)
+    assert told.event_id == plain.event_id == derive_event_id(told)
+
+
+def test_derived_event_id_keeps_the_anonymous_id() -> None:
+    one = make(MINIMAL, type="identify", anonymous_id="anon-1")
+    two = make(MINIMAL, type="identify", anonymous_id="anon-2")
+    beside = make(anonymous_id="anon-1")
+
+    assert one.event_id != two.event_id
+    assert beside.event_id != make().event_id
 
 
 @pytest.mark.parametrize(("given", "kept"), [("evt-1", "evt-1"), ("  evt-2 \n", "evt-2"), (7, "7")])
@@ -352,6 +380,48 @@ def test_product_without_sku_is_rejected() -> None:
     assert error_locs(exc) == [("product", "sku")]
 
 
+@pytest.mark.parametrize("kind", ["identify", "alias"])
+def test_identify_and_alias_link_the_anonymous_id_to_the_shopper(kind: str) -> None:
+    event = make(MINIMAL, type=kind, anonymous_id=" anon-7 ", identified=True)
+
+    assert (event.type, event.shopper_id, event.anonymous_id) == (kind, "s-42", "anon-7")
+    assert event.identified is True
+
+
+@pytest.mark.parametrize("kind", ["identify", "alias"])
+@pytest.mark.parametrize(
+    ("anonymous_id", "message"),
+    [
+        (None, IDENTITY_NEEDS_ANONYMOUS_ID),
+        ("s-42", IDENTITY_NEEDS_TWO_IDS),
+        ("  s-42 ", IDENTITY_NEEDS_TWO_IDS),
+        (42, None),  # the number 42 is the id "42", not the shopper "s-42"
+    ],
+)
+def test_identify_and_alias_need_an_anonymous_id_other_than_the_shopper(
+    kind: str, anonymous_id: Any, message: str | None
+) -> None:
+    fields = {**MINIMAL, "type": kind, "anonymous_id": anonymous_id}
+    if message is None:
+        assert make(fields).anonymous_id == "42"
+        return
+
+    with pytest.raises(ValidationError) as exc:
+        make(fields)
+
+    [error] = exc.value.errors()
+    assert (error["loc"], error["msg"]) == ((), f"Value error, {message}")
+
+
+def test_identified_is_optional_and_only_a_bool() -> None:
+    assert make(MINIMAL).identified is None
+    assert make(MINIMAL, identified=False).identified is False
+    with pytest.raises(ValidationError) as exc:
+        make(MINIMAL, identified="maybe")
+
+    assert error_locs(exc) == [("identified",)]
+
+
 def test_unknown_fields_are_ignored() -> None:
     event = make(MINIMAL, colour="red", page={"type": "blog", "extra": 1})
 
@@ -404,9 +474,11 @@ def test_events_compare_by_value() -> None:
         {**FULL, "event_id": "evt-1", "source": "segment"},
         {**MINIMAL, "type": "search", "properties": {"query": "cable", "n": 3, "x": None}},
         {**MINIMAL, "ts": "2026-11-23T10:00:00.123456+05:30"},
+        {**MINIMAL, "type": "alias", "anonymous_id": "s-41", "identified": True},
     ],
-    ids=["minimal", "full", "page-view-default", "explicit-id", "properties", "micros-zone"],
-)
+    ids=["minimal", "full", "page-view-default", "explicit-id", "properties", "micros-zone",
+         "alias"],
+)  # fmt: skip
 def test_to_json_round_trips(fields: dict[str, Any]) -> None:
     event = Event.model_validate(fields)
 

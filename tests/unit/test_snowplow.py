@@ -79,6 +79,7 @@ PAGE_VIEW = Event(
     event_id="c6ef3124-b53a-4b13-a233-0088f79dcbcb",
     shopper_id="jon.doe@email.com",
     anonymous_id="bc2e92ec6c204a14",
+    identified=True,
     session_id="2b15e5c8-d3b1-11e4-b9d6-1681e6b88ec1",
     type="page_view",
     ts=datetime(2013, 11, 26, 0, 3, 57, 886000, tzinfo=UTC),
@@ -412,22 +413,23 @@ def test_the_time_is_derived_else_device_created_else_collector() -> None:
 
 
 @pytest.mark.parametrize(
-    ("changes", "shopper", "anonymous"),
+    ("changes", "shopper", "anonymous", "identified"),
     [
-        ({}, "jon.doe@email.com", "bc2e92ec6c204a14"),
-        ({"user_id": ""}, "bc2e92ec6c204a14", None),
-        ({"user_id": "", "domain_userid": ""}, "ecdff4d0-9175-40ac-a8bb-325c49733607", None),
-        ({"domain_userid": ""}, "jon.doe@email.com", "ecdff4d0-9175-40ac-a8bb-325c49733607"),
-        ({"user_id": "bc2e92ec6c204a14"}, "bc2e92ec6c204a14", None),
+        ({}, "jon.doe@email.com", "bc2e92ec6c204a14", True),
+        ({"user_id": ""}, "bc2e92ec6c204a14", None, None),
+        ({"user_id": "", "domain_userid": ""}, "ecdff4d0-9175-40ac-a8bb-325c49733607", None, None),
+        ({"domain_userid": ""}, "jon.doe@email.com", "ecdff4d0-9175-40ac-a8bb-325c49733607", True),
+        ({"user_id": "bc2e92ec6c204a14"}, "bc2e92ec6c204a14", None, True),
     ],
     ids=["user-and-cookie", "cookie-only", "network-only", "user-and-network", "user-is-cookie"],
-)
+)  # fmt: skip
 def test_the_shopper_is_the_known_id_and_the_anonymous_one_is_kept_beside_it(
-    changes: dict[str, str], shopper: str, anonymous: str | None
+    changes: dict[str, str], shopper: str, anonymous: str | None, identified: bool | None
 ) -> None:
     event = read(tsv(**changes))
 
     assert (event.shopper_id, event.anonymous_id) == (shopper, anonymous)
+    assert event.identified is identified
 
 
 def test_the_anonymous_id_is_part_of_the_canonical_event() -> None:
@@ -436,6 +438,7 @@ def test_the_anonymous_id_is_part_of_the_canonical_event() -> None:
 
     assert json.loads(event.to_json())["anonymous_id"] == "bc2e92ec6c204a14"
     assert again.anonymous_id == "bc2e92ec6c204a14"
+    assert again.identified is True  # the intent.events hop keeps it too
     assert "anonymous_id" not in json.loads(read(tsv(user_id="")).to_json())
 
 

@@ -6,9 +6,10 @@ visit ends when an event of another visit arrives, or when `session_gap` has pas
 after its last event, whatever its session id (through `advance`, in event time or on
 the timer, or as the next event arrives). Email, SMS and consent events happen off-site
 and are not part of visits; nor are custom events (a shop's own names, GA4's `scroll` or
-`user_engagement`, sent alongside most pages): they say nothing of what a visit was, so
-they neither open, extend nor count in one, and `blog_only_visit` or `single_page_visit`
-still fire on a feed full of them.
+`user_engagement`, sent alongside most pages), nor `identify` and `alias` events (a
+shopper's ids linked): they say nothing of what a visit was, so they neither open,
+extend nor count in one, and `blog_only_visit` or `single_page_visit` still fire on a
+feed full of them.
 
 A session id whose visit has ended stays ended (the last CLOSED_CAP are kept): a later
 event of it leaves the current visit alone and opens none. So what fires does not
@@ -31,7 +32,7 @@ OFFSITE_TYPES: Final = frozenset(
     {"email_open", "email_click", "email_bounce", "spam_complaint", "opt_out", "consent_update",
      "sms_click"}
 )  # fmt: skip
-OUTSIDE_VISITS: Final = OFFSITE_TYPES | {"custom"}
+OUTSIDE_VISITS: Final = OFFSITE_TYPES | {"custom", "identify", "alias"}
 CLOSED_CAP: Final = 8  # ended session ids remembered per shopper
 
 
