@@ -50,11 +50,14 @@ class TierChange(_Out):
     to_tier: TierName
     score: float
     at: datetime
-    reason: Literal["signal", "decay", "suppression", "purchase"]
+    reason: Literal["signal", "decay", "suppression", "purchase", "merge"]
     signals: list[Contribution]
     scope: str = "shopper"
     cause_event_id: str | None = None
     cause_signal_id: str | None = None
+    merged_with: str | None = None
+    """With reason `merge`: the other id of the merge (the anonymous id on the known
+    profile's change, the known id on the anonymous one's, which leaves its tier)."""
 
 
 class AudienceChange(_Out):

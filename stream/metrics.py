@@ -34,7 +34,8 @@ SOURCES: Final = frozenset(
 )
 OTHER_SOURCE: Final = "other"
 # Label values of the error counters, exported at 0 from the start
-REDIS_STAGES: Final = ("epochs", "load", "forget", "sweep", "decay", "tiers", "write")  # `retry`
+# `retry`
+REDIS_STAGES: Final = ("epochs", "load", "forget", "merge", "sweep", "decay", "tiers", "write")
 SEND_PATHS: Final = ("batch", "sweep")
 SHOPPER_FAILURE_STAGES: Final = (
     "load",
@@ -42,6 +43,7 @@ SHOPPER_FAILURE_STAGES: Final = (
     "score",
     "decay",
     "outputs",
+    "identity",
     "sweep",
     "sweep_chunk",
 )
@@ -97,6 +99,15 @@ class Metrics:
         self.forgets = Counter(
             "intent_forgets_total",
             "Forget requests applied by the shopper's owner (`intent forget`).",
+            registry=registry,
+        )
+        self.identity_merges = Counter(
+            "intent_identity_merges_total",
+            "Links of an anonymous id to a known one, by outcome: merged, duplicate (merged "
+            "already), conflict (merged into another profile first), known (two known ids: "
+            "only an alias merges them), capped (the profile holds identity_max_ids), "
+            "forgotten, loop.",
+            ["outcome"],
             registry=registry,
         )
         self.signals = Counter(

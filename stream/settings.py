@@ -132,6 +132,18 @@ class Settings(BaseSettings):
         description="Shoppers whose state a worker keeps in memory (LRU); the rest are read "
         "from Redis when their next event comes.",
     )
+    identity_max_ids: int = Field(
+        20,
+        ge=1,
+        description="Anonymous ids one known profile takes at most; past it a merge is "
+        "refused (a shared device must not glue shoppers together), counted and logged.",
+    )
+    identity_ttl_seconds: float = Field(
+        90 * 86400.0,
+        gt=0,
+        description="How long a merged id is remembered without activity: the redirect "
+        "of an anonymous id to its profile, and the profile's list of merged ids.",
+    )
     # --- topics (public names: docs/architecture.md, "Topics") ---------------------------
     topic_clickstream: str = Field("clickstream.events", description="Input clickstream topic.")
     topic_normalised: str = Field(

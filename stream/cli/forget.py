@@ -31,7 +31,10 @@ def forget(shopper_id: str, yes: bool, wait_seconds: float) -> None:
     The request goes to the worker that owns the shopper, on intent.events, in order with
     the shopper's events: it erases the shopper's state, audiences and tier there, drops
     the shopper's events from before the request, and sends `forget` records to the
-    suppression topic and the signals audit topic. No batch in flight can undo it."""
+    suppression topic and the signals audit topic. No batch in flight can undo it.
+
+    A profile's merged ids go with it: forgetting a known id erases every anonymous id
+    merged into it, and forgetting a merged anonymous id erases its profile."""
     import asyncio
 
     from kafka import KafkaProducer
@@ -39,11 +42,24 @@ def forget(shopper_id: str, yes: bool, wait_seconds: float) -> None:
     from stream.devstack.produce import compression_type
     from stream.state.store import StateReader
     from stream.topics import ensure_topics
-    from stream.worker.pipeline import FORGET_HEADERS, forget_request
+    from stream.worker.control import FORGET_HEADERS, forget_request
 
     settings = _settings()
     if not yes and sys.stdin.isatty():
         click.confirm(f"Erase every record of shopper {shopper_id!r}?", abort=True)
+
+    async def merged() -> list[str]:
+        client = _redis(settings)
+        try:
+            reader = StateReader(client, settings.app_id, settings.partitions)
+            record = await reader.record(shopper_id)
+            identity = (record.identity if record is not None else None) or {}
+            ids = sorted(identity.get("ids", {}))
+            return [str(identity["into"][0]), *ids] if identity.get("into") else ids
+        finally:
+            await client.aclose()
+
+    linked = _run_redis(settings, asyncio.run, merged())  # before the forget clears them
     at = time.time()
     ensure_topics(settings)
     producer = KafkaProducer(
@@ -60,23 +76,35 @@ def forget(shopper_id: str, yes: bool, wait_seconds: float) -> None:
     if wait_seconds <= 0:
         return
 
-    async def applied() -> bool:
+    async def applied() -> list[str] | None:
+        """Every id erased (the shopper's, then those merged with it), or None."""
         client = _redis(settings)
         reader = StateReader(client, settings.app_id, settings.partitions)
         try:
             deadline = time.monotonic() + wait_seconds
+            done: list[str] = []
+            waiting = [shopper_id]
             while time.monotonic() < deadline:
-                record = await reader.record(shopper_id)
+                shopper = waiting[0]
+                record = await reader.record(shopper)
                 if record is not None and (record.forgotten or 0.0) >= at:
-                    return True
+                    done.append(shopper)
+                    waiting.pop(0)
+                    if shopper == shopper_id:  # its merged ids, as read before the forget
+                        waiting += [i for i in linked if i not in done]
+                    if not waiting:
+                        return done
+                    continue
                 await asyncio.sleep(0.2)
-            return False
+            return None
         finally:
             await client.aclose()
 
-    if _run_redis(settings, asyncio.run, applied()):
+    erased = _run_redis(settings, asyncio.run, applied())
+    if erased is not None:
+        also = f" and the ids merged with it ({', '.join(erased[1:])})" if erased[1:] else ""
         click.echo(
-            f"forgot {shopper_id}: its state, tier and audiences are erased; told "
+            f"forgot {shopper_id}{also}: state, tiers and audiences are erased; told "
             f"{settings.topic_suppression} and {settings.topic_signals}"
         )
         return

@@ -91,7 +91,7 @@ def replay(
         _writable(report_dir)
     size = max(file.stat().st_size, 1)
     tally = Tally(horizon)
-    counts = {"signals": 0, "changes": 0, "actions": 0, "late": 0, "failed": 0}
+    counts = {"signals": 0, "changes": 0, "actions": 0, "late": 0, "failed": 0, "merges": 0}
     with tempfile.TemporaryDirectory(prefix="intent-replay-out-") as work, ExitStack() as bars:
         try:
             outputs = OutputFiles(changes, actions, settings.output_topics(), Path(work))
@@ -145,6 +145,11 @@ def replay(
         f"{reasons}, {counts['late']:,} late): {_n(counts['signals'], 'signal')}, "
         f"{_n(counts['changes'], 'tier change')}, {_n(counts['actions'], 'action')}"
     )
+    if counts["merges"]:
+        click.echo(
+            f"{_n(counts['merges'], 'anonymous id')} merged into known profiles "
+            "(identify, alias, or events carrying both ids)"
+        )
     if counts["failed"]:
         click.echo(
             f"{_n(counts['failed'], 'shopper')} could not be processed (an error of ours, "

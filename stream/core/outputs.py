@@ -212,6 +212,7 @@ def _tier_change(shopper: str, change: Change, cause: Signal | None) -> list[Out
             "scope": "shopper",
             "cause_event_id": event_anchor,
             "cause_signal_id": cause.signal_id if cause else None,
+            "merged_with": None,
         },
     )
     out = [Output(OutputTopic.TIER_CHANGES, shopper, record)]

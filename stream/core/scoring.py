@@ -306,6 +306,33 @@ def apply(
             _advance(state, now, cfg, changes, unsuppressed)
             state["T"] = now
             _evaluate(state, cfg, changes, unsuppressed, "decay", None)
+    result = _result(state, cfg, previous, was, changes, suppressed, unsuppressed, new_ids)
+    result.after, result.held = after, held
+    last = state["last"]
+    decay = not signals and now is not None
+    if last is not None and last[0] == seq_before:
+        if duplicates and set(duplicates) <= set(last[1].new_ids):
+            result = _merged(last[1], result)
+        elif decay and not changes and not unsuppressed and last[2] == now:
+            # The same decay call again: the sweep's index entry was not moved on (a
+            # crash before its output was sent), so it comes back, with the same ids.
+            result = _merged(last[1], result)
+    if result.new_ids or (decay and (result.changes or result.unsuppressed)):
+        state["last"] = (state["seq"], result, now)
+    return result
+
+
+def _result(
+    state: dict[str, Any],
+    cfg: ScoreConfig,
+    previous: str,
+    was: list[str],
+    changes: list[Change],
+    suppressed: list[tuple[str, float]],
+    unsuppressed: list[str],
+    new_ids: list[str],
+) -> Result:
+    """The result of a call that left `state` at its time `T`; prunes the state."""
     if state["T"] is None:
         state["T"] = 0.0
     T = state["T"]
@@ -313,7 +340,7 @@ def apply(
     deadline = next_deadline(state, cfg)
     top = _top(state, T)
     ttl = _prune(state, T, cfg)
-    result = Result(
+    return Result(
         previous,
         state["tier"],
         score,
@@ -330,21 +357,64 @@ def apply(
         state["reset"],
         sorted(state["x"]),
         was,
-        after,
-        held,
     )
-    last = state["last"]
-    decay = not signals and now is not None
-    if last is not None and last[0] == seq_before:
-        if duplicates and set(duplicates) <= set(last[1].new_ids):
-            result = _merged(last[1], result)
-        elif decay and not changes and not unsuppressed and last[2] == now:
-            # The same decay call again: the sweep's index entry was not moved on (a
-            # crash before its output was sent), so it comes back, with the same ids.
-            result = _merged(last[1], result)
-    if result.new_ids or (decay and (result.changes or result.unsuppressed)):
-        state["last"] = (state["seq"], result, now)
-    return result
+
+
+def merge(
+    state: dict[str, Any], other: dict[str, Any], at: float, cfg: ScoreConfig, cause: str
+) -> Result:
+    """Merge `other` (an anonymous shopper's score state) into `state` (the known one's)
+    at event time `at`, and take the tier again with reason `merge` (`cause`: the merge's
+    id, which the change's id is built from).
+
+    Both are brought to one time T, the latest of `at` and their own; their components
+    add exactly (each is v points at r; the sum of two is taken at the later r). A
+    purchase restarts the score: the later reset wins, and a side all of whose points are
+    older than the other's last purchase brings none. Suppressions are united and each
+    scope keeps its latest end, so the most restrictive holds: an opt-out on either side
+    suppresses the profile. Changes of `state` due by decay before T come first, with
+    their own reason."""
+    previous = state["tier"]
+    was = sorted(state["x"])
+    changes: list[Change] = []
+    unsuppressed: list[str] = []
+    T = max(t for t in (state["T"], other["T"], at) if t is not None)
+    if state["T"] is not None and state["T"] < T:
+        _advance(state, T, cfg, changes, unsuppressed)
+    state["T"] = T
+    reset, other_reset = state["reset"], other["reset"]
+    if other_reset is not None and (reset is None or other_reset > reset):
+        state["reset"] = other_reset
+        if all(r < other_reset for _, r in state["s"].values()):
+            state["s"], state["rules"], state["cats"] = {}, {}, {}
+    if not (reset is not None and all(r < reset for _, r in other["s"].values())):
+        for h, comp in other["s"].items():
+            state["s"][h] = _sum(state["s"].get(h), comp, h)
+        for rule, (v, r, h) in other["rules"].items():
+            mine = state["rules"].get(rule)
+            state["rules"][rule] = [*_sum(mine[:2] if mine else None, [v, r], h), h]
+        for key, comp in other["cats"].items():
+            h = float(key.split("|", 1)[0])
+            state["cats"][key] = _sum(state["cats"].get(key), comp, h)
+    suppressed: list[tuple[str, float]] = []
+    for key, until in sorted(other["x"].items()):
+        if until > T and state["x"].get(key, float("-inf")) < until:
+            state["x"][key] = until
+            suppressed.append((key, until))
+    for signal_id, t in other["applied"].items():
+        state["applied"].setdefault(signal_id, t)
+    _evaluate(state, cfg, changes, unsuppressed, "merge", cause)
+    state["last"] = None
+    return _result(state, cfg, previous, was, changes, suppressed, unsuppressed, [])
+
+
+def _sum(comp: list[float] | None, other: list[float], h: float) -> list[float]:
+    """Two components (v points at r) as one, at the later of their times."""
+    if comp is None:
+        return [other[0], other[1]]
+    (v1, r1), (v2, r2) = comp, other
+    r = max(r1, r2)
+    return [v1 * 2.0 ** (-(r - r1) / h) + v2 * 2.0 ** (-(r - r2) / h), r]
 
 
 def _merged(last: Result, current: Result) -> Result:

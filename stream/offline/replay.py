@@ -38,11 +38,12 @@ from schemas.outputs import TierChange
 from schemas.rules import RuleSet
 from stream.core import scoring
 from stream.core.detectors.engine import State
-from stream.core.process import Core, Failures, ScoreBatch
+from stream.core.process import Core, Failures, Processed, ScoreBatch
 from stream.core.scoring import Result, ScoreConfig
 from stream.offline import naive
 from stream.offline.files import SHARD_EVENTS
 from stream.offline.outputs import OutputFiles
+from stream.offline.profiles import DEFAULT_MAX_IDS, Profile
 from stream.offline.report import Tally
 from stream.offline.result import ReplayResult, action_order
 from stream.offline.shards import ReadOptions, ShardReader, shard_of
@@ -93,6 +94,7 @@ class Replay(ShardReader):
         rules: RuleSet,
         *,
         on_replayed: Callable[[int], None] | None = None,
+        max_ids: int = DEFAULT_MAX_IDS,
         **reading: Unpack[ReadOptions],
     ) -> None:
         """`reading`: how the file is read (`ShardReader`)."""
@@ -100,6 +102,7 @@ class Replay(ShardReader):
         super().__init__(path, fmt, lateness=self.core.lateness, **reading)
         self.rules = rules
         self.on_replayed = on_replayed
+        self.max_ids = max_ids
         self._unreported = 0  # progress units not yet handed to `on_replayed`
 
     def _tick(self, units: int, flush: bool = False) -> None:
@@ -152,8 +155,11 @@ class Replay(ShardReader):
         part = ReplayResult(end=self.end)
         store.states.clear()  # shoppers are never seen again in a later shard
         store.highs.clear()
-        shoppers = sorted(by_shopper)
         loop = runner.get_loop()
+        profiles = self.links.groups(by_shopper) if self.links else {}
+        for members in profiles.values():
+            self._replay_profile(store, loop, {s: by_shopper.pop(s) for s in members}, part)
+        shoppers = sorted(by_shopper)
         for i in range(0, len(shoppers), SCORE_BATCH):
             started = time.perf_counter()
             chunk = {shopper: self._events(shopper, by_shopper.pop(shopper), part)
@@ -165,26 +171,34 @@ class Replay(ShardReader):
             done = loop.run_until_complete(
                 self.core.run(chunk, store.apply_many, failures, until=self.end, at=self.end)
             )
-            part.failed += len(failures)
-            for shopper in chunk:
-                highs = store.highs.pop(shopper, None)
-                if highs and shopper not in failures:
-                    part.highs[shopper] = highs
-            part.late += sum(len(late) for late in done.late.values())
-            part.signals += done.all_signals(failures)
-            for outputs in done.outputs.values():
-                for output in outputs:
-                    if isinstance(output.value, TierChange):
-                        part.changes.append(output.value)
-                    else:
-                        part.actions.append(output)
-            self.seconds["process"] += time.perf_counter() - started
-            self._tick(REPLAY_UNITS * sum(len(events) for _, events in chunk.values()))
+            _collect(part, done, failures, store, list(chunk))
+            self._done(started, sum(len(events) for _, events in chunk.values()))
         self._tick(0, True)
-        part.shoppers = len(shoppers)
+        part.shoppers = len(shoppers) + sum(len(members) for members in profiles.values())
         part.changes.sort(key=lambda c: (c.at, c.shopper_id))  # stable: a shopper's in order
         part.actions.sort(key=action_order)
         return part
+
+    def _replay_profile(
+        self,
+        store: MemoryScores,
+        loop: asyncio.AbstractEventLoop,
+        members: dict[str, list[Event]],
+        part: ReplayResult,
+    ) -> None:
+        """The ids of one profile together, merged at their links (`profiles.Profile`)."""
+        started = time.perf_counter()
+        ordered = {s: self._events(s, events, part)[1] for s, events in sorted(members.items())}
+        failures = Failures(_left_out)
+        profile = Profile(self.core, store.states, store.apply_many, self.max_ids)
+        done = profile.run(ordered, self.end, loop, failures)
+        part.merges += profile.merged
+        _collect(part, done, failures, store, list(ordered))
+        self._done(started, sum(len(events) for events in ordered.values()))
+
+    def _done(self, started: float, events: int) -> None:
+        self.seconds["process"] += time.perf_counter() - started
+        self._tick(REPLAY_UNITS * events)
 
     def _events(
         self, shopper: str, events: list[Event], part: ReplayResult
@@ -219,7 +233,7 @@ class Replay(ShardReader):
             if held is not None:
                 groups: list[dict[str, list[Event]]] = [{} for _ in range(jobs)]
                 for shopper, events in held.items():
-                    groups[shard_of(shopper, jobs)][shopper] = events
+                    groups[shard_of(self.links.root(shopper), jobs)][shopper] = events
                 sources = list(groups)
                 del held
             self.shards = len(sources)
@@ -234,6 +248,29 @@ class Replay(ShardReader):
                         yield tally, counts
             finally:
                 _FORKED = None
+
+
+def _collect(
+    part: ReplayResult,
+    done: Processed,
+    failures: Failures,
+    store: MemoryScores,
+    shoppers: list[str],
+) -> None:
+    """What one run of the core gave these shoppers, into the shard's results."""
+    part.failed += len(failures)
+    for shopper in shoppers:
+        highs = store.highs.pop(shopper, None)
+        if highs and shopper not in failures:
+            part.highs[shopper] = highs
+    part.late += sum(len(late) for late in done.late.values())
+    part.signals += done.all_signals(failures)
+    for outputs in done.outputs.values():
+        for output in outputs:
+            if isinstance(output.value, TierChange):
+                part.changes.append(output.value)
+            else:
+                part.actions.append(output)
 
 
 _FORKED: tuple[Replay, list[dict[str, list[Event]] | Path], OutputFiles, float] | None = None
@@ -262,6 +299,7 @@ def _summary(
     counts = {
         "signals": len(part.signals), "changes": len(part.changes),
         "actions": len(part.actions), "late": part.late, "failed": part.failed,
+        "merges": part.merges,
     }  # fmt: skip
     return tally, counts
 

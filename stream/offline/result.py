@@ -16,6 +16,7 @@ class ReplayResult:
     line_errors: dict[str, int] = field(default_factory=dict)
     late: int = 0
     failed: int = 0  # shoppers whose processing raised: left out, each logged
+    merges: int = 0  # anonymous ids merged into a known profile (`profiles.Profile`)
     behind: int = 0  # the whole file's (`Replay.behind`), set by `replay`
     shoppers: int = 0
     signals: list[Signal] = field(default_factory=list)
@@ -41,6 +42,7 @@ class ReplayResult:
         self.events += part.events
         self.late += part.late
         self.failed += part.failed
+        self.merges += part.merges
         self.shoppers += part.shoppers
         self.signals += part.signals
         self.changes += part.changes

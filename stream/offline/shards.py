@@ -3,7 +3,9 @@
 A run holds about 6 KB per event it has in hand (the event, its signals, changes and
 actions as models), so a file of more than `shard_events` events is split by shopper into
 shard files while it is read. A shopper's events all land in one shard, so the shards can
-be replayed one after the other, or in several processes, with the same results.
+be replayed one after the other, or in several processes, with the same results. So do
+all the ids of one profile (ids that events link: `profiles.Links`): a link found after
+some of an id's events were spilled has the shards written again by profile.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Final, TypedDict
 
 from schemas.bounds import DEFAULT_BOUNDS, Bounds
 from schemas.events import Event
 from stream.offline.files import SHARD_EVENTS, SHOW_LINE_ERRORS, LineError, read_events
+from stream.offline.profiles import Links
 
 MAX_SHARDS: Final = 512  # spill files open at once while reading
 SHARD_HEADROOM: Final = 1.25  # more shards than the estimate: shards come out uneven
@@ -84,6 +88,7 @@ class ShardReader:
         # the newest event time of a partition, minus the lateness).
         self.behind = 0
         self.seconds = {"read": 0.0, "process": 0.0}
+        self.links = Links()  # the ids the file links, joined into profiles
         self._at_progress = (0, 0)  # (bytes, events) read by the last progress report
 
     def _progress(self, position: int) -> None:
@@ -113,6 +118,8 @@ class ShardReader:
         # In file order, each shopper's newest event time so far (`behind`)
         newest: dict[str, float] | None = {} if self.order == "file" else None
         lateness = self.lateness
+        links = self.links = Links()
+        moved = False  # a link joined ids some of whose events were spilled apart
         spill: list[IO[str]] = []
         for item in read_events(self.path, self.fmt, self._progress, self.bounds):
             if isinstance(item, LineError):
@@ -128,19 +135,26 @@ class ShardReader:
                 newest[item.shopper_id] = ts if mine is None or ts > mine else mine
             end = max(end, ts)
             self.events += 1
+            if item.anonymous_id is not None:
+                before = links.root(item.anonymous_id), links.root(item.shopper_id)
+                links.add(item)
+                moved = moved or (bool(spill) and before[0] != before[1])
             if spill:
-                spill[shard_of(item.shopper_id, len(spill))].write(item.model_dump_json() + "\n")
+                shopper = links.root(item.shopper_id) if links else item.shopper_id
+                spill[shard_of(shopper, len(spill))].write(item.model_dump_json() + "\n")
                 continue
             held[item.shopper_id].append(item)
             if self.events >= self.shard_events:  # all held so far: none were spilled
                 spill = self._spill(work)
                 for shopper, events in held.items():
-                    out = spill[shard_of(shopper, len(spill))]
+                    out = spill[shard_of(links.root(shopper), len(spill))]
                     for event in events:
                         out.write(event.model_dump_json() + "\n")
                 held.clear()
         for out in spill:
             out.close()
+        if moved:
+            self._by_profile([Path(out.name) for out in spill])
         self.line_errors = dict(errors)
         self.end = end if self.events else 0.0
         self.shards = len(spill) or 1
@@ -150,6 +164,21 @@ class ShardReader:
         if not spill:
             return held, []
         return None, [Path(out.name) for out in spill]
+
+    def _by_profile(self, paths: list[Path]) -> None:
+        """Write the shards again, every event in the shard of its profile's root (the
+        links known at the end of the file), each shard's lines in their order."""
+        for path in paths:
+            path.rename(path.with_suffix(".old"))
+        with ExitStack() as stack:
+            outs = [stack.enter_context(open(path, "w", encoding="utf-8")) for path in paths]
+            for path in paths:
+                old = path.with_suffix(".old")
+                with open(old, "rb") as lines:
+                    for line in lines:
+                        shopper = Event.model_validate_json(line).shopper_id
+                        outs[shard_of(self.links.root(shopper), len(outs))].write(line.decode())
+                old.unlink()
 
     def _load(self, shard: Path) -> dict[str, list[Event]]:
         started = time.perf_counter()

@@ -17,7 +17,8 @@ writes to a partition land in one Redis Cluster slot and go in one fenced script
     <app>:audience:{<p>}:<name>    set: the partition's members of an audience
 
 A record is one byte of format version, then the zlib-compressed JSON of
-`[detection state, score state, forgotten-at]` (compressed with a preset dictionary of
+`[detection state, score state, forgotten-at]`, and for a profile that took part in a
+merge (format 3) `[..., identity]` (compressed with a preset dictionary of
 the state's own field names, so a small record compresses well). The score state is
 the scoring maths' (`stream.core.scoring`) without the ids of applied signals and the
 last result: those served a score computed inside Redis before the output was sent. The
@@ -43,7 +44,10 @@ import orjson
 
 from stream.state.redisbatch import Command, Script
 
-FORMAT: Final = 2  # the first byte of every record (format 1: the per-key layout before)
+FORMAT: Final = 2  # the first byte of a record (format 1: the per-key layout before)
+# The first byte of a record with an identity (`Record.identity`). Records without one
+# are still written as format 2, so a version that predates identities reads them.
+FORMAT_IDENTITY: Final = 3
 FENCE_SECONDS: Final = 30 * 86400  # how long a forgotten shopper's tombstone lives
 MAX_ARGS: Final = 4000  # arguments per command inside the fence script (Lua's stack)
 TIERS: Final = ("low", "mid", "high", "suppressed")
@@ -66,11 +70,13 @@ class FormatError(ValueError):
 
 @dataclass(slots=True)
 class Record:
-    """One shopper's state: detection and score state, and when it was last forgotten."""
+    """One shopper's state: detection and score state, when it was last forgotten, and
+    its place in an identity merge (`stream.core.identity`): None for most shoppers."""
 
     patterns: dict[str, Any]
     score: dict[str, Any]
     forgotten: float | None = None
+    identity: dict[str, Any] | None = None
 
 
 def _compressor() -> Any:
@@ -79,10 +85,13 @@ def _compressor() -> Any:
 
 def encode(record: Record) -> bytes:
     score = {k: v for k, v in record.score.items() if k not in ("applied", "last")}
-    body = orjson.dumps([record.patterns, score, record.forgotten], option=orjson.OPT_NON_STR_KEYS)
+    fields: list[Any] = [record.patterns, score, record.forgotten]
+    if record.identity:
+        fields.append(record.identity)
+    body = orjson.dumps(fields, option=orjson.OPT_NON_STR_KEYS)
     packer = _compressor()
     packed: bytes = packer.compress(body) + packer.flush()
-    return bytes([FORMAT]) + packed
+    return bytes([FORMAT_IDENTITY if record.identity else FORMAT]) + packed
 
 
 def decode(raw: bytes, new_score: dict[str, Any]) -> Record:
@@ -90,19 +99,21 @@ def decode(raw: bytes, new_score: dict[str, Any]) -> Record:
     record without them gets."""
     if not raw:
         raise FormatError("an empty record")
-    if raw[0] != FORMAT:
+    if raw[0] not in (FORMAT, FORMAT_IDENTITY):
         raise FormatError(
-            f"record format {raw[0]} is not {FORMAT}: written by another version "
-            "(`intent migrate-state` converts the format before it)"
+            f"record format {raw[0]} is not {FORMAT} or {FORMAT_IDENTITY}: written by "
+            "another version (`intent migrate-state` converts the format before them)"
         )
     unpacker = zlib.decompressobj(-15, ZDICT)
-    patterns, score, forgotten = orjson.loads(unpacker.decompress(raw[1:]) + unpacker.flush())
+    fields = orjson.loads(unpacker.decompress(raw[1:]) + unpacker.flush())
+    patterns, score, forgotten = fields[:3]
+    identity = fields[3] if len(fields) > 3 else None
     state = dict(new_score)
     state.update(score)
     state["s"] = {float(h): comp for h, comp in score.get("s", {}).items()}
     state["applied"] = {}
     state["last"] = None
-    return Record(patterns, state, forgotten)
+    return Record(patterns, state, forgotten, identity)
 
 
 @dataclass

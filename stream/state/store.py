@@ -100,7 +100,24 @@ def _iso(t: float) -> str:
 
 def profile(shopper: str, record: Record | None, now: float) -> dict[str, Any]:
     """A record read back: the score decayed to `now` (or to its last evaluation, if that
-    is later), tier, active suppressions, top signals and category scores."""
+    is later), tier, active suppressions, top signals and category scores; and the ids
+    merged into it (`merged_ids`), or the profile it was merged into (`merged_into`)."""
+    out = _profile(shopper, record, now)
+    identity = (record.identity if record is not None else None) or {}
+    if identity.get("ids"):
+        out["merged_ids"] = sorted(identity["ids"])
+    if identity.get("into"):
+        out["merged_into"] = identity["into"][0]
+    return out
+
+
+def merged_into(record: Record | None) -> str | None:
+    """The profile a merged id's state went to, or None."""
+    into = ((record.identity if record is not None else None) or {}).get("into")
+    return str(into[0]) if into else None
+
+
+def _profile(shopper: str, record: Record | None, now: float) -> dict[str, Any]:
     state = None if record is None else record.score
     if state is None or state.get("T") is None:
         return {"shopper_id": shopper, "known": False, "tier": "none", "score": 0.0}

@@ -46,6 +46,17 @@ class Outbox:
             part = self.writes[partition] = PartitionWrite()
         return part
 
+    def erase(self, partition: int, shopper: str, names: list[str]) -> None:
+        """The shopper leaves every tier and audience of its partition (`names`: the
+        partition's audiences), and its deadlines, whatever this batch queued before."""
+        write = self.write(partition)
+        write.erased[shopper] = names
+        write.deadlines[shopper] = None
+        write.decays[shopper] = None
+        write.tiers.pop(shopper, None)
+        for key in [k for k in write.audiences if k[1] == shopper]:
+            del write.audiences[key]
+
     def touched(self) -> set[str]:
         """Every shopper whose state this outbox holds changes of."""
         shoppers = set(self.saved) | self.dropped

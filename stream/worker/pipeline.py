@@ -32,6 +32,7 @@ retried (the batch waits); they never drop input.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import Counter, defaultdict
@@ -62,6 +63,8 @@ from stream.settings import Settings
 from stream.state.connection import Client
 from stream.state.records import FENCE_SECONDS, Record, audience_names, encode
 from stream.state.store import StateReader
+from stream.worker.control import FORGET_HEADERS, FORGET_PREFIX
+from stream.worker.identity import Control, Identities, is_control, parse
 from stream.worker.loop import StreamLoop
 from stream.worker.outbox import Outbox, Sender, concurrently, count
 from stream.worker.owner import EpochLost, Owner
@@ -76,10 +79,6 @@ log = logging.getLogger(__name__)
 # group's records, this process detects the next group's events.
 PROCESS_GROUPS: Final = 2
 LATE_DETAIL: Final = "older than the allowed lateness"
-# How a forget request on intent.events starts (`forget_request`); the shopper's events
-# never do (they are canonical events, whose first field is the event id).
-FORGET_PREFIX: Final = b'{"forget":'
-FORGET_HEADERS: Final = [("intent-kind", b"forget")]
 M = TypeVar("M", bound=BaseModel)
 # An event to detect, its record, its intent.events partition. From ingest directly (the
 # direct path), the record is the clickstream's: dead letters name it.
@@ -87,9 +86,27 @@ Item = tuple[Event, RawRecord, int]
 Stage = Callable[[list[RawRecord], Outbox], Awaitable[None]]
 
 
-def forget_request(shopper: str, at: float) -> bytes:
-    """The record `intent forget` puts on intent.events, keyed by the shopper."""
-    return orjson.dumps({"forget": shopper, "at": at})
+def _place(
+    found: list[tuple[int, tuple[str, Control]]],
+    fetched: list[RawRecord],
+    decoded: list[tuple[Event, RawRecord]],
+    controls: dict[str, list[tuple[int, Control]]],
+) -> None:
+    """Each control among its shopper's events: after those before it in the records."""
+    at = {id(record): position for position, record in enumerate(fetched)}
+    before: dict[str, list[int]] = defaultdict(list)  # shopper -> its events' positions
+    for event, record in decoded:
+        before[event.shopper_id].append(at[id(record)])
+    for position, (shopper, control) in found:
+        controls[shopper].append((bisect.bisect_left(before.get(shopper, []), position), control))
+
+
+def _known(record: Record, events: list[Event]) -> None:
+    """A shopper whose events carry the source's known user id is a known id: never
+    merged into another profile except by an alias (`stream.core.identity`)."""
+    identity = record.identity
+    if (identity is None or not identity.get("known")) and any(e.identified for e in events):
+        record.identity = {**(identity or {}), "known": True}
 
 
 def _decode(
@@ -140,6 +157,7 @@ class Pipeline:
         self.loop = StreamLoop(settings, metrics, self.handle, self.lock)
         self.send: Sender = sender or self.loop.sender.send_all
         self.sweeper = Sweeper(self)
+        self.identities = Identities(self)
         self.store_guard = StoreGuard(self)
         self.loop.on_assigned = self.on_assigned
         if app is not None:
@@ -190,7 +208,12 @@ class Pipeline:
         outbox = Outbox()
         outbox.merge(ingested)
         outbox.merge(processed)
-        await self.flush(outbox)  # 3. and 4.
+        try:
+            await self.flush(outbox)  # 3. and 4.
+        except BaseException:
+            self.identities.flushed(ok=False)
+            raise
+        self.identities.flushed(ok=True)
 
     async def _guarded(self, stage: Stage, records: list[RawRecord], outbox: Outbox) -> None:
         """Run a stage on its records; if it raises (a bug of ours: bad input never
@@ -227,8 +250,11 @@ class Pipeline:
         place = self.loop.routing.place if direct is not None else None
         placed: dict[bytes, int | None] = {}  # a shopper's key hashed once per batch
         taken: list[Item] = []
+        link = self.identities.link
         for event, record in zip(result.events, result.sources, strict=True):
             consumed[event.type, source_label(event.source)] += 1
+            if event.anonymous_id is not None:
+                link(event, outbox)
             lag.observe(max(0.0, now - event.ts.timestamp()))
             key = event.shopper_id.encode()
             partition = None
@@ -262,14 +288,24 @@ class Pipeline:
         by_shopper: dict[str, list[Item]] = defaultdict(list)
         fetched = records[: len(records) - len(direct)] if direct else records
         forgets: dict[str, tuple[float, int]] = {}  # shopper -> (when, partition)
+        # shopper -> (how many of its events come before the control, the control)
+        controls: dict[str, list[tuple[int, Control]]] = defaultdict(list)
+        found: list[tuple[int, tuple[str, Control]]] = []  # (position, (shopper, control))
         plain = []
-        for record in fetched:
-            if (record.value or b"").startswith(FORGET_PREFIX):
+        rejected: list[Rejection] = []
+        for position, record in enumerate(fetched):
+            value = record.value or b""
+            if value.startswith(FORGET_PREFIX):
                 self._forget_request(record, forgets)
+            elif is_control(value):
+                self._control(record, position, found, rejected)
             else:
                 plain.append(record)
-        decoded, rejected = _decode(plain, Event)
+        decoded, bad = _decode(plain, Event)
+        rejected += bad
         items = [(event, record, record.partition) for event, record in decoded]
+        if found:
+            _place(found, fetched, decoded, controls)
         items += direct or ()
         now = self.clock().timestamp()
         lag = self.metrics.event_lag.labels("detect")
@@ -282,7 +318,7 @@ class Pipeline:
                 newest[partition] = ts
             lag.observe(max(0.0, now - ts))
         self.sweeper.saw(newest)
-        shoppers = list(by_shopper) + [s for s in forgets if s not in by_shopper]
+        shoppers = list(dict.fromkeys([*by_shopper, *controls, *forgets]))
         groups: list[list[str]] = [[] for _ in range(min(PROCESS_GROUPS, len(shoppers)))]
         for i, shopper in enumerate(shoppers):
             groups[i % len(groups)].append(shopper)
@@ -291,12 +327,27 @@ class Pipeline:
                 self._process_group,
                 {s: by_shopper.get(s, []) for s in group},
                 {s: forgets[s] for s in group if s in forgets},
+                {s: controls[s] for s in group if s in controls},
             )
             for group in groups
         ]
         for group_rejected in await concurrently(jobs, outbox):
             rejected += group_rejected
         self.reject(rejected, outbox)
+
+    @staticmethod
+    def _control(
+        record: RawRecord,
+        position: int,
+        found: list[tuple[int, tuple[str, Control]]],
+        rejected: list[Rejection],
+    ) -> None:
+        """An identity control record. One that cannot be read is a bug of ours (only
+        workers write them): dead-lettered."""
+        try:
+            found.append((position, parse(record)))
+        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+            rejected.append(Rejection(record, errors.PROCESSING_ERROR, f"control record: {exc}"))
 
     def _forget_request(self, record: RawRecord, forgets: dict[str, tuple[float, int]]) -> None:
         try:
@@ -312,27 +363,115 @@ class Pipeline:
         self,
         by_shopper: dict[str, list[Item]],
         forgets: dict[str, tuple[float, int]],
+        controls: dict[str, list[tuple[int, Control]]],
         outbox: Outbox,
     ) -> list[Rejection]:
         """Load, detect and score one group of shoppers; returns the records rejected:
         late ones, and every record of a shopper whose detection or scoring raised (a
-        bug of ours, or input no bound caught: that shopper alone is dead-lettered)."""
+        bug of ours, or input no bound caught: that shopper alone is dead-lettered).
+        A shopper with identity control records, or merged into another profile, goes
+        through `_in_order` instead."""
         failures = self.failures()
         partitions = {s: items[0][2] for s, items in by_shopper.items() if items}
         partitions.update({s: p for s, (_, p) in forgets.items()})
+        partitions.update({s: c[0][1].record.partition for s, c in controls.items()})
         records = await self.load(partitions, failures)
         for shopper, (at, partition) in forgets.items():
             if shopper in records:
                 await self._forget(shopper, at, partition, records, outbox)
-        core = self.core
         shoppers: dict[str, tuple[State, list[Event]]] = {}
-        for shopper, items in by_shopper.items():
-            if shopper in failures or not items:
+        ordered: list[str] = []
+        for shopper in partitions:
+            if shopper in failures:
                 continue
-            events = self._not_forgotten(records[shopper], [item[0] for item in items])
+            record = records[shopper]
+            if shopper in controls or (record.identity and "into" in record.identity):
+                ordered.append(shopper)
+                continue
+            items = by_shopper.get(shopper, [])
+            events = self._not_forgotten(record, [item[0] for item in items])
             if events:
-                shoppers[shopper] = (records[shopper].patterns, events)
-        done = await core.run(shoppers, self.apply(records, failures, "score"), failures)
+                _known(record, events)
+                shoppers[shopper] = (record.patterns, events)
+        rejected = await self._run(shoppers, by_shopper, records, partitions, outbox, failures)
+        for shopper in ordered:
+            if shopper not in failures:
+                rejected += await self._in_order(
+                    shopper, by_shopper.get(shopper, []), controls.get(shopper, []),
+                    records, partitions, outbox, failures,
+                )  # fmt: skip
+        for shopper, exc in failures.items():
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+            rejected += [
+                Rejection(r, errors.PROCESSING_ERROR, detail)
+                for _, r, _ in by_shopper.get(shopper, [])
+            ]
+        return rejected
+
+    async def _in_order(
+        self,
+        shopper: str,
+        items: list[Item],
+        controls: list[tuple[int, Control]],
+        records: dict[str, Record],
+        partitions: dict[str, int],
+        outbox: Outbox,
+        failures: Failures,
+    ) -> list[Rejection]:
+        """A shopper's events and identity control records, each control applied at its
+        place among the events: the events before it are detected and scored first. The
+        events of a shopper merged into a profile are forwarded to it."""
+        record, partition = records[shopper], partitions[shopper]
+        identities = self.identities
+        rejected: list[Rejection] = []
+        start = 0
+        for end, control in [*controls, (len(items), None)]:
+            events = self._not_forgotten(record, [item[0] for item in items[start:end]])
+            start = end
+            if events and identities.redirect(record) is not None:
+                identities.forward(shopper, record, events, outbox)
+                outbox.saved[shopper] = (partition, record)  # the redirect lives on
+            elif events:
+                _known(record, events)
+                rejected += await self._run(
+                    {shopper: (record.patterns, events)}, {shopper: items}, records,
+                    partitions, outbox, failures,
+                )  # fmt: skip
+            if control is None or shopper in failures:
+                break
+            try:
+                taken = await identities.apply(shopper, record, partition, control, outbox)
+            except (RedisUnusable, StoreLost):
+                raise
+            except Exception as exc:
+                failures.add("identity", shopper, exc)
+                outbox.saved.pop(shopper, None)
+                outbox.dropped.add(shopper)
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                return [*rejected, Rejection(control.record, errors.PROCESSING_ERROR, detail)]
+            if taken:
+                rejected += await self._run(
+                    {shopper: (record.patterns, taken)},
+                    {shopper: [(e, control.record, partition) for e in taken]}, records,
+                    partitions, outbox, failures,
+                )  # fmt: skip
+        outbox.saved.setdefault(shopper, (partition, record))
+        return rejected
+
+    async def _run(
+        self,
+        shoppers: dict[str, tuple[State, list[Event]]],
+        by_shopper: dict[str, list[Item]],
+        records: dict[str, Record],
+        partitions: dict[str, int],
+        outbox: Outbox,
+        failures: Failures,
+    ) -> list[Rejection]:
+        """Detect and score these shoppers' events on their records, and queue the
+        outcome; returns the late events' records."""
+        if not shoppers:
+            return []
+        done = await self.core.run(shoppers, self.apply(records, failures, "score"), failures)
         if done.duplicates:
             self.metrics.events_duplicate.inc(done.duplicates)
         for shopper in shoppers:
@@ -345,15 +484,9 @@ class Pipeline:
                 late_ids = {event.id for event in late}
                 rejected += [
                     Rejection(record, errors.LATE, LATE_DETAIL)
-                    for event, record, _ in by_shopper[shopper]
+                    for event, record, _ in by_shopper.get(shopper, [])
                     if event.id in late_ids
                 ]
-        for shopper, exc in failures.items():
-            detail = f"{type(exc).__name__}: {exc}"[:500]
-            rejected += [
-                Rejection(r, errors.PROCESSING_ERROR, detail)
-                for _, r, _ in by_shopper.get(shopper, [])
-            ]
         return rejected
 
     async def load(self, shoppers: dict[str, int], failures: Failures) -> dict[str, Record]:
@@ -377,14 +510,12 @@ class Pipeline:
         record = records[shopper]
         if record.forgotten is not None and record.forgotten >= at:
             return  # applied already (this request read again)
+        self.identities.forgotten(shopper, record, at, outbox)
         fresh = self.owner.fresh()
         record.patterns, record.score, record.forgotten = fresh.patterns, fresh.score, at
+        record.identity = None
         names = await self.retry("forget", self._audience_names, partition)
-        write = outbox.write(partition)
-        write.erased[shopper] = names
-        write.deadlines[shopper] = None
-        write.decays[shopper] = None
-        write.tiers.pop(shopper, None)
+        outbox.erase(partition, shopper, names)
         outbox.saved[shopper] = (partition, record)
         when = datetime.fromtimestamp(at, tz=UTC)
         notice = SuppressionRecord(
@@ -560,6 +691,8 @@ class Pipeline:
                 ttl = max(engine.ttl(record.patterns), scoring.lifetime(record.score))
             if record.forgotten is not None:
                 ttl = max(ttl, record.forgotten + FENCE_SECONDS - now)
+            if record.identity and ("into" in record.identity or "ids" in record.identity):
+                ttl = max(ttl, self.settings.identity_ttl_seconds)
             write.records[shopper] = (encode(record), max(1000, int(ttl * 1000)))
             write.deadlines[shopper] = engine.deadline(record.patterns)
 

@@ -17,7 +17,7 @@ import faust
 from faust.web import Request, Response, View
 
 from stream.clock import Clock
-from stream.state.store import StateReader, profile
+from stream.state.store import StateReader, merged_into, profile
 from stream.worker.app import app_settings
 from stream.worker.retry import REDIS_STEP_SECONDS
 
@@ -26,7 +26,13 @@ REALM: Final = 'Bearer realm="intent"'
 
 
 async def read_shopper(reader: StateReader, shopper: str, now: float) -> dict[str, Any]:
-    return profile(shopper, await reader.record(shopper), now)
+    """A shopper's profile; for an id merged into another profile, that profile (with
+    `requested_id`: the id asked for), since its state lives there now."""
+    record = await reader.record(shopper)
+    into = merged_into(record)
+    if into is None:
+        return profile(shopper, record, now)
+    return {**profile(into, await reader.record(into), now), "requested_id": shopper}
 
 
 async def audience_page(reader: StateReader, name: str, cursor: int, count: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import redis
 from stream.core.ingest import RawRecord
 from stream.settings import Settings
 from stream.state.records import Keys, decode
-from stream.worker.pipeline import forget_request
+from stream.worker.control import forget_request
 from tests.integration.test_isolation import Harness
 from tests.scenarios import ev
 
