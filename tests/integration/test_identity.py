@@ -27,11 +27,12 @@ from stream.metrics import Metrics
 from stream.offline.replay import replay
 from stream.rulesfile import load_rules
 from stream.settings import Settings
-from stream.state.store import partition_of
+from stream.state.store import StateReader, partition_of
 from stream.worker import pipeline as agents
 from stream.worker.control import forget_request
 from stream.worker.main import redis_client
 from stream.worker.outbox import OutRecord
+from stream.worker.views import read_shopper
 from tests.integration.servers import Servers, drop_keys
 from tests.scenarios import ev
 
@@ -223,6 +224,14 @@ def test_an_anonymous_cart_becomes_the_known_customers(bus: Bus) -> None:
     assert a_record.identity["into"][0] == known and a_record.score["tier"] == "none"
     assert list(k_record.identity["ids"]) == [anonymous] and k_record.identity["known"]
     assert bus.metric("intent_identity_merges_total", outcome="merged") == 1
+
+    # `intent shopper` and GET /shoppers/{id}: the profile shows its merged ids, and the
+    # anonymous id reads as the profile it went to
+    reader = StateReader(bus.clients[0], bus.settings.app_id, bus.settings.partitions)
+    shown = bus.loop.run_until_complete(read_shopper(reader, known, 1.9e9))
+    assert shown["merged_ids"] == [anonymous] and shown["shopper_id"] == known
+    via = bus.loop.run_until_complete(read_shopper(reader, anonymous, 1.9e9))
+    assert via == {**shown, "requested_id": anonymous}
 
 
 def test_a_merge_runs_once_whatever_is_read_again(bus: Bus) -> None:
