@@ -1,6 +1,6 @@
 """Demo traffic: shoppers walking through the scenarios the default rules must get right
 (returns risk, size help, a subscription, an abandoned checkout, a blog reader, an opt-out,
-a buyer), live.
+a buyer, an anonymous visitor who signs in and abandons the checkout), live.
 
 Journeys interleave, each step a few seconds apart, in all three JSON shapes the
 processor accepts (canonical, Segment, GA4), with a little bad input mixed in so the
@@ -27,6 +27,8 @@ CABLE: Final = {
 TEE: Final = {"sku": "TEE-ORG", "category": "apparel/tops", "price": 29.0}
 PLAN: Final = {"sku": "BOX-MONTHLY", "category": "subscriptions/coffee", "price": 24.0}
 JACKET: Final = {"sku": "JKT-RAIN", "category": "apparel/outerwear", "price": 149.0}
+BOOTS: Final = {"sku": "BT-HIKE", "category": "footwear/boots", "price": 119.0}
+IDENTIFY: Final = "identify"  # the step where the anonymous visitor signs in
 
 SCENARIOS: Final[dict[str, list[Step]]] = {
     "returns_risk": [
@@ -59,6 +61,14 @@ SCENARIOS: Final[dict[str, list[Step]]] = {
         ("email_open", None, None, {}),
         ("opt_out", None, None, {"channel": "email"}),
     ],
+    # Browses anonymously, signs in (the known id is `customer-<n>`), then abandons the
+    # checkout: the cart recovery goes to the known customer, with the anonymous cart.
+    "signs_in": [
+        ("product_view", None, BOOTS, {}),
+        ("add_to_cart", None, BOOTS, {}),
+        (IDENTIFY, None, None, {}),
+        ("checkout_started", None, BOOTS, {"cart_value": 119.0}),
+    ],
     "buyer": [
         ("product_view", None, CABLE, {}),
         ("add_to_cart", None, CABLE, {}),
@@ -90,7 +100,7 @@ BAD_INPUT_SHARE: Final = 0.03
 STEP_GAP_SECONDS: Final = (1.0, 6.0)  # a shopper's next step comes this long after the last
 # Abandoned checkouts are stamped 40 minutes in the past, so the 30-minute absence (and
 # its cart-recovery trigger) fires while you watch instead of half an hour later.
-BACKDATE_SECONDS: Final = {"checkout_abandon": 2400.0}
+BACKDATE_SECONDS: Final = {"checkout_abandon": 2400.0, "signs_in": 2400.0}
 
 
 @dataclass
@@ -102,16 +112,27 @@ class Journey:
     backdate: float = 0.0  # seconds its timestamps lie in the past
 
 
+def known_id(shopper: str) -> str:
+    """The id a demo visitor signs in as."""
+    return "customer-" + shopper.removeprefix("demo-")
+
+
 def encode(step: Step, shopper: str, session: str, ts: datetime, rng: random.Random) -> bytes:
     kind, page, product, props = step
     shape = rng.random()
     iso = ts.isoformat().replace("+00:00", "Z")
-    if kind in SEGMENT_NAMES and shape < 0.25:
+    if kind == IDENTIFY and shape < 0.5:
+        body: dict[str, Any] = {"type": "identify", "userId": known_id(shopper),
+                                "anonymousId": shopper, "timestamp": iso}  # fmt: skip
+    elif kind == IDENTIFY:
+        body = {"shopper_id": known_id(shopper), "anonymous_id": shopper, "type": kind,
+                "session_id": session, "ts": iso}  # fmt: skip
+    elif kind in SEGMENT_NAMES and shape < 0.25:
         seg_props = {**(product or {}), **props, "session_id": session}
         if product:
             seg_props["product_id"] = seg_props.pop("sku")
-        body: dict[str, Any] = {
-            "type": "track", "event": SEGMENT_NAMES[kind], "userId": shopper,
+        body = {
+            "type": "track", "event": SEGMENT_NAMES[kind], "anonymousId": shopper,
             "timestamp": iso, "properties": seg_props,
         }  # fmt: skip
     elif kind in GA4_NAMES and shape < 0.5:
@@ -163,7 +184,8 @@ def traffic(
             yield at, None, rng.choice(BAD_INPUT)
         step = journey.steps.pop(0)
         ts = start + timedelta(seconds=at - journey.backdate)
-        yield at, journey.shopper.encode(), encode(step, journey.shopper, journey.session, ts, rng)
+        key = known_id(journey.shopper) if step[0] == IDENTIFY else journey.shopper
+        yield at, key.encode(), encode(step, journey.shopper, journey.session, ts, rng)
         if journey.steps:
             journey.due = at + rng.uniform(*STEP_GAP_SECONDS)
         else:

@@ -250,6 +250,8 @@ def _describe(
         )
     if topic == settings.topic_tier_changes:
         top = ", ".join(f"{x['name']} {x['points']:.0f}" for x in data["signals"][:3])
+        if data.get("merged_with"):
+            top = f"with {data['merged_with']}" + (f": {top}" if top else "")
         return click.style(
             f"  {data['at'][11:19]}  {data['shopper_id']:<10} TIER {data['from_tier']:>10} -> "
             f"{data['to_tier']:<10} score {data['score']:6.1f}  {data['reason']:<11} {top}",
@@ -279,6 +281,8 @@ def _describe(
     product = data.get("product") or {}
     page = (data.get("page") or {}).get("type", "")
     what = " ".join(x for x in (page, product.get("sku", ""), product.get("category", "")) if x)
+    if data.get("anonymous_id"):
+        what = " ".join(x for x in (what, f"(was {data['anonymous_id']})") if x)
     return (
         f"  {data['ts'][11:19]}  {data['shopper_id']:<10} {data['type']:<18} {what:<40} "
         f"[{data.get('source', 'canonical')}]  #{counts['valid']}"

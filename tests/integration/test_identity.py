@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from stream.core.detectors.engine import cart_at
 from stream.core.identity import merge_id
 from stream.core.ingest import RawRecord
 from stream.metrics import Metrics
@@ -391,3 +392,21 @@ def test_replay_makes_the_same_merges_with_the_same_ids(bus: Bus, tmp_path: Path
     live = sorted(body[ID_FIELDS[topic]] for topic in ID_FIELDS for body in bus.out(topic))
     assert replayed == live
     assert any(i.startswith(f"{merge_id(anonymous, known)}:") for i in live)
+
+
+def test_several_anonymous_ids_merge_into_one_profile(bus: Bus) -> None:
+    """A phone and a laptop, each browsing anonymously, then the same sign-in on both."""
+    phone, laptop = ids_on(0, "anon", 2)
+    (known,) = ids_on(1, "known", 1)
+    for i, anonymous in enumerate((phone, laptop)):
+        bus.feed([ev(anonymous, i, "add_to_cart", session=f"s{i}", sku=f"SKU-{i}")])
+    for i, anonymous in enumerate((phone, laptop)):
+        bus.feed([{**ev(known, 5 + i, "identify"), "anonymous_id": anonymous}])
+    assert bus.metric("intent_identity_merges_total", outcome="merged") == 2
+    profile = bus.record(known)
+    assert sorted(profile.identity["ids"]) == sorted([phone, laptop])
+    assert {sku for sku, *_ in _cart(profile.patterns)} == {"SKU-0", "SKU-1"}
+
+
+def _cart(patterns: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(sku, item[0]) for sku, item in cart_at(patterns, 2e9).items()]

@@ -12,7 +12,7 @@ from schemas import errors
 from schemas.adapters import decode_json
 from schemas.errors import InvalidEvent
 from schemas.events import Event
-from stream.devstack.demo import BACKDATE_SECONDS, BAD_INPUT, SCENARIOS, traffic
+from stream.devstack.demo import BACKDATE_SECONDS, BAD_INPUT, SCENARIOS, known_id, traffic
 
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 N = 500
@@ -33,6 +33,16 @@ def decode_all(items: list[Item]) -> tuple[list[tuple[Item, Event]], list[tuple[
         except InvalidEvent as exc:
             bad.append((item, exc.reason))
     return good, bad
+
+
+def visitor(event: Event) -> str:
+    """The demo visitor an event belongs to: a sign-in is keyed by the known id it links
+    the visitor's anonymous id to."""
+    if event.type == "identify":
+        assert event.anonymous_id is not None
+        assert event.shopper_id == known_id(event.anonymous_id)
+        return event.anonymous_id
+    return event.shopper_id
 
 
 def journey_of(steps: list[tuple[str, str | None]]) -> str | None:
@@ -124,19 +134,20 @@ def test_both_kinds_of_bad_input_appear() -> None:
 
 def test_good_values_are_keyed_by_their_shopper_and_stamped_at_their_time() -> None:
     good, _ = decode_all(take())
-    # Only the abandoned-checkout scenario shows the jacket (even when cut off early).
-    jacket = SCENARIOS["checkout_abandon"][0][2]
-    assert jacket is not None
-    abandoners = {e.shopper_id for _, e in good if e.product and e.product.sku == jacket["sku"]}
+    # Only the abandoned-checkout scenarios show the jacket and the boots (even when cut
+    # off early).
+    firsts = {SCENARIOS[name][0][2]["sku"]: name for name in BACKDATE_SECONDS}  # type: ignore[index]
+    journeys = {visitor(e): firsts[e.product.sku] for _, e in good
+                if e.product and e.product.sku in firsts}  # fmt: skip
 
     backdated = 0
     for (at, key, _), event in good:
         assert key == event.shopper_id.encode()
-        assert event.shopper_id.startswith("demo-")
-        assert event.session_id == "sess-" + event.shopper_id.removeprefix("demo-")
+        shopper = visitor(event)
+        assert shopper.startswith("demo-")
+        assert event.session_id in (None, "sess-" + shopper.removeprefix("demo-"))
         # Abandoned checkouts lie in the past, so their absence fires while one watches.
-        journey = "checkout_abandon" if event.shopper_id in abandoners else ""
-        back = BACKDATE_SECONDS.get(journey, 0.0)
+        back = BACKDATE_SECONDS.get(journeys.get(shopper, ""), 0.0)
         backdated += back > 0
         expected = START + timedelta(seconds=at - back)
         # GA4 carries integer microseconds; allow the rounding of that conversion.
@@ -158,7 +169,7 @@ def test_every_scenario_appears_as_a_journey(rate: float) -> None:
     good, _ = decode_all(take(rate=rate, n=1_000))
     steps: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     for _, event in good:
-        steps[event.shopper_id].append((event.type, event.page.type if event.page else None))
+        steps[visitor(event)].append((event.type, event.page.type if event.page else None))
 
     journeys = {shopper: journey_of(seen) for shopper, seen in steps.items()}
 
@@ -170,7 +181,8 @@ def test_each_journey_is_one_shopper_and_one_session() -> None:
     good, _ = decode_all(take())
     sessions: dict[str, set[str | None]] = defaultdict(set)
     for _, event in good:
-        sessions[event.shopper_id].add(event.session_id)
+        if event.session_id is not None:  # (a Segment sign-in carries none)
+            sessions[visitor(event)].add(event.session_id)
 
     assert all(len(found) == 1 for found in sessions.values())
     assert len(sessions) > 20

@@ -48,7 +48,9 @@ def alert_rules() -> list[dict[str, Any]]:
 def test_there_is_a_dashboard_with_the_promised_rows() -> None:
     (path,) = DASHBOARDS
     rows = [p["title"] for p in json.loads(path.read_text())["panels"] if p["type"] == "row"]
-    assert rows == ["Throughput", "Latency", "Tiers and actions", "Intent quality", "Errors"]
+    assert rows == [
+        "Throughput", "Latency", "Tiers and actions", "Intent quality", "Errors", "Identity"
+    ]  # fmt: skip
 
 
 def test_every_metric_in_dashboards_and_alerts_is_exported() -> None:
