@@ -102,11 +102,13 @@ def forget(shopper_id: str, yes: bool, wait_seconds: float) -> None:
 
     erased = _run_redis(settings, asyncio.run, applied())
     if erased is not None:
-        also = f" and the ids merged with it ({', '.join(erased[1:])})" if erased[1:] else ""
-        click.echo(
-            f"forgot {shopper_id}{also}: state, tiers and audiences are erased; told "
-            f"{settings.topic_suppression} and {settings.topic_signals}"
-        )
+        what = f"forgot {shopper_id}: its state, tier and audiences are erased"
+        if erased[1:]:
+            what = (
+                f"forgot {shopper_id} and the ids merged with it ({', '.join(erased[1:])}): "
+                "their state, tiers and audiences are erased"
+            )
+        click.echo(f"{what}; told {settings.topic_suppression} and {settings.topic_signals}")
         return
     raise click.ClickException(
         f"no worker applied the forget within {wait_seconds:.0f} s; it stays queued on "

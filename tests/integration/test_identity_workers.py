@@ -3,7 +3,8 @@
 who fills a cart, starts a checkout and signs in, with the anonymous id and the known id
 on intent.events partitions of two different workers, so that the anonymous state moves
 between processes through the topic. Then a third worker joins, the anonymous id's owner
-is killed (SIGKILL), and a fresh pair merges exactly once on the workers left.
+is killed (SIGKILL), and a fresh pair merges exactly once on the workers left; `intent
+forget` on its known id erases both ids.
 
 Which worker owns a partition is found by a probe: one product view of a throwaway
 shopper of that partition, detected (`intent_event_lag_seconds{stage="detect"}`) by the
@@ -15,8 +16,10 @@ the sign-in is read, as no live shopper's could."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -340,3 +343,15 @@ def test_an_anonymous_cart_moves_between_worker_processes_and_survives_a_kill(
     # the first journey's outputs were not sent again otherwise by the takeover
     assert_merged(j, anonymous, known)
     assert assert_ids_unique(j) > 20
+
+    # --- `intent forget` on the known id erases the anonymous id merged into it --------
+    done = subprocess.run(
+        [sys.executable, "-m", "stream", "forget", known2, "--yes"],
+        env={**os.environ, **j.env}, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"forgot {known2} and the ids merged with it ({anonymous2})" in done.stdout
+    for shopper in (known2, anonymous2):
+        record = stored(settings, shopper)
+        assert record.forgotten is not None and record.identity is None
+        assert record.patterns["seen"] == [] and record.score["s"] == {}
