@@ -9,8 +9,9 @@ The worker moves the state through intent.events, so that one owner holds each p
 at any time (`stream.worker.identity`); replay merges in memory at the link's event
 time. Both use what is here:
 
-- `merge_id`: one id per (A, K) pair, from which every output of the merge takes its
-  id, so a merge applied again changes nothing and sends the same ids;
+- `merge_id`: one id per link (A, K, and the link's event time), from which every
+  output of the merge takes its id, so a merge applied again changes nothing and sends
+  the same ids, and a link made again after A's redirect expired is a new merge;
 - `merge_patterns`: detection state of A into K's;
 - `stream.core.scoring.merge`: score state of A into K's, with a tier change of reason
   `merge`;
@@ -40,18 +41,26 @@ from stream.core.detectors.base import BUFFER_CAP
 from stream.core.detectors.engine import SEEN_CAP, Engine, State
 from stream.core.detectors.repeat import MAX_KEYS
 from stream.core.detectors.session import CLOSED_CAP
-from stream.core.outputs import DEPTH_AUDIENCES, INACTIVE, POINT_TIERS, Output, _audience, change_id
+from stream.core.outputs import (
+    DEPTH_AUDIENCES,
+    INACTIVE,
+    POINT_TIERS,
+    Output,
+    _audience,
+    change_id,
+    outputs_for,
+)
+from stream.core.scoring import Result
 
 MERGE: Final = "merge"  # the reason of a merge's tier changes and audience moves
 KINDS: Final = ("identify", "alias", "implicit")  # how a link was made
 MAX_HOPS: Final = 4  # a hand-over re-sent along aliases at most this often
 
 
-def merge_id(anonymous: str, known: str) -> str:
-    """The id of the merge of `anonymous` into `known`: the same for every link between
-    the two, whatever event made it."""
-    digest = hashlib.blake2b(f"{anonymous}\x1f{known}".encode(), digest_size=10)
-    return f"m:{digest.hexdigest()}"
+def merge_id(anonymous: str, known: str, at: float) -> str:
+    """The id of the merge of `anonymous` into `known` by the link of event time `at`."""
+    what = f"{anonymous}\x1f{known}\x1f{at:.6f}"
+    return f"m:{hashlib.blake2b(what.encode(), digest_size=10).hexdigest()}"
 
 
 def link_of(event: Event) -> tuple[str, str, str] | None:
@@ -114,8 +123,9 @@ def merge_patterns(
 
 
 def _merge_visits(mine: dict[str, Any], theirs: dict[str, Any]) -> None:
-    """The same visit on both sides is one; of two different ones the later stays open,
-    and the other counts as ended (without firing: its end is not known to be due)."""
+    """The same visit on both sides (the same session id) is one; of two different ones
+    (visits without a session id have a key of their own start time, so they are never
+    the same) the later stays open, and the other counts as ended, without firing."""
     done = [*theirs.get("done", []), *mine.get("done", [])]
     cur, other = mine.get("cur"), theirs.get("cur")
     if other is not None:
@@ -187,10 +197,13 @@ def _merge_cart(state: State, other: State, resets: tuple[float | None, float | 
     """Cart events in time order (a purchase on either side empties what came before
     it); the settled carts add up per SKU, except a side whose events are all older
     than the other's last purchase (called before the watermarks merge)."""
-    log = sorted([*state.get("cartlog", []), *other.get("cartlog", [])], key=lambda e: e[0])
+    mine, theirs = resets
+    log = [*state.get("cartlog", []), *other.get("cartlog", [])]
+    # Each side's last purchase empties what the other side put in the cart before it.
+    log += [[t, "purchase"] for t in (mine, theirs) if t is not None and any(e[0] < t for e in log)]
+    log.sort(key=lambda e: e[0])
     if log:
         state["cartlog"] = log
-    mine, theirs = resets
     if mine is not None and other.get("wm") is not None and mine > other["wm"]:
         return  # A's cart predates K's last purchase
     cart: dict[str, list[Any]] = state.get("cart", {})
@@ -246,6 +259,24 @@ def leaving(
         out.append(Output(OutputTopic.TIER_CHANGES, anonymous, record))
     for name in audiences:
         out.append(_audience(anonymous, mid, "remove", name, "none", when, MERGE))
+    return out
+
+
+def merged(known: str, anonymous: str, result: Result, mid: str) -> list[Output]:
+    """The outputs of a merge's score result for the profile: its tier changes (those the
+    merge made name the anonymous id in `merged_with`) and the suppressions it took on."""
+    made = {
+        change_id(known, mid, datetime.fromtimestamp(c.at, tz=UTC), c.from_tier, c.to_tier,
+                  c.reason)
+        for c in result.changes
+        if c.cause == mid
+    }  # fmt: skip
+    out = []
+    for output in outputs_for(known, result, []):
+        value = output.value
+        if isinstance(value, TierChange) and value.change_id in made:
+            output = output._replace(value=value.model_copy(update={"merged_with": anonymous}))
+        out.append(output)
     return out
 
 

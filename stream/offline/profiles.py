@@ -23,11 +23,19 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from schemas.events import Event
-from schemas.outputs import AudienceChange, TierChange
+from schemas.outputs import AudienceChange
 from stream.core import scoring
 from stream.core.detectors.engine import State
-from stream.core.identity import arriving, leaving, link_of, merge_id, merge_patterns, refusal
-from stream.core.outputs import Output, outputs_for
+from stream.core.identity import (
+    arriving,
+    leaving,
+    link_of,
+    merge_id,
+    merge_patterns,
+    merged,
+    refusal,
+)
+from stream.core.outputs import Output
 from stream.core.process import Apply, Core, Failures, Processed
 from stream.core.scoring import ScoreConfig
 
@@ -166,9 +174,12 @@ class Profile:
                 else:
                     held.discard(value.audience)
 
-    def _merge(self, anonymous: str, known: str, kind: str, at: float) -> None:
-        """At the link's time: the anonymous id's state into the known id's profile."""
-        known = self._holder(known)
+    def _merge(self, anonymous: str, linked: str, kind: str, at: float) -> None:
+        """At the link's time: the anonymous id's state into the profile that holds the
+        known id (itself, or the one an alias merged it into, as the worker's hand-over
+        goes on along aliases with the link's merge id)."""
+        mid = merge_id(anonymous, linked, at)
+        known = self._holder(linked)
         mine = self.identity[anonymous]
         scores = self.scores
         why = refusal(mine, known, kind, None, at)
@@ -178,24 +189,20 @@ class Profile:
             mine["refused"] = [*mine.get("refused", []), known]
         if why is not None or anonymous == known:
             return
-        mid = merge_id(anonymous, known)
         empty = scoring.new_state()
         theirs = scores.get(anonymous, empty)
         members = sorted(self.audiences.get(anonymous, ()))
         self._outputs(anonymous, leaving(anonymous, known, theirs["tier"], members, mid, at))
         self.audiences[anonymous] = set()
         mine_score = scores.setdefault(known, scoring.new_state())
+        engine = self.core.engine
         merge_patterns(
-            self.core.engine, self.patterns[known], self.patterns[anonymous],
+            engine, self.patterns.setdefault(known, engine.new_state()),
+            self.patterns.setdefault(anonymous, engine.new_state()),
             (mine_score["reset"], theirs["reset"]),
         )  # fmt: skip
         result = scoring.merge(mine_score, theirs, at, self.cfg, mid)
-        outputs = [
-            o._replace(value=o.value.model_copy(update={"merged_with": anonymous}))
-            if isinstance(o.value, TierChange) and o.value.reason == "merge"
-            else o
-            for o in outputs_for(known, result, [])
-        ]
+        outputs = merged(known, anonymous, result, mid)
         outputs += arriving(known, result.to_tier, members, mid, at)
         self._outputs(known, outputs)
         ids = {**target.get("ids", {}), **mine.get("ids", {}), anonymous: [mid, at]}

@@ -15,6 +15,7 @@ import orjson
 FORGET_PREFIX: Final = b'{"forget":'
 FORGET_HEADERS: Final = [("intent-kind", b"forget")]
 IDENTITY_PREFIXES: Final = (b'{"merge":', b'{"handover":', b'{"handback":', b'{"forwarded":')
+PREFIXES: Final = (FORGET_PREFIX, *IDENTITY_PREFIXES)
 
 
 def forget_request(shopper: str, at: float) -> bytes:

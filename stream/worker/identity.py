@@ -37,11 +37,13 @@ from stream.core.identity import (
     link_of,
     merge_id,
     merge_patterns,
+    merged,
     refusal,
 )
-from stream.core.outputs import Output, _audience, change_id, outputs_for
+from stream.core.outputs import Output, _audience, change_id
 from stream.state.records import Record, decode, encode
-from stream.worker.control import IDENTITY_PREFIXES, forget_request
+from stream.state.store import merged_into
+from stream.worker.control import PREFIXES, forget_request
 
 if TYPE_CHECKING:
     from stream.core.ingest import RawRecord
@@ -54,18 +56,23 @@ LINKS_REMEMBERED: Final = 100_000  # links ingest has sent, not sent again (volu
 DECLINED_CAP: Final = 100  # anonymous ids a full profile remembers refusing
 
 
+class Refused(Exception):
+    """A control record that cannot be applied (it goes round a loop of aliases): it is
+    dead-lettered, and the shopper goes on."""
+
+
 @dataclass
 class Control:
     """A control record of intent.events, for the shopper it is keyed by."""
 
-    kind: str  # merge, handover, handback, forwarded
+    kind: str  # forget, merge, handover, handback, forwarded
     body: dict[str, Any]
     record: RawRecord
     event: Event | None = None  # forwarded: the event, as its own shopper sent it
 
 
 def is_control(value: bytes) -> bool:
-    return value.startswith(IDENTITY_PREFIXES)
+    return value.startswith(PREFIXES)
 
 
 def parse(record: RawRecord) -> tuple[str, Control]:
@@ -78,7 +85,9 @@ def parse(record: RawRecord) -> tuple[str, Control]:
         event = Event.model_validate(body["event"])
         return str(body["into"]), Control(kind, body, record, event)
     shopper = str(body["into"]) if kind == "handover" else str(body[kind])
-    float(body["at"]), str(body["id"])  # present and readable
+    float(body["at"])  # present and readable
+    if kind != "forget":
+        str(body["id"])
     return shopper, Control(kind, body, record)
 
 
@@ -105,8 +114,9 @@ class Identities:
             return
         self.sent[pair] = None
         self.sending.append(pair)
-        request = {"merge": anonymous, "into": known, "at": event.ts.timestamp(),
-                   "id": merge_id(anonymous, known), "kind": kind}  # fmt: skip
+        at = event.ts.timestamp()
+        request = {"merge": anonymous, "into": known, "at": at,
+                   "id": merge_id(anonymous, known, at), "kind": kind}  # fmt: skip
         outbox.add(self.topic, anonymous.encode(), orjson.dumps(request))
 
     def flushed(self, ok: bool) -> None:
@@ -143,9 +153,9 @@ class Identities:
             return self._forwarded(shopper, record, control, outbox)
         return []
 
-    def redirect(self, record: Record) -> str | None:
-        into = (record.identity or {}).get("into")
-        return str(into[0]) if into else None
+    @staticmethod
+    def redirect(record: Record) -> str | None:
+        return merged_into(record)
 
     def _outcome(self, outcome: str) -> None:
         self.pipeline.metrics.identity_merges.labels(outcome).inc()
@@ -226,7 +236,7 @@ class Identities:
         theirs = decode(base64.b64decode(body["record"]), pipeline.owner.fresh().score)
         carried = (theirs.identity or {}).get("ids", {})
         if len(ids) + 1 + len(carried) > self.max_ids:
-            self._hand_back(known, record, partition, identity, body, outbox)
+            self._refuse(known, record, partition, identity, body, outbox)
             return
         merge_patterns(
             pipeline.core.engine,
@@ -235,7 +245,7 @@ class Identities:
             (record.score["reset"], theirs.score["reset"]),
         )
         result = scoring.merge(record.score, theirs.score, at, pipeline.core.config, mid)
-        outputs = [_merged_with(o, anonymous) for o in outputs_for(known, result, [])]
+        outputs = merged(known, anonymous, result, mid)
         outputs += arriving(known, result.to_tier, list(body.get("audiences", [])), mid, at)
         ids.update(carried)
         ids[anonymous] = [mid, at]
@@ -247,7 +257,7 @@ class Identities:
         self._outcome("merged")
         log.info("merged %r into %r (%s)", anonymous, known, body.get("kind"))
 
-    def _hand_back(
+    def _refuse(
         self,
         known: str,
         record: Record,
@@ -322,11 +332,13 @@ class Identities:
         return [event.model_copy(update={"shopper_id": known})]
 
     def _onward(self, into: str, body: dict[str, Any], outbox: Outbox) -> None:
+        """A record for a profile that was itself merged (an alias), sent on to the
+        profile it went to; past MAX_HOPS (aliases that cross each other), refused: the
+        record is dead-lettered, with the state it carries."""
         hops = int(body.get("hops", 0)) + 1
         if hops > MAX_HOPS:
-            log.error("an identity record went round %d profiles; dropped: %r", hops, body)
             self._outcome("loop")
-            return
+            raise Refused(f"an identity record sent on {MAX_HOPS} times (aliases in a loop)")
         outbox.add(self.topic, into.encode(), orjson.dumps({**body, "into": into, "hops": hops}))
 
     def forgotten(self, shopper: str, record: Record, at: float, outbox: Outbox) -> None:
@@ -338,10 +350,3 @@ class Identities:
             others.append(str(identity["into"][0]))
         for other in others:
             outbox.add(self.topic, other.encode(), forget_request(other, at))
-
-
-def _merged_with(output: Output, other: str) -> Output:
-    value = output.value
-    if isinstance(value, TierChange) and value.reason == "merge":
-        return output._replace(value=value.model_copy(update={"merged_with": other}))
-    return output

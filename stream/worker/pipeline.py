@@ -42,7 +42,6 @@ from functools import partial
 from typing import Any, Final, TypeVar
 
 import faust
-import orjson
 from aiokafka import AIOKafkaConsumer
 from pydantic import BaseModel, ValidationError
 
@@ -63,8 +62,8 @@ from stream.settings import Settings
 from stream.state.connection import Client
 from stream.state.records import FENCE_SECONDS, Record, audience_names, encode
 from stream.state.store import StateReader
-from stream.worker.control import FORGET_HEADERS, FORGET_PREFIX
-from stream.worker.identity import Control, Identities, is_control, parse
+from stream.worker.control import FORGET_HEADERS
+from stream.worker.identity import Control, Identities, Refused, is_control, parse
 from stream.worker.loop import StreamLoop
 from stream.worker.outbox import Outbox, Sender, concurrently, count
 from stream.worker.owner import EpochLost, Owner
@@ -287,7 +286,6 @@ class Pipeline:
         self.metrics.batch_size.labels("detect").observe(len(records))
         by_shopper: dict[str, list[Item]] = defaultdict(list)
         fetched = records[: len(records) - len(direct)] if direct else records
-        forgets: dict[str, tuple[float, int]] = {}  # shopper -> (when, partition)
         # shopper -> (how many of its events come before the control, the control)
         controls: dict[str, list[tuple[int, Control]]] = defaultdict(list)
         found: list[tuple[int, tuple[str, Control]]] = []  # (position, (shopper, control))
@@ -295,9 +293,7 @@ class Pipeline:
         rejected: list[Rejection] = []
         for position, record in enumerate(fetched):
             value = record.value or b""
-            if value.startswith(FORGET_PREFIX):
-                self._forget_request(record, forgets)
-            elif is_control(value):
+            if is_control(value):
                 self._control(record, position, found, rejected)
             else:
                 plain.append(record)
@@ -318,7 +314,7 @@ class Pipeline:
                 newest[partition] = ts
             lag.observe(max(0.0, now - ts))
         self.sweeper.saw(newest)
-        shoppers = list(dict.fromkeys([*by_shopper, *controls, *forgets]))
+        shoppers = list(dict.fromkeys([*by_shopper, *controls]))
         groups: list[list[str]] = [[] for _ in range(min(PROCESS_GROUPS, len(shoppers)))]
         for i, shopper in enumerate(shoppers):
             groups[i % len(groups)].append(shopper)
@@ -326,7 +322,6 @@ class Pipeline:
             partial(
                 self._process_group,
                 {s: by_shopper.get(s, []) for s in group},
-                {s: forgets[s] for s in group if s in forgets},
                 {s: controls[s] for s in group if s in controls},
             )
             for group in groups
@@ -349,36 +344,21 @@ class Pipeline:
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             rejected.append(Rejection(record, errors.PROCESSING_ERROR, f"control record: {exc}"))
 
-    def _forget_request(self, record: RawRecord, forgets: dict[str, tuple[float, int]]) -> None:
-        try:
-            request = orjson.loads(record.value or b"")
-            shopper, at = str(request["forget"]), float(request["at"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.error("an unreadable forget request on partition %d", record.partition)
-            return
-        if at > forgets.get(shopper, (float("-inf"), 0))[0]:
-            forgets[shopper] = (at, record.partition)
-
     async def _process_group(
         self,
         by_shopper: dict[str, list[Item]],
-        forgets: dict[str, tuple[float, int]],
         controls: dict[str, list[tuple[int, Control]]],
         outbox: Outbox,
     ) -> list[Rejection]:
         """Load, detect and score one group of shoppers; returns the records rejected:
         late ones, and every record of a shopper whose detection or scoring raised (a
         bug of ours, or input no bound caught: that shopper alone is dead-lettered).
-        A shopper with identity control records, or merged into another profile, goes
-        through `_in_order` instead."""
+        A shopper with control records (a forget, identity merges), or merged into another
+        profile, goes through `_in_order` instead."""
         failures = self.failures()
         partitions = {s: items[0][2] for s, items in by_shopper.items() if items}
-        partitions.update({s: p for s, (_, p) in forgets.items()})
         partitions.update({s: c[0][1].record.partition for s, c in controls.items()})
         records = await self.load(partitions, failures)
-        for shopper, (at, partition) in forgets.items():
-            if shopper in records:
-                await self._forget(shopper, at, partition, records, outbox)
         shoppers: dict[str, tuple[State, list[Event]]] = {}
         ordered: list[str] = []
         for shopper in partitions:
@@ -401,11 +381,12 @@ class Pipeline:
                     records, partitions, outbox, failures,
                 )  # fmt: skip
         for shopper, exc in failures.items():
+            # every record of the shopper: its events, and its control records (one may
+            # carry another shopper's state: a hand-over)
             detail = f"{type(exc).__name__}: {exc}"[:500]
-            rejected += [
-                Rejection(r, errors.PROCESSING_ERROR, detail)
-                for _, r, _ in by_shopper.get(shopper, [])
-            ]
+            failed = [r for _, r, _ in by_shopper.get(shopper, [])]
+            failed += [control.record for _, control in controls.get(shopper, [])]
+            rejected += [Rejection(r, errors.PROCESSING_ERROR, detail) for r in failed]
         return rejected
 
     async def _in_order(
@@ -418,44 +399,59 @@ class Pipeline:
         outbox: Outbox,
         failures: Failures,
     ) -> list[Rejection]:
-        """A shopper's events and identity control records, each control applied at its
-        place among the events: the events before it are detected and scored first. The
-        events of a shopper merged into a profile are forwarded to it."""
+        """A shopper's events and control records, each control applied at its place
+        among the events: the events before it are detected and scored first. The events
+        of a shopper merged into a profile are forwarded to it. What the shopper's
+        records give is kept apart until they are all through: a shopper that fails
+        sends and writes nothing, and every one of its records is dead-lettered (by the
+        caller), the control records with them."""
         record, partition = records[shopper], partitions[shopper]
         identities = self.identities
+        part = Outbox()
         rejected: list[Rejection] = []
+        forgets = [float(c.body["at"]) for _, c in controls if c.kind == "forget"]
+        coming = max(forgets) if forgets else None
         start = 0
         for end, control in [*controls, (len(items), None)]:
-            events = self._not_forgotten(record, [item[0] for item in items[start:end]])
+            events = [item[0] for item in items[start:end]]
+            events = self._not_forgotten(record, events, coming)
             start = end
             if events and identities.redirect(record) is not None:
-                identities.forward(shopper, record, events, outbox)
-                outbox.saved[shopper] = (partition, record)  # the redirect lives on
+                identities.forward(shopper, record, events, part)
+                part.saved[shopper] = (partition, record)  # the redirect lives on
             elif events:
                 _known(record, events)
                 rejected += await self._run(
                     {shopper: (record.patterns, events)}, {shopper: items}, records,
-                    partitions, outbox, failures,
+                    partitions, part, failures,
                 )  # fmt: skip
             if control is None or shopper in failures:
                 break
+            taken: list[Event] = []
             try:
-                taken = await identities.apply(shopper, record, partition, control, outbox)
+                if control.kind == "forget":
+                    await self._forget(shopper, float(control.body["at"]), partition, records, part)
+                else:
+                    taken = await identities.apply(shopper, record, partition, control, part)
+            except Refused as exc:
+                rejected.append(Rejection(control.record, errors.PROCESSING_ERROR, str(exc)))
             except (RedisUnusable, StoreLost):
                 raise
             except Exception as exc:
                 failures.add("identity", shopper, exc)
-                outbox.saved.pop(shopper, None)
-                outbox.dropped.add(shopper)
-                detail = f"{type(exc).__name__}: {exc}"[:500]
-                return [*rejected, Rejection(control.record, errors.PROCESSING_ERROR, detail)]
+                break
+            taken = self._not_forgotten(record, taken, coming)
             if taken:
                 rejected += await self._run(
                     {shopper: (record.patterns, taken)},
                     {shopper: [(e, control.record, partition) for e in taken]}, records,
-                    partitions, outbox, failures,
+                    partitions, part, failures,
                 )  # fmt: skip
-        outbox.saved.setdefault(shopper, (partition, record))
+        if shopper in failures:  # the caller dead-letters every record of the shopper
+            outbox.dropped.add(shopper)
+            return []
+        part.saved.setdefault(shopper, (partition, record))
+        outbox.merge(part)
         return rejected
 
     async def _run(
@@ -533,10 +529,16 @@ class Pipeline:
         found = [key async for key in self.redis.scan_iter(match=f"{prefix}*", count=500)]
         return audience_names(found, prefix)
 
-    def _not_forgotten(self, record: Record, events: list[Event]) -> list[Event]:
+    def _not_forgotten(
+        self, record: Record, events: list[Event], coming: float | None = None
+    ) -> list[Event]:
         """The events from after the shopper's last forget: those from before it were
-        erased with the rest (the input may still hold them) and are dropped, counted."""
+        erased with the rest (the input may still hold them) and are dropped, counted.
+        `coming`: the time of a forget later in the batch, which the events from before
+        it do not survive either (so they send nothing first)."""
         forgotten = record.forgotten
+        if coming is not None and (forgotten is None or coming > forgotten):
+            forgotten = coming
         if forgotten is None:
             return events
         kept = [event for event in events if event.ts.timestamp() > forgotten]

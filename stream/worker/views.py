@@ -17,6 +17,7 @@ import faust
 from faust.web import Request, Response, View
 
 from stream.clock import Clock
+from stream.core.identity import MAX_HOPS
 from stream.state.store import StateReader, merged_into, profile
 from stream.worker.app import app_settings
 from stream.worker.retry import REDIS_STEP_SECONDS
@@ -29,10 +30,14 @@ async def read_shopper(reader: StateReader, shopper: str, now: float) -> dict[st
     """A shopper's profile; for an id merged into another profile, that profile (with
     `requested_id`: the id asked for), since its state lives there now."""
     record = await reader.record(shopper)
-    into = merged_into(record)
-    if into is None:
-        return profile(shopper, record, now)
-    return {**profile(into, await reader.record(into), now), "requested_id": shopper}
+    held = shopper
+    for _ in range(MAX_HOPS):  # along aliases: a profile merged into another one
+        into = merged_into(record)
+        if into is None:
+            break
+        held, record = into, await reader.record(into)
+    out = profile(held, record, now)
+    return out if held == shopper else {**out, "requested_id": shopper}
 
 
 async def audience_page(reader: StateReader, name: str, cursor: int, count: int) -> dict[str, Any]:

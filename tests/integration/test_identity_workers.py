@@ -31,7 +31,6 @@ import pytest
 import redis
 
 from bench.failover import ready
-from stream.core.identity import merge_id
 from stream.devstack.embedded import free_port
 from stream.settings import Settings
 from stream.state.records import Keys, decode
@@ -39,7 +38,7 @@ from stream.state.store import partition_of
 from stream.topics import ensure_topics
 from tests.integration.conftest import scrape_metrics, wait_for
 from tests.integration.kafka_io import Reader, produce
-from tests.integration.test_identity import journey
+from tests.integration.test_identity import journey, journey_mid
 from tests.scenarios import T0, ev
 
 pytestmark = pytest.mark.integration
@@ -212,9 +211,9 @@ def shifted(batches: list[list[dict[str, Any]]], by: timedelta) -> list[list[dic
     ]
 
 
-def assert_merged(j: Journeys, anonymous: str, known: str) -> None:
-    """The outputs of one journey's merge, each once."""
-    mid = merge_id(anonymous, known)
+def assert_merged(j: Journeys, anonymous: str, known: str, start: datetime) -> None:
+    """The outputs of one journey's merge (the journey run at `start`), each once."""
+    mid = journey_mid(anonymous, known, start)
     changes = j.outputs("tier_changes")
     merged = unique([c for c in changes if c["shopper_id"] == known and c["reason"] == "merge"])
     assert len(merged) == 1, merged
@@ -304,7 +303,7 @@ def test_an_anonymous_cart_moves_between_worker_processes_and_survives_a_kill(
     start = datetime.now(UTC) - timedelta(minutes=10)
     j.run_journey(anonymous, known, start)
     j.settle()
-    assert_merged(j, anonymous, known)
+    assert_merged(j, anonymous, known, start)
     # the hand-over left A's owner, the merge happened at K's
     assert j.merges("handed_over") == {a_owner.name: 1, k_owner.name: 0}
     assert j.merges("merged") == {a_owner.name: 0, k_owner.name: 1}
@@ -335,13 +334,13 @@ def test_an_anonymous_cart_moves_between_worker_processes_and_survives_a_kill(
     assert a2_owner is not k2_owner and a_owner not in (a2_owner, k2_owner)
     j.run_journey(anonymous2, known2, start2)
     j.settle()
-    assert_merged(j, anonymous2, known2)
+    assert_merged(j, anonymous2, known2, start2)
     assert j.merges("merged")[k2_owner.name] == 1 + (k2_owner is k_owner)
     assert j.merges("handed_over")[a2_owner.name] == 1  # neither handed one over before
     after = {w.name: w.metric(MERGES) for w in j.live()}
     assert sum(after.values()) - sum(before.values()) == 2  # one hand-over, one merge
     # the first journey's outputs were not sent again otherwise by the takeover
-    assert_merged(j, anonymous, known)
+    assert_merged(j, anonymous, known, start)
     assert assert_ids_unique(j) > 20
 
     # --- `intent forget` on the known id erases the anonymous id merged into it --------

@@ -7,6 +7,7 @@ is cancelled by a purchase on either side or fires with both carts."""
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
 from typing import Any
 
 from hypothesis import given, settings
@@ -14,11 +15,12 @@ from hypothesis import strategies as st
 
 from schemas.events import Event
 from stream.core import scoring
-from stream.core.detectors.engine import Engine
+from stream.core.detectors.engine import Engine, cart_at
 from stream.core.identity import link_of, merge_id, merge_patterns, refusal
 from stream.core.scoring import ScoreConfig, ScoreSignal
 from stream.rulesfile import load_rules
 from stream.state.records import FORMAT, FORMAT_IDENTITY, Record, decode, encode
+from tests.scenarios import T0 as START
 from tests.scenarios import ev
 
 CFG = ScoreConfig(low=1.0, mid=15.0, high=35.0, hysteresis=0.1)
@@ -167,7 +169,8 @@ def test_the_decisions_of_a_merge_request() -> None:
     assert refusal(None, "k", "identify", T0 + 1, T0) == "forgotten"
     assert refusal({"refused": ["k"]}, "k", "identify", None, T0) == "capped"
     assert refusal({"ids": {"k": ["m", T0]}}, "k", "alias", None, T0) == "loop"
-    assert merge_id("a", "k") == merge_id("a", "k") != merge_id("k", "a")
+    assert merge_id("a", "k", T0) == merge_id("a", "k", T0) != merge_id("k", "a", T0)
+    assert merge_id("a", "k", T0) != merge_id("a", "k", T0 + 1)  # linked again later
 
 
 def test_which_events_link_two_ids() -> None:
@@ -187,3 +190,18 @@ def test_a_record_with_an_identity_is_format_3_and_one_without_stays_format_2() 
     assert raw[0] == FORMAT_IDENTITY == 3
     assert decode(raw, scoring.new_state()).identity == {"into": ["k", T0, "m:1"]}
     assert decode(encode(plain), scoring.new_state()).identity is None
+
+
+def test_a_purchase_on_one_side_empties_what_the_other_put_in_the_cart_before() -> None:
+    anonymous, known = ENGINE.new_state(), ENGINE.new_state()
+    _run("k", known, ev("k", 0, "add_to_cart", sku="X"))
+    _run("a", anonymous, ev("a", 10, "purchase", sku="Y"), ev("a", 80, "page_view", page="home"))
+    assert "cartlog" not in anonymous  # the purchase is settled on its side
+    bought = datetime_at(10).timestamp()
+    merge_patterns(ENGINE, known, anonymous, (None, bought))
+    assert cart_at(known, bought + 1) == {}
+    assert "X" in cart_at(known, bought - 1)
+
+
+def datetime_at(minutes: float) -> datetime:
+    return START + timedelta(minutes=minutes)

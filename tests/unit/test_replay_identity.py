@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from stream.core.identity import merge_id
 from stream.offline.replay import replay
 from stream.offline.shards import shard_of
 from stream.rulesfile import load_rules
-from tests.scenarios import ev
+from tests.scenarios import T0, ev
 
 PAIRS = 12
 
@@ -75,7 +76,8 @@ def test_a_profile_is_merged_at_its_link_whatever_the_shards(tmp_path: Path) -> 
     for r in recoveries:
         i = (int(r.shopper_id.removeprefix("user-")) - 5) // 37
         assert [item["sku"] for item in r.cart["items"]] == [f"S{i}"]
-        assert any(a.startswith(merge_id(f"anon-{i}", r.shopper_id)) for a in _ids(whole))
+        at = (T0 + timedelta(minutes=i + 3)).timestamp()  # its sign-in
+        assert any(a.startswith(merge_id(f"anon-{i}", r.shopper_id, at)) for a in _ids(whole))
 
 
 @pytest.mark.parametrize("extra", [["--jobs", "2"], ["--jobs", "2", "--shard-events", "10"]])
@@ -99,3 +101,17 @@ def test_the_command_merges_the_same_in_processes(
     assert outputs[0] == outputs[1]
     assert outputs[0][0].count(b'"reason":"merge"') == 2 * PAIRS
     assert list(temp.iterdir()) == []
+
+
+def test_a_link_to_an_id_with_no_events_in_the_file(tmp_path: Path) -> None:
+    """The file starts after a cookie's visits: its link is all there is of it."""
+    bodies = [
+        ev("user-1", 0, "add_to_cart", sku="S1"),
+        ev("anon-a", 1, "product_view", sku="S2"),
+        {**ev("user-1", 2, "identify"), "anonymous_id": "anon-a"},
+        {**ev("user-1", 3, "identify"), "anonymous_id": "anon-nobody"},
+    ]
+    path = tmp_path / "links.jsonl"
+    path.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+    result = replay(path, "canonical", load_rules())
+    assert result.failed == 0 and result.merges == 2
