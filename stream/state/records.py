@@ -17,9 +17,12 @@ writes to a partition land in one Redis Cluster slot and go in one fenced script
     <app>:audience:{<p>}:<name>    set: the partition's members of an audience
 
 A record is one byte of format version, then the zlib-compressed JSON of
-`[detection state, score state, forgotten-at]`, and for a profile that took part in a
-merge (format 3) `[..., identity]` (compressed with a preset dictionary of
-the state's own field names, so a small record compresses well). The score state is
+`[detection state, score state, forgotten-at]`, and for a shopper with an identity
+`[..., identity]` (`Record.identity`), compressed with a preset dictionary: the
+state's field names and the skeleton of a typical record (the default rules' ids, a
+visit, a score), so that a small record costs little more than its event ids, times
+and points. Format 3 took that skeleton into the dictionary (records a fifth to a third
+smaller than format 2's, which had the field names only); format 2 is still read. The score state is
 the scoring maths' (`stream.core.scoring`) without the ids of applied signals and the
 last result: those served a score computed inside Redis before the output was sent. The
 record is now written only after the output is acked, so a batch processed again starts
@@ -44,16 +47,16 @@ import orjson
 
 from stream.state.redisbatch import Command, Script
 
-FORMAT: Final = 2  # the first byte of a record (format 1: the per-key layout before)
-# The first byte of a record with an identity (`Record.identity`). Records without one
-# are still written as format 2, so a version that predates identities reads them.
-FORMAT_IDENTITY: Final = 3
+# The first byte of a record: format 3, or format 2 written before 2026-12-06 (format 1,
+# several keys per shopper, is converted by `intent migrate-state`).
+FORMAT: Final = 3
+OLD_FORMAT: Final = 2
 FENCE_SECONDS: Final = 30 * 86400  # how long a forgotten shopper's tombstone lives
 MAX_ARGS: Final = 4000  # arguments per command inside the fence script (Lua's stack)
 TIERS: Final = ("low", "mid", "high", "suppressed")
-# The preset dictionary: strings every record repeats. Part of the format: changing it
-# needs a new FORMAT.
-ZDICT: Final = (
+# The preset dictionaries: strings every record repeats. Part of the format: changing
+# one needs a new FORMAT. Format 2's: the field names.
+ZDICT_2: Final = (
     b'"seen":[["ses":{"cur":{"k":"gap-","s":"l":"n":"r":{"buf":[["fired":["cd":{"":'
     b'"pend":"cart":"sku":"at":"v":1,"wm":'
     b'"tier":"none","seq":"reset":null,"T":"s":{"rules":{"cats":{"x":{'
@@ -62,6 +65,27 @@ ZDICT: Final = (
     b'navigation_only_visit"product_view"add_to_cart"checkout_started"purchase"'
     b"259200.0604800.086400.0"
 )
+
+
+# Format 3's: format 2's, the cart and checkout fields, then the skeleton of a record of
+# a shopper of the default rules after one product view (zlib finds the latest strings
+# of a dictionary the cheapest to refer to).
+ZDICT: Final = (
+    ZDICT_2 + b'"cartlog":[[,"add_to_cart","",1,,"",null]],"cart":{"":[1,,"",null]},'
+    b'"checkout_abandoned":{"pending":[[,"",""]]},"cd":{"":},"wishlist_add"'
+    b'"added_to_cart""checkout_started""purchase""remove_from_cart""product_view"'
+    b'"page_view","done":[],"hits":['
+    b'[{"v":1,"wm":,"seen":[[,""],[,""]],"ses":{"cur":{"k":"gap-","s":,"l":,"n":1,"r":'
+    b'{"blog_only_visit":[false,true],"navigation_only_visit":[false,true],'
+    b'"single_page_visit":[true,true]}}},"r":{"several_product_pages":{"buf":[[,"","",""]],'
+    b'"fired":[]},"three_product_views":{"buf":[[,"","",""]],"fired":[]},'
+    b'"category_then_product":{"buf":[[,"",2,"gap-"]],"fired":{}},'
+    b'"repeat_product_views":{"keys":{"":[["gap-",]]}},'
+    b'"repeat_collection_views":{"keys":{"":[["gap-",]]}}}},'
+    b'{"tier":"low","seq":1,"reset":null,"T":,"s":{"259200.0":[0.5,]},'
+    b'"rules":{"product_viewed":[0.5,,259200.0]},"cats":{"259200.0|":[0.5,]},"x":{}},null]'
+)
+DICTIONARIES: Final = {OLD_FORMAT: ZDICT_2, FORMAT: ZDICT}
 
 
 class FormatError(ValueError):
@@ -91,7 +115,7 @@ def encode(record: Record) -> bytes:
     body = orjson.dumps(fields, option=orjson.OPT_NON_STR_KEYS)
     packer = _compressor()
     packed: bytes = packer.compress(body) + packer.flush()
-    return bytes([FORMAT_IDENTITY if record.identity else FORMAT]) + packed
+    return bytes([FORMAT]) + packed
 
 
 def decode(raw: bytes, new_score: dict[str, Any]) -> Record:
@@ -99,12 +123,13 @@ def decode(raw: bytes, new_score: dict[str, Any]) -> Record:
     record without them gets."""
     if not raw:
         raise FormatError("an empty record")
-    if raw[0] not in (FORMAT, FORMAT_IDENTITY):
+    zdict = DICTIONARIES.get(raw[0])
+    if zdict is None:
         raise FormatError(
-            f"record format {raw[0]} is not {FORMAT} or {FORMAT_IDENTITY}: written by "
-            "another version (`intent migrate-state` converts the format before them)"
+            f"record format {raw[0]} is not {FORMAT} or {OLD_FORMAT}: written by another "
+            "version (`intent migrate-state` converts the format before them)"
         )
-    unpacker = zlib.decompressobj(-15, ZDICT)
+    unpacker = zlib.decompressobj(-15, zdict)
     fields = orjson.loads(unpacker.decompress(raw[1:]) + unpacker.flush())
     patterns, score, forgotten = fields[:3]
     identity = fields[3] if len(fields) > 3 else None

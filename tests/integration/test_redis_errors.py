@@ -26,7 +26,7 @@ def _batch(harness: Harness, shoppers: list[str]) -> list[object]:
 
 @pytest.mark.parametrize(
     ("raw", "error"),
-    [(b"\x07{}", "FormatError: record format 7 is not 2"), (b"\x02not zlib", "error: ")],
+    [(b"\x07{}", "FormatError: record format 7 is not 3"), (b"\x03not zlib", "error: ")],
     ids=["unknown-format", "corrupt"],
 )
 def test_a_shopper_whose_record_cannot_be_read_is_dead_lettered_alone(

@@ -7,9 +7,11 @@ is cancelled by a purchase on either side or fires with both carts."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+import zlib
+from datetime import timedelta
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +21,7 @@ from stream.core.detectors.engine import Engine, cart_at
 from stream.core.identity import link_of, merge_id, merge_patterns, refusal
 from stream.core.scoring import ScoreConfig, ScoreSignal
 from stream.rulesfile import load_rules
-from stream.state.records import FORMAT, FORMAT_IDENTITY, Record, decode, encode
+from stream.state.records import FORMAT, OLD_FORMAT, ZDICT_2, Record, decode, encode
 from tests.scenarios import T0 as START
 from tests.scenarios import ev
 
@@ -182,14 +184,22 @@ def test_which_events_link_two_ids() -> None:
     assert link_of(alone) is None
 
 
-def test_a_record_with_an_identity_is_format_3_and_one_without_stays_format_2() -> None:
+def test_records_are_format_3_with_or_without_an_identity_and_format_2_is_read() -> None:
     plain = Record(ENGINE.new_state(), scoring.new_state())
-    assert encode(plain)[0] == FORMAT == 2
+    assert encode(plain)[0] == FORMAT == 3
     linked = Record(ENGINE.new_state(), scoring.new_state(), None, {"into": ["k", T0, "m:1"]})
     raw = encode(linked)
-    assert raw[0] == FORMAT_IDENTITY == 3
     assert decode(raw, scoring.new_state()).identity == {"into": ["k", T0, "m:1"]}
     assert decode(encode(plain), scoring.new_state()).identity is None
+    # a record written on 2026-12-05 (format 2: the field names alone in the dictionary)
+    state = ENGINE.new_state()
+    _run("s", state, ev("s", 0, "product_view", sku="S1", category="shoes"))
+    body = orjson.dumps([state, {"tier": "low", "T": T0, "s": {"259200.0": [0.5, T0]}}, None])
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, ZDICT_2)
+    old = bytes([OLD_FORMAT]) + packer.compress(body) + packer.flush()
+    read = decode(old, scoring.new_state())
+    assert read.patterns == state and read.score["s"] == {259200.0: [0.5, T0]}
+    assert len(encode(read)) < len(old)  # the skeleton in format 3's dictionary
 
 
 def test_a_purchase_on_one_side_empties_what_the_other_put_in_the_cart_before() -> None:
@@ -197,11 +207,7 @@ def test_a_purchase_on_one_side_empties_what_the_other_put_in_the_cart_before() 
     _run("k", known, ev("k", 0, "add_to_cart", sku="X"))
     _run("a", anonymous, ev("a", 10, "purchase", sku="Y"), ev("a", 80, "page_view", page="home"))
     assert "cartlog" not in anonymous  # the purchase is settled on its side
-    bought = datetime_at(10).timestamp()
+    bought = (START + timedelta(minutes=10)).timestamp()
     merge_patterns(ENGINE, known, anonymous, (None, bought))
     assert cart_at(known, bought + 1) == {}
     assert "X" in cart_at(known, bought - 1)
-
-
-def datetime_at(minutes: float) -> datetime:
-    return START + timedelta(minutes=minutes)
