@@ -153,10 +153,6 @@ class Identities:
             return self._forwarded(shopper, record, control, outbox)
         return []
 
-    @staticmethod
-    def redirect(record: Record) -> str | None:
-        return merged_into(record)
-
     def _outcome(self, outcome: str) -> None:
         self.pipeline.metrics.identity_merges.labels(outcome).inc()
 
@@ -219,7 +215,7 @@ class Identities:
         """At K's owner: merge A's state into K's, once per merge id."""
         pipeline = self.pipeline
         anonymous, at, mid = str(body["handover"]), float(body["at"]), str(body["id"])
-        onward = self.redirect(record)
+        onward = merged_into(record)
         if onward is not None:  # K was itself merged (an alias): on to its profile
             self._onward(onward, body, outbox)
             return
@@ -322,7 +318,7 @@ class Identities:
     ) -> list[Event]:
         event, body = control.event, control.body
         assert event is not None
-        onward = self.redirect(record)
+        onward = merged_into(record)
         if onward is not None:
             self._onward(onward, body, outbox)
             return []

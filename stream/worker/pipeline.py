@@ -61,7 +61,7 @@ from stream.metrics import Metrics, source_label
 from stream.settings import Settings
 from stream.state.connection import Client
 from stream.state.records import FENCE_SECONDS, Record, audience_names, encode
-from stream.state.store import StateReader
+from stream.state.store import StateReader, merged_into
 from stream.worker.control import FORGET_HEADERS
 from stream.worker.identity import Control, Identities, Refused, is_control, parse
 from stream.worker.loop import StreamLoop
@@ -416,7 +416,7 @@ class Pipeline:
             events = [item[0] for item in items[start:end]]
             events = self._not_forgotten(record, events, coming)
             start = end
-            if events and identities.redirect(record) is not None:
+            if events and merged_into(record) is not None:
                 identities.forward(shopper, record, events, part)
                 part.saved[shopper] = (partition, record)  # the redirect lives on
             elif events:
